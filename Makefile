@@ -1,0 +1,33 @@
+# Everything from nothing: `make test` and `make demo` create .venv, install torch
+# (the local CPU wheel, installed first so that nothing pulls a CUDA build), then sara.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.sara-installed
+TORCH ?= torch==2.13.0
+
+.PHONY: setup test test-fast demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+demo: setup
+	$(VENV)/bin/sara demo --config configs/demo.yaml
+
+bench: setup
+	$(VENV)/bin/sara bench trd
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

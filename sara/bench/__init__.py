@@ -1,0 +1,1 @@
+"""Benchmarks that print figures; tests never assert on their timings."""

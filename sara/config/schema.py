@@ -1,0 +1,38 @@
+"""Typed configs shared across commands. Each field's comment says what it controls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sara.config.loader import option
+from sara.routing import MODES
+
+
+@dataclass
+class TRDConfig:
+    """The saliency-routed token-relation distillation term."""
+
+    mode: str = option("or", choices=MODES)  # pair routing: none | and | or (SARA) | xor
+    margin: float = option(0.1, ge=0)  # |S_p − S_y| below this is not penalised
+    weight: float = option(0.5, ge=0)  # λ in  flow + λ · TRD
+    chunk_size: int | None = option(None, ge=1)  # row block of the exact blockwise path; null = auto
+
+
+@dataclass
+class BudgetConfig:
+    """The generated saliency example whose pair budget the demo reports."""
+
+    grid: list[int] = option([8, 16, 16], ge=1)  # V-JEPA token grid (T/tubelet, H/patch, W/patch)
+    fg_fraction: float = option(0.48, gt=0, lt=1)  # share of tokens above the threshold
+    threshold: float = option(0.5, ge=0, le=1)  # a token is foreground when saliency > threshold
+    feature_dim: int = option(256, ge=1)  # width of the random features of the loss check
+
+
+@dataclass
+class DemoConfig:
+    """``sara demo``: every stage end to end on tiny presets and generated data."""
+
+    out_dir: str = "outputs/demo"  # run folder: resolved config, figures, report.html
+    seed: int = 0  # seeds every random choice of the demo
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    trd: TRDConfig = field(default_factory=TRDConfig)

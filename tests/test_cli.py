@@ -1,0 +1,101 @@
+"""The `sara` command: budget, demo and bench through the real entry points."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from sara.cli import main
+
+
+@pytest.fixture
+def mask_048():
+    mask = torch.zeros(2, 1250)
+    mask[:, :600] = 1  # p = 0.48
+    return mask
+
+
+def test_budget_prints_the_pair_shares(tmp_path, mask_048, capsys):
+    path = tmp_path / "saliency.pt"
+    torch.save(mask_048, path)
+    assert main(["budget", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "FG fraction 48.0 %" in out
+    uniform = next(line for line in out.splitlines() if line.startswith("pairs (uniform)"))
+    assert uniform.split()[-3:] == ["23.0", "49.9", "27.0"]
+    mass_or = next(line for line in out.splitlines() if line.startswith("mass or"))
+    assert mass_or.split()[-1] == "73.0"
+
+
+def test_budget_reads_npz_and_prints_json(tmp_path, mask_048, capsys):
+    path = tmp_path / "saliency.npz"
+    np.savez(path, saliency=mask_048[0].numpy())
+    assert main(["budget", str(path), "--json"]) == 0
+    budget = json.loads(capsys.readouterr().out)
+    assert budget["tokens"] == 1250
+    assert budget["modes"]["or"]["active_pairs"] == pytest.approx(0.7296)
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("missing.pt", None, "missing.pt: file not found"),
+        ("cube.pt", torch.rand(2, 3, 4), r"cube.pt: expected a saliency of shape \[B, N\] or \[N\], got \(2, 3, 4\)"),
+        ("big.pt", torch.full((1, 5), 2.0), r"big.pt: saliency: .* outside \[0, 1\]"),
+        ("broken.pt", b"not a torch file", "broken.pt: cannot be read"),
+        ("table.csv", b"0.1,0.2", "table.csv: unsupported file type '.csv'"),
+    ],
+)
+def test_budget_bad_file_is_one_line_naming_it(tmp_path, capsys, name, content, message):
+    path = tmp_path / name
+    if isinstance(content, torch.Tensor):
+        torch.save(content, path)
+    elif content is not None:
+        path.write_bytes(content)
+    assert main(["budget", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert __import__("re").search(message, err), err
+
+
+def test_python_dash_m_and_config_errors(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "sara", "demo", f"out_dir={tmp_path}", "trd.mdoe=or"], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "sara: error: command line: trd.mdoe: unknown key; did you mean 'trd.mode'?"
+
+
+def test_demo_writes_a_self_contained_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", f"out_dir={out}", "budget.grid=[4,8,8]", "budget.feature_dim=32"]) == 0
+    for name in ("config.yaml", "budget.txt", "budget.json", "budget.png", "example_saliency.png", "report.html"):
+        assert (out / name).stat().st_size > 0, name
+    report = (out / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == 2
+    assert "http://" not in report and "https://" not in report
+    assert "Pair budget" in report and "dense vs blockwise" in report
+    budget = json.loads((out / "budget.json").read_text())
+    assert budget["hard mask"]["fg_fraction"] == pytest.approx(0.48, abs=1 / 256)
+    assert "grid:\n  - 4\n  - 8\n  - 8" in (out / "config.yaml").read_text()
+    printed = capsys.readouterr().out
+    assert "hard mask" in printed and "report:" in printed
+
+
+@pytest.mark.slow
+def test_bench_trd_prints_a_row_per_size_and_mode(capsys):
+    args = ["bench", "trd", "--tokens", "64", "96", "--dim", "16", "--repeats", "1", "--modes", "none", "or"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines if line.strip().split(" ")[0].isdigit()]
+    assert [(r[0], r[1]) for r in rows] == [("64", "none"), ("64", "or"), ("96", "none"), ("96", "or")]
+    assert main([*args, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data) == 4
+    for row in data:
+        for path in ("dense", "blockwise"):
+            assert row[path]["seconds"] > 0 and row[path]["gflops"] > 0 and row[path]["peak_gib"] >= 0
+        assert row["matmul_gflops"] > 0

@@ -1,0 +1,84 @@
+"""Typed config: YAML, environment variables, overrides and one-line errors."""
+
+from pathlib import Path
+
+import pytest
+
+from sara.config import ConfigError, DemoConfig, config_to_yaml, load_config, save_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, text, name="run.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_every_shipped_config_loads():
+    configs = sorted((REPO / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        assert isinstance(load_config(DemoConfig, path), DemoConfig)
+
+
+def test_precedence_command_line_over_file_over_defaults(tmp_path):
+    path = write(tmp_path, "seed: 3\ntrd:\n  margin: 0.2\n")
+    config = load_config(DemoConfig, path, ["trd.margin=0.3", "budget.grid=[2,4,4]"])
+    assert config.seed == 3  # file
+    assert config.trd.margin == 0.3  # command line
+    assert config.budget.grid == [2, 4, 4]
+    assert config.trd.mode == "or"  # default
+
+
+def test_environment_variables_are_interpolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("SARA_TEST_ROOT", "/data/root")
+    path = write(tmp_path, "out_dir: ${oc.env:SARA_TEST_ROOT}/demo\n")
+    assert load_config(DemoConfig, path).out_dir == "/data/root/demo"
+
+
+@pytest.mark.parametrize(
+    "text, overrides, message",
+    [
+        ("budget:\n  fg_fracton: 0.3\n", [], r"run.yaml: budget.fg_fracton: unknown key; did you mean 'budget.fg_fraction'\?"),
+        ("zzz: 1\n", [], "run.yaml: zzz: unknown key; valid keys here: out_dir, seed, budget, trd"),
+        ("trd:\n  margin: big\n", [], "run.yaml: trd.margin: .*'big'.* could not be converted to Float"),
+        ("seed: 1.5\n", [], "run.yaml: seed: .*could not be converted to Integer"),
+        ("out_dir: ${oc.env:SARA_SURELY_UNSET_VAR}\n", [], "run.yaml: out_dir: environment variable 'SARA_SURELY_UNSET_VAR' is not set"),
+        ("trd:\n  mode: nor\n", [], "run.yaml: trd.mode: must be one of none, and, or, xor; got 'nor'"),
+        ("trd:\n  margin: -1\n", [], r"run.yaml: trd.margin: must be >= 0"),
+        ("budget:\n  fg_fraction: 1.0\n", [], "run.yaml: budget.fg_fraction: must be < 1"),
+        ("budget:\n  grid: [8, 0, 16]\n", [], "run.yaml: budget.grid: must be >= 1"),
+        ("a: [1,\n", [], "run.yaml: invalid YAML at line 2"),
+        ("- 1\n- 2\n", [], "run.yaml: expected a mapping"),
+        ("", ["trd.mdoe=or"], r"command line: trd.mdoe: unknown key; did you mean 'trd.mode'\?"),
+        ("", ["seed=abc"], "command line: seed: .*could not be converted to Integer"),
+        ("", ["trd.mode=nor"], "command line: trd.mode: must be one of"),
+        ("", ["seed"], "command line: override 'seed' is not of the form key=value"),
+    ],
+)
+def test_errors_are_one_line_and_name_file_and_key(tmp_path, text, overrides, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(DemoConfig, path, overrides)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_bad_file_value_fixed_on_the_command_line_is_fine(tmp_path):
+    path = write(tmp_path, "trd:\n  margin: -1\n")
+    assert load_config(DemoConfig, path, ["trd.margin=0.05"]).trd.margin == 0.05
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(DemoConfig, tmp_path / "nope.yaml")
+
+
+def test_resolved_config_round_trips_through_the_run_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("SARA_TEST_ROOT", str(tmp_path))
+    path = write(tmp_path, "out_dir: ${oc.env:SARA_TEST_ROOT}/run\n")
+    config = load_config(DemoConfig, path, ["trd.mode=xor", "trd.chunk_size=64"])
+    saved = save_config(config, tmp_path / "run")
+    assert "${" not in saved.read_text()  # resolved, not the interpolation
+    assert load_config(DemoConfig, saved) == config
+    assert config_to_yaml(config) == saved.read_text()
