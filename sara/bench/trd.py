@@ -98,31 +98,36 @@ def _flops(case: Case, saliency) -> float:
         return 2 * b * n * n * d
     if case.path == "dense":
         return 2 * b * n * n * 4 * d  # S_p, S_y; two products in S_p's backward
-    w = torch.zeros(b, n) if saliency is None else saliency.cpu().sort(dim=1, descending=True).values
-    route = get_route(case.mode)
-    plan = panel_plan(w, route, case.chunk or auto_chunk(n))
-    return sum(2 * b * (r1 - r0) * (c1 - c0) * 4 * d for r0, r1, c0, c1 in plan)
+    if case.path == "blockwise":  # the panels it visits after sorting, as trd_loss does
+        w = torch.zeros(b, n) if saliency is None else saliency.cpu().sort(dim=1, descending=True).values
+        plan = panel_plan(w, get_route(case.mode), case.chunk or auto_chunk(n))
+        return sum(2 * b * (r1 - r0) * (c1 - c0) * 4 * d for r0, r1, c0, c1 in plan)
+    raise ValueError(f"path: unknown {case.path!r}; choose one of matmul, dense, blockwise")
+
+
+def _step(case: Case, pred: torch.Tensor, target: torch.Tensor, saliency: torch.Tensor | None):
+    """The timed callable of one case: a forward + backward, or the reference product."""
+    if case.path == "matmul":
+        other = target.mT.contiguous()
+        return lambda: torch.bmm(target, other)
+    if case.path == "dense":
+        loss = lambda: trd_loss_dense(pred, target, saliency, case.mode)  # noqa: E731
+    elif case.path == "blockwise":
+        loss = lambda: trd_loss(pred, target, saliency, case.mode, chunk_size=case.chunk)  # noqa: E731
+    else:
+        raise ValueError(f"path: unknown {case.path!r}; choose one of matmul, dense, blockwise")
+
+    def step():
+        loss().backward()
+        pred.grad = None
+
+    return step
 
 
 def measure(case: Case) -> dict:
     """Median forward + backward seconds, peak extra memory and FLOP/s of one case."""
     pred, target, saliency = _inputs(case)
-    if case.path == "matmul":
-        other = target.mT.contiguous()
-
-        def step():
-            torch.bmm(target, other)
-
-    else:
-
-        def step():
-            if case.path == "dense":
-                loss = trd_loss_dense(pred, target, saliency, case.mode)
-            else:
-                loss = trd_loss(pred, target, saliency, case.mode, chunk_size=case.chunk)
-            loss.backward()
-            pred.grad = None
-
+    step = _step(case, pred, target, saliency)
     _sync(case.device)
     peak = _PeakMemory(case.device)
     peak.start()

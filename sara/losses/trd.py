@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sara.losses.trd_blockwise import BlockwiseTRD
-from sara.routing import check_saliency, get_route, pair_weight_sum
+from sara.routing import Route, check_saliency, get_route, pair_weight_sum
 
 
 def _check_features(pred: Tensor, target: Tensor, same_width: bool) -> None:
@@ -43,8 +43,10 @@ def auto_chunk(tokens: int) -> int:
     return 256 if tokens <= 2048 else 512
 
 
-def _prepare(pred, target, saliency, mode, margin, chunk_size=None):
-    """Validate the inputs; return the normalised features, the routing and the saliency."""
+def _prepare(
+    pred: Tensor, target: Tensor, saliency: Tensor | None, mode: str, margin: float, chunk_size: int | None = None
+) -> tuple[Tensor, Tensor, Tensor, Route, str]:
+    """Validate the inputs; return the normalised features, the saliency, the route and the mode."""
     _check_features(pred, target, same_width=False)
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
         raise ValueError(f"margin: must be a number >= 0, got {margin!r}")
@@ -111,9 +113,10 @@ def trd_loss(
     p, y, w, route, mode = _prepare(pred, target, saliency, mode, margin, chunk_size)
     tokens = p.shape[1]
     normaliser = pair_weight_sum(w, mode)  # (B,)
-    if mode != "none":
-        # Salient tokens first, so that zero-weight pairs gather into whole skippable blocks.
-        # The loss is a sum over pairs, hence invariant to a common token permutation.
+    if mode != "none" and ((w == 0) | (w == 1)).any():
+        # Only saliencies of exactly 0 or 1 give zero-weight pairs. Sorting puts salient
+        # tokens first so that those pairs gather into whole skippable blocks; the loss is a
+        # sum over pairs, hence invariant to a common token permutation.
         order = torch.argsort(w, dim=1, descending=True, stable=True)  # (B, N)
         w = torch.gather(w, 1, order)
         p = torch.gather(p, 1, order.unsqueeze(-1).expand_as(p))

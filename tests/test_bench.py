@@ -1,0 +1,38 @@
+"""The TRD benchmark's bookkeeping (its timings are printed, never asserted)."""
+
+import torch
+
+from sara.bench.trd import Case, _flops, dense_fits, format_rows
+
+
+def case(path="blockwise", tokens=64, mode="none", chunk=16):
+    return Case(path, tokens, dim=8, batch=2, mode=mode, fg_fraction=0.5, device="cpu", dtype="float32", chunk=chunk, repeats=1)
+
+
+def test_dense_is_skipped_where_it_cannot_fit():
+    assert dense_fits(case("dense", tokens=256))
+    assert not dense_fits(case("dense", tokens=2_000_000))  # 8 × 2 × (2e6)² × 4 bytes
+
+
+def test_flops_count_the_products_each_path_runs():
+    n, d, b = 64, 8, 2
+    assert _flops(case("dense"), None) == 2 * b * n * n * 4 * d
+    # the blockwise path visits the upper triangle of 16-row panels: 64·16 + 48·16 + 32·16 + 16·16 pairs
+    assert _flops(case("blockwise"), None) == 2 * b * 16 * (64 + 48 + 32 + 16) * 4 * d
+    # a hard OR mask with the first half set skips the background–background triangle
+    saliency = torch.zeros(b, n)
+    saliency[:, : n // 2] = 1
+    assert _flops(case("blockwise", mode="or"), saliency) == 2 * b * 16 * (64 + 48) * 4 * d
+
+
+def test_table_notes_a_skipped_dense_run():
+    measured = {"seconds": 2.0, "peak_gib": 0.5, "gflops": 100.0}
+    rows = [
+        {"tokens": 1024, "mode": "or", "blockwise": measured, "dense": {**measured, "seconds": 4.0}, "matmul_gflops": 200.0},
+        {"tokens": 65536, "mode": "or", "blockwise": measured, "dense": None, "matmul_gflops": 200.0},
+    ]
+    lines = format_rows(rows).splitlines()
+    assert lines[2].split()[:6] == ["1024", "or", "|", "4.000", "2.000", "0.50"]
+    assert lines[2].endswith("50%")
+    assert lines[3].split()[:6] == ["65536", "or", "|", "—", "2.000", "—"]
+    assert lines[-1] == "N=65536 or: dense skipped, its N×N buffers would not fit in free memory"
