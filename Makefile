@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sara-installed
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast lint demo bench clean
 
 setup: $(STAMP)
 
@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
-test: setup
+test: setup lint
 	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check sara tests
+	$(VENV)/bin/ruff format --check sara tests
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow"

@@ -57,7 +57,7 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def paragraph(text: str, note: bool = False) -> str:
     """A paragraph of escaped text."""
-    return f'<p{" class=note" if note else ""}>{html.escape(text)}</p>'
+    return f"<p{' class=note' if note else ''}>{html.escape(text)}</p>"
 
 
 def preformatted(text: str) -> str:

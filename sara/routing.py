@@ -73,9 +73,7 @@ def check_saliency(saliency: Tensor, batch: int | None = None, tokens: int | Non
     outside = ~((saliency >= 0) & (saliency <= 1))  # NaN fails both comparisons
     if outside.any():
         bad = saliency[outside]
-        raise ValueError(
-            f"saliency: {bad.numel()} value(s) are non-finite or outside [0, 1], e.g. {bad[0].item():.4g}"
-        )
+        raise ValueError(f"saliency: {bad.numel()} value(s) are non-finite or outside [0, 1], e.g. {bad[0].item():.4g}")
 
 
 def pair_weights(saliency: Tensor, mode: str) -> Tensor:

@@ -6,7 +6,9 @@ from sara.bench.trd import Case, _flops, dense_fits, format_rows
 
 
 def case(path="blockwise", tokens=64, mode="none", chunk=16):
-    return Case(path, tokens, dim=8, batch=2, mode=mode, fg_fraction=0.5, device="cpu", dtype="float32", chunk=chunk, repeats=1)
+    return Case(
+        path, tokens, dim=8, batch=2, mode=mode, fg_fraction=0.5, device="cpu", dtype="float32", chunk=chunk, repeats=1
+    )
 
 
 def test_dense_is_skipped_where_it_cannot_fit():
@@ -28,7 +30,13 @@ def test_flops_count_the_products_each_path_runs():
 def test_table_notes_a_skipped_dense_run():
     measured = {"seconds": 2.0, "peak_gib": 0.5, "gflops": 100.0}
     rows = [
-        {"tokens": 1024, "mode": "or", "blockwise": measured, "dense": {**measured, "seconds": 4.0}, "matmul_gflops": 200.0},
+        {
+            "tokens": 1024,
+            "mode": "or",
+            "blockwise": measured,
+            "dense": {**measured, "seconds": 4.0},
+            "matmul_gflops": 200.0,
+        },
         {"tokens": 65536, "mode": "or", "blockwise": measured, "dense": None, "matmul_gflops": 200.0},
     ]
     lines = format_rows(rows).splitlines()

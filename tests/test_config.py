@@ -40,11 +40,19 @@ def test_environment_variables_are_interpolated(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "text, overrides, message",
     [
-        ("budget:\n  fg_fracton: 0.3\n", [], r"run.yaml: budget.fg_fracton: unknown key; did you mean 'budget.fg_fraction'\?"),
+        (
+            "budget:\n  fg_fracton: 0.3\n",
+            [],
+            r"run.yaml: budget.fg_fracton: unknown key; did you mean 'budget.fg_fraction'\?",
+        ),
         ("zzz: 1\n", [], "run.yaml: zzz: unknown key; valid keys here: out_dir, seed, budget, trd"),
         ("trd:\n  margin: big\n", [], "run.yaml: trd.margin: .*'big'.* could not be converted to Float"),
         ("seed: 1.5\n", [], "run.yaml: seed: .*could not be converted to Integer"),
-        ("out_dir: ${oc.env:SARA_SURELY_UNSET_VAR}\n", [], "run.yaml: out_dir: environment variable 'SARA_SURELY_UNSET_VAR' is not set"),
+        (
+            "out_dir: ${oc.env:SARA_SURELY_UNSET_VAR}\n",
+            [],
+            "run.yaml: out_dir: environment variable 'SARA_SURELY_UNSET_VAR' is not set",
+        ),
         ("trd:\n  mode: nor\n", [], "run.yaml: trd.mode: must be one of none, and, or, xor; got 'nor'"),
         ("trd:\n  margin: -1\n", [], r"run.yaml: trd.margin: must be >= 0"),
         ("budget:\n  fg_fraction: 1.0\n", [], "run.yaml: budget.fg_fraction: must be < 1"),

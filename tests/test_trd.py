@@ -40,7 +40,7 @@ def test_gradcheck_float64(mode):
     saliency = torch.rand(2, 11, dtype=torch.float64)
     saliency[0, :3] = 0  # zero blocks get skipped
     for chunk in (3, 4, 11):
-        assert torch.autograd.gradcheck(lambda p: trd_loss(p, target, saliency, mode, 0.05, chunk), (pred,))
+        assert torch.autograd.gradcheck(lambda p, c=chunk: trd_loss(p, target, saliency, mode, 0.05, c), (pred,))
     assert torch.autograd.gradcheck(lambda p: trd_loss_dense(p, target, saliency, mode, 0.05), (pred,))
 
 

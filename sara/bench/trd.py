@@ -17,9 +17,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from sara.losses import trd_loss, trd_loss_dense
-from sara.losses.trd import auto_chunk
-from sara.losses.trd_blockwise import panel_plan
-from sara.routing import get_route
+from sara.losses.trd import visited_panels
 
 GIB = 1024**3
 DENSE_MATRICES = 8  # N×N fp32 buffers live at dense's peak (6.2 GiB measured on CPU at N = 16384)
@@ -98,9 +96,9 @@ def _flops(case: Case, saliency) -> float:
         return 2 * b * n * n * d
     if case.path == "dense":
         return 2 * b * n * n * 4 * d  # S_p, S_y; two products in S_p's backward
-    if case.path == "blockwise":  # the panels it visits after sorting, as trd_loss does
-        w = torch.zeros(b, n) if saliency is None else saliency.cpu().sort(dim=1, descending=True).values
-        plan = panel_plan(w, get_route(case.mode), case.chunk or auto_chunk(n))
+    if case.path == "blockwise":
+        w = torch.zeros(b, n) if saliency is None else saliency.cpu()
+        plan = visited_panels(w, case.mode, case.chunk)
         return sum(2 * b * (r1 - r0) * (c1 - c0) * 4 * d for r0, r1, c0, c1 in plan)
     raise ValueError(f"path: unknown {case.path!r}; choose one of matmul, dense, blockwise")
 
@@ -223,7 +221,9 @@ def format_rows(rows: list[dict]) -> str:
         if dense is None:
             dense_cells = f"{'—':>8} {block['seconds']:>8.3f} {'—':>6} | {'—':>9}"
             dense_gf = f"{'—':>10}"
-            notes.append(f"N={row['tokens']} {row['mode']}: dense skipped, its N×N buffers would not fit in free memory")
+            notes.append(
+                f"N={row['tokens']} {row['mode']}: dense skipped, its N×N buffers would not fit in free memory"
+            )
         else:
             dense_cells = (
                 f"{dense['seconds']:>8.3f} {block['seconds']:>8.3f} {block['seconds'] / dense['seconds']:>6.2f} | "

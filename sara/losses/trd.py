@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sara.losses.trd_blockwise import BlockwiseTRD
+from sara.losses.trd_blockwise import BlockwiseTRD, panel_plan
 from sara.routing import Route, check_saliency, get_route, pair_weight_sum
 
 
@@ -62,6 +62,19 @@ def _prepare(
     return _normalise(pred), _normalise(target.detach()), saliency, route, mode
 
 
+def _skip_order(saliency: Tensor, mode: str) -> Tensor | None:
+    """A per-sample token order ``[B, N]`` that gathers zero-weight pairs into whole blocks,
+    or ``None`` when no weight can vanish.
+
+    Only saliencies of exactly 0 or 1 give zero-weight pairs (e.g. background–background
+    under ``or``). Salient tokens go first; the loss is a sum over pairs, hence invariant
+    to a common token permutation.
+    """
+    if mode != "none" and ((saliency == 0) | (saliency == 1)).any():
+        return torch.argsort(saliency, dim=1, descending=True, stable=True)
+    return None
+
+
 def trd_loss_dense(
     pred: Tensor, target: Tensor, saliency: Tensor | None = None, mode: str = "or", margin: float = 0.1
 ) -> Tensor:
@@ -111,18 +124,22 @@ def trd_loss(
         The scalar loss, in ``pred``'s dtype (accumulated in fp32, or fp64 for fp64 inputs).
     """
     p, y, w, route, mode = _prepare(pred, target, saliency, mode, margin, chunk_size)
-    tokens = p.shape[1]
     normaliser = pair_weight_sum(w, mode)  # (B,)
-    if mode != "none" and ((w == 0) | (w == 1)).any():
-        # Only saliencies of exactly 0 or 1 give zero-weight pairs. Sorting puts salient
-        # tokens first so that those pairs gather into whole skippable blocks; the loss is a
-        # sum over pairs, hence invariant to a common token permutation.
-        order = torch.argsort(w, dim=1, descending=True, stable=True)  # (B, N)
+    order = _skip_order(w, mode)
+    if order is not None:
         w = torch.gather(w, 1, order)
         p = torch.gather(p, 1, order.unsqueeze(-1).expand_as(p))
         y = torch.gather(y, 1, order.unsqueeze(-1).expand_as(y))
-    chunk = chunk_size or auto_chunk(tokens)
+    chunk = chunk_size or auto_chunk(p.shape[1])
     return BlockwiseTRD.apply(p, y, w, route, float(margin), chunk, normaliser)
+
+
+def visited_panels(saliency: Tensor, mode: str, chunk_size: int | None = None) -> list[tuple[int, int, int, int]]:
+    """The panels ``(r0, r1, c0, c1)`` that :func:`trd_loss` computes for a ``[B, N]``
+    saliency (plain TRD: zeros with ``mode="none"``); for benchmarks and reports."""
+    order = _skip_order(saliency, mode)
+    w = saliency if order is None else torch.gather(saliency, 1, order)
+    return panel_plan(w, get_route(mode), chunk_size or auto_chunk(saliency.shape[1]))
 
 
 def repa_loss(pred: Tensor, target: Tensor) -> Tensor:
