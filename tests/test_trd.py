@@ -202,6 +202,8 @@ def test_blockwise_never_holds_an_n_by_n_tensor():
         ((2, 10, 4), (2, 10, 4), torch.full((2, 10), -0.1), {}, r"saliency: .* outside \[0, 1\]"),
         ((2, 10, 4), (2, 10, 4), torch.full((2, 10), float("inf")), {}, "saliency: .* non-finite"),
         ((2, 10, 4), (2, 10, 4), torch.rand(2, 10), {"mode": "nand"}, "mode: .*none, and, or, xor"),
+        ((2, 10, 4), (2, 10, 4), None, {"mode": "nand"}, "mode: .*none, and, or, xor"),
+        ((2, 10, 4), (2, 10, 4), torch.rand(2, 10, device="meta"), {}, "saliency: on meta, pred on cpu"),
         ((2, 10, 4), (2, 10, 4), None, {"margin": -0.1}, "margin: must be a number >= 0"),
         ((2, 10, 4), (2, 10, 4), None, {"chunk_size": 0}, "chunk_size: must be a positive int"),
         ((2, 0, 4), (2, 0, 4), None, {}, r"pred: has no tokens"),

@@ -52,11 +52,14 @@ def _prepare(
         raise ValueError(f"margin: must be a number >= 0, got {margin!r}")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size: must be a positive int or None, got {chunk_size!r}")
+    get_route(mode)  # an unknown mode is an error even without a saliency
     batch, tokens, _ = pred.shape
     if saliency is None:
         # Plain TRD: a zero saliency under "none" weighs every pair 1.
         mode, saliency = "none", torch.zeros(batch, tokens, device=pred.device)
     route = get_route(mode)
+    if isinstance(saliency, Tensor) and saliency.device != pred.device:
+        raise ValueError(f"saliency: on {saliency.device}, pred on {pred.device}")
     check_saliency(saliency, batch, tokens)
     saliency = saliency.detach()  # routing decides weights; it is not trained through the loss
     return _normalise(pred), _normalise(target.detach()), saliency, route, mode
