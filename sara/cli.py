@@ -41,6 +41,7 @@ def _bench_trd(args: argparse.Namespace) -> None:
         args.dtype,
         args.chunk_size,
         args.repeats,
+        args.min_seconds,
         progress=not args.json,
     )
     if args.json:
@@ -80,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     trd.add_argument("--device", default="cpu")
     trd.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     trd.add_argument("--chunk-size", type=int, default=None, help="row block (default: automatic)")
-    trd.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up; median reported")
+    trd.add_argument("--repeats", type=int, default=3, help="least number of timed runs after the warm-up")
+    trd.add_argument("--min-seconds", type=float, default=2.0, help="time each case for at least this long; median")
     trd.add_argument("--json", action="store_true", help="print the rows as JSON")
     trd.set_defaults(handler=_bench_trd)
     return parser

@@ -6,9 +6,8 @@ from sara.bench.trd import Case, _flops, dense_fits, format_rows
 
 
 def case(path="blockwise", tokens=64, mode="none", chunk=16):
-    return Case(
-        path, tokens, dim=8, batch=2, mode=mode, fg_fraction=0.5, device="cpu", dtype="float32", chunk=chunk, repeats=1
-    )
+    sizes = {"dim": 8, "batch": 2, "fg_fraction": 0.5}
+    return Case(path, tokens, **sizes, mode=mode, device="cpu", dtype="float32", chunk=chunk, repeats=1, min_seconds=0)
 
 
 def test_dense_is_skipped_where_it_cannot_fit():

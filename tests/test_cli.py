@@ -87,7 +87,21 @@ def test_demo_writes_a_self_contained_report(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_bench_trd_prints_a_row_per_size_and_mode(capsys):
-    args = ["bench", "trd", "--tokens", "64", "--dim", "16", "--repeats", "1", "--modes", "none", "or"]
+    args = [
+        "bench",
+        "trd",
+        "--tokens",
+        "64",
+        "--dim",
+        "16",
+        "--repeats",
+        "1",
+        "--min-seconds",
+        "0",
+        "--modes",
+        "none",
+        "or",
+    ]
     assert main(args) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = [line.split() for line in lines if line.strip().split(" ")[0].isdigit()]

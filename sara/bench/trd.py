@@ -36,7 +36,8 @@ class Case:
     device: str
     dtype: str
     chunk: int | None
-    repeats: int
+    repeats: int  # least number of timed runs
+    min_seconds: float  # ... and as many more as it takes to fill this long: short cases are noisy
     seed: int = 0
 
 
@@ -133,7 +134,7 @@ def measure(case: Case) -> dict:
     _sync(case.device)
     extra = peak.extra_bytes()
     times = []
-    for _ in range(case.repeats):
+    while len(times) < case.repeats or sum(times) < case.min_seconds:
         start = time.perf_counter()
         step()
         _sync(case.device)
@@ -181,12 +182,13 @@ def bench_trd(
     dtype: str,
     chunk: int | None,
     repeats: int,
+    min_seconds: float,
     progress: bool = True,
 ) -> list[dict]:
     """One row per (N, mode): dense and blockwise side by side, with the matmul reference."""
     plan = []  # (row key, case)
     for n in tokens:
-        reference = Case("matmul", n, dim, batch, "none", fg_fraction, device, dtype, chunk, repeats)
+        reference = Case("matmul", n, dim, batch, "none", fg_fraction, device, dtype, chunk, repeats, min_seconds)
         plan.append(((n, None), reference))
         for mode in modes:
             blockwise = replace(reference, path="blockwise", mode=mode)
