@@ -1,0 +1,40 @@
+"""Frame strips with mask overlays, for reports and data checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+OVERLAY = [(255, 0, 0), (0, 255, 0), (0, 120, 255), (255, 0, 255), (255, 255, 0), (0, 255, 255)]
+
+
+def overlay(frames: torch.Tensor, masks: list[torch.Tensor], alpha: float = 0.5) -> np.ndarray:
+    """Tint each entity's mask on the frames: ``uint8 [T, C, H, W]`` + ``[T, H, W]`` masks in
+    [0, 1] -> ``uint8 [T, H, W, 3]``."""
+    image = frames.permute(0, 2, 3, 1).float()  # (T, H, W, 3)
+    for index, mask in enumerate(masks):
+        colour = torch.tensor(OVERLAY[index % len(OVERLAY)], dtype=torch.float32)
+        weight = alpha * mask.float().unsqueeze(-1)  # (T, H, W, 1)
+        image = image * (1 - weight) + colour * weight
+    return image.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def strip(images: np.ndarray, count: int = 8, gap: int = 2) -> np.ndarray:
+    """``count`` evenly spaced frames of ``[T, H, W, 3]`` side by side."""
+    picks = np.linspace(0, len(images) - 1, min(count, len(images))).round().astype(int)
+    height, width = images.shape[1:3]
+    canvas = np.full((height, len(picks) * (width + gap) - gap, 3), 255, dtype=np.uint8)
+    for slot, index in enumerate(picks):
+        canvas[:, slot * (width + gap) : slot * (width + gap) + width] = images[index]
+    return canvas
+
+
+def save_png(path: str | Path, image: np.ndarray) -> Path:
+    """Write an ``uint8 [H, W, 3]`` image."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    return path
