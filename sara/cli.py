@@ -17,11 +17,52 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _budget(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from sara.budget import format_budget, load_saliency
     from sara.routing import pair_budget
 
-    budget = pair_budget(load_saliency(args.file), args.threshold)
-    print(json.dumps(budget, indent=2) if args.json else format_budget(budget, title=str(args.file)))
+    if Path(args.file).suffix in (".json", ".jsonl"):
+        from sara.data.manifest import load_manifest
+        from sara.data.saliency import mask_saliency
+
+        saliency, problems = mask_saliency(
+            load_manifest(args.file), args.frames, args.size, args.tubelet, args.patch, progress=not args.json
+        )
+        for line in problems:
+            print(f"skipped {line}", file=sys.stderr)
+        title = f"{args.file}: ground-truth masks of {len(saliency)} clips on the {args.frames}×{args.size}² token grid"
+    else:
+        saliency, title = load_saliency(args.file), str(args.file)
+    budget = pair_budget(saliency, args.threshold)
+    print(json.dumps(budget, indent=2) if args.json else format_budget(budget, title=title))
+
+
+def _data_synth(args: argparse.Namespace) -> None:
+    from sara.data.synthetic import SynthSpec, synthesize
+
+    spec = SynthSpec(
+        num=args.num,
+        seed=args.seed,
+        frames=args.frames,
+        size=args.size,
+        fg_fraction=args.fg_fraction,
+        heldout_fraction=args.heldout_fraction,
+    )
+    summary = synthesize(spec, args.out, workers=args.workers)
+    clips = ", ".join(f"{n} {split}" for split, n in summary["clips"].items())
+    print(f"wrote {clips} clips to {summary['out']}; mean FG fraction of the token grid {summary['fg_fraction']:.3f}")
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from sara.data.check import check_manifest
+    from sara.data.manifest import load_manifest
+
+    report = check_manifest(load_manifest(args.manifest))
+    for line in report.problems:
+        print(line)
+    print(report.summary())
+    return 1 if report.problems else 0
 
 
 def _bench_trd(args: argparse.Namespace) -> None:
@@ -68,7 +109,28 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("file")
     budget.add_argument("--threshold", type=float, default=0.5, help="FG when saliency > threshold")
     budget.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    grid = budget.add_argument_group("for a manifest: the token grid its masks are pooled onto")
+    grid.add_argument("--frames", type=int, default=16, help="frames the encoder sees")
+    grid.add_argument("--size", type=int, default=256, help="square input size in pixels")
+    grid.add_argument("--tubelet", type=int, default=2, help="frames per token")
+    grid.add_argument("--patch", type=int, default=16, help="pixels per token side")
     budget.set_defaults(handler=_budget)
+
+    data = commands.add_parser("data", help="data sets: synthesise, check")
+    data_commands = data.add_subparsers(dest="data", required=True)
+    synth = data_commands.add_parser("synth", help="write the synthetic shapes world (clips, masks, manifests)")
+    synth.add_argument("--out", required=True, help="folder to write")
+    synth.add_argument("--num", type=int, default=200, help="number of clips")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--frames", type=int, default=33, help="frames per clip")
+    synth.add_argument("--size", type=int, default=128, help="square frame size in pixels")
+    synth.add_argument("--fg-fraction", type=float, default=0.5, help="mean FG share of the token grid")
+    synth.add_argument("--heldout-fraction", type=float, default=0.1, help="share of clips in heldout.jsonl")
+    synth.add_argument("--workers", type=int, default=2, help="processes")
+    synth.set_defaults(handler=_data_synth)
+    check = data_commands.add_parser("check", help="read every clip and mask once; one line per problem")
+    check.add_argument("manifest")
+    check.set_defaults(handler=_data_check)
 
     bench = commands.add_parser("bench", help="benchmarks that print figures")
     benches = bench.add_subparsers(dest="bench", required=True)
@@ -91,11 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.handler(args)
-    except ValueError as exc:  # bad input (ConfigError included): one line, no traceback
+        return args.handler(args) or 0
+    except ValueError as exc:  # bad input (ConfigError, ManifestError included): one line, no traceback
         print(f"sara: error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

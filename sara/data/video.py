@@ -170,3 +170,42 @@ def write_gif(path: str | Path, frames: torch.Tensor | np.ndarray, fps: float) -
     path.parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
     return path
+
+
+def probe_size(path: str | Path) -> tuple[int, int] | None:
+    """``(H, W)`` of the first video stream from the header alone, or ``None`` if unreadable."""
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            return stream.height, stream.width
+    except (av.error.FFmpegError, IndexError, OSError):
+        return None
+
+
+def scan_clip(path: str | Path, start: float | None = None, end: float | None = None) -> tuple[int, tuple[int, int]]:
+    """Decode every frame of ``[start, end)`` once (a full integrity check); returns the
+    number of frames in range and ``(H, W)``.
+
+    Raises:
+        VideoError: as :func:`decode_clip`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError("video file not found")
+    if path.stat().st_size == 0:
+        raise VideoError("video file is empty")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError("has no video stream")
+            stream = container.streams.video[0]
+            times = _timeline(container, stream)
+            in_range, _ = select_frames(times, 1, start, end, None)
+            container.seek(0)
+            decoded = sum(1 for frame in container.decode(stream) if frame.pts is not None)
+            size = (stream.height, stream.width)
+    except av.error.FFmpegError as exc:
+        raise VideoError(f"cannot be decoded ({type(exc).__name__})") from None
+    if decoded < len(times):
+        raise VideoError(f"truncated: {decoded} of {len(times)} frames decode")
+    return len(in_range), size

@@ -1,0 +1,70 @@
+"""``sara data check``: read every clip and mask of a manifest once and report each problem."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from sara.data.datasets import describe
+from sara.data.manifest import Manifest
+from sara.data.masks import MaskError, load_mask
+from sara.data.video import VideoError, scan_clip
+
+
+@dataclass
+class CheckReport:
+    """What a check found: one line per problem, and counts."""
+
+    records: int = 0
+    entities: int = 0
+    without_masks: int = 0  # entities waiting for `sara data masks` (not a problem)
+    problems: list[str] = field(default_factory=list)
+    bad_records: set[int] = field(default_factory=set)
+
+    def add(self, index: int, line: str) -> None:
+        self.problems.append(line)
+        self.bad_records.add(index)
+
+    def summary(self) -> str:
+        return (
+            f"checked {self.records} records, {self.entities} entities ({self.without_masks} without masks): "
+            f"{len(self.problems)} problem(s) in {len(self.bad_records)} record(s)"
+        )
+
+
+def _check_record(manifest: Manifest, index: int, report: CheckReport) -> None:
+    record = manifest.records[index]
+    where = describe(manifest, index)
+    if not record.prompt().strip():
+        report.add(index, f"{where}: caption: empty")
+    try:
+        frames, size = scan_clip(manifest.resolve(record.video), record.start, record.end)
+    except VideoError as exc:
+        report.add(index, f"{where}: video: {exc}")
+        frames = size = None
+    for number, entity in enumerate(record.entities or []):
+        report.entities += 1
+        if entity.mask is None:
+            report.without_masks += 1
+            continue
+        try:
+            mask = load_mask(manifest.resolve(entity.mask))
+        except MaskError as exc:
+            report.add(index, f"{where}: entities.{number}.mask: {exc} ({entity.mask})")
+            continue
+        if frames is not None and tuple(mask.shape) != (frames, *size):
+            report.add(
+                index,
+                f"{where}: entities.{number}.mask: shape {tuple(mask.shape)} does not match the video's "
+                f"(frames, H, W) {(frames, *size)}",
+            )
+
+
+def check_manifest(manifest: Manifest, progress: bool = True) -> CheckReport:
+    """Decode every clip fully and load every mask once; collect every problem."""
+    report = CheckReport(records=len(manifest))
+    for index in tqdm(range(len(manifest)), desc=f"check {Path(manifest.path).name}", disable=not progress):
+        _check_record(manifest, index, report)
+    return report

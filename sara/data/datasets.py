@@ -1,0 +1,178 @@
+"""Torch datasets of the two stages, and how bad samples are skipped without hiding.
+
+A sample that cannot be loaded (missing, empty, truncated or undecodable video, too few
+frames, a missing or mismatched mask, an empty caption) comes back as a :class:`Skipped`
+marker instead of raising, so that ``DataLoader`` workers never die on bad data. The
+collate function keeps the good samples and passes the markers on; the training loop
+hands them to a :class:`BadSamples` tracker, which logs one warning line per skip, counts
+them per epoch and stops the run only when more than ``max_fraction`` of samples are bad.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+from sara.data.buckets import Bucket, assign_bucket
+from sara.data.manifest import Manifest, Record
+from sara.data.masks import MaskError, load_mask
+from sara.data.video import Clip, VideoError, decode_clip, probe_size, transform_masks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A sample that could not be loaded, and why."""
+
+    where: str  # "train.jsonl: record 3 (clip_00003)"
+    reason: str
+
+
+def describe(manifest: Manifest, index: int) -> str:
+    """``FILE: record I (ID)``: how warnings and checks name a record."""
+    record = manifest.records[index]
+    name = (record.model_extra or {}).get("id")
+    return f"{manifest.path.name}: record {index}" + (f" ({name})" if name else "")
+
+
+class ClipDataset(Dataset):
+    """Clips of a manifest, each decoded into its bucket's frames and size."""
+
+    def __init__(self, manifest: Manifest, buckets: Sequence[Bucket]):
+        if not buckets:
+            raise ValueError("buckets: at least one bucket is needed")
+        self.manifest, self.buckets = manifest, list(buckets)
+        # aspect-ratio bins from the headers alone; an unreadable file lands in bucket 0
+        # and is skipped, with its reason, when loaded
+        self.record_bucket = []
+        for record in manifest.records:
+            size = probe_size(manifest.resolve(record.video))
+            self.record_bucket.append(assign_bucket(*size, self.buckets) if size else 0)
+
+    def _clip(self, index: int) -> tuple[Record, Bucket, Clip | Skipped]:
+        """The record, its bucket and its decoded clip, or why the sample must be skipped."""
+        record = self.manifest.records[index]
+        bucket = self.buckets[self.record_bucket[index]]
+        if not record.prompt().strip():
+            return record, bucket, Skipped(describe(self.manifest, index), "caption: empty")
+        path = self.manifest.resolve(record.video)
+        try:
+            clip = decode_clip(path, bucket.frames, bucket.size, record.start, record.end, record.fps)
+        except VideoError as exc:
+            return record, bucket, Skipped(describe(self.manifest, index), f"video: {exc}")
+        return record, bucket, clip
+
+
+class Stage2Dataset(ClipDataset):
+    """Frames and the full caption of every clip."""
+
+    @property
+    def bucket_of(self) -> list[int]:
+        return self.record_bucket
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __getitem__(self, index: int) -> dict | Skipped:
+        record, _, clip = self._clip(index)
+        if isinstance(clip, Skipped):
+            return clip
+        return {"frames": clip.frames, "caption": record.prompt(), "index": index}
+
+
+class Stage1Dataset(ClipDataset):
+    """One sample per (clip, entity): frames, that entity's masks and prompt, the caption.
+
+    Clips without entities are Stage-2-only and left out.
+    """
+
+    def __init__(self, manifest: Manifest, buckets: Sequence[Bucket]):
+        super().__init__(manifest, buckets)
+        self.samples = [(i, e) for i, r in enumerate(manifest.records) for e in range(len(r.entities or []))]
+
+    @property
+    def bucket_of(self) -> list[int]:
+        return [self.record_bucket[i] for i, _ in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict | Skipped:
+        record_index, entity_index = self.samples[index]
+        where = describe(self.manifest, record_index)
+        entity = self.manifest.records[record_index].entities[entity_index]
+        record, bucket, clip = self._clip(record_index)
+        if isinstance(clip, Skipped):
+            return clip
+        if entity.mask is None:
+            return Skipped(where, f"entities.{entity_index}.mask: no mask file (run `sara data masks`)")
+        try:
+            masks = transform_masks(load_mask(self.manifest.resolve(entity.mask)), clip, bucket.size)
+        except (MaskError, VideoError) as exc:
+            return Skipped(where, f"entities.{entity_index}.mask: {exc}")
+        return {
+            "frames": clip.frames,  # (T, C, H, W) uint8
+            "masks": masks,  # (T, H, W) covered fraction
+            "prompt": entity.prompt,
+            "caption": record.prompt(),
+            "index": record_index,
+            "entity": entity_index,
+        }
+
+
+def collate(items: list[dict | Skipped]) -> dict:
+    """Stack the good samples of a same-bucket batch; skipped ones go to ``batch["skipped"]``.
+
+    ``batch["size"]`` may be 0 when every sample of the batch was bad.
+    """
+    good = [item for item in items if not isinstance(item, Skipped)]
+    batch: dict = {"skipped": [item for item in items if isinstance(item, Skipped)], "size": len(good)}
+    for key in good[0] if good else ():
+        values = [item[key] for item in good]
+        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return batch
+
+
+class TooManyBadSamples(RuntimeError):
+    """More than the allowed share of a run's samples could not be loaded."""
+
+
+class BadSamples:
+    """Counts skipped samples, logs one line for each, and stops a run past ``max_fraction``."""
+
+    def __init__(self, max_fraction: float = 0.05, min_seen: int = 50):
+        self.max_fraction, self.min_seen = max_fraction, min_seen
+        self.seen = self.bad = 0
+        self.epoch_seen = self.epoch_bad = 0
+
+    def update(self, batch: dict) -> None:
+        """Record one collated batch; raises :class:`TooManyBadSamples` past the limit."""
+        for skipped in batch["skipped"]:
+            log.warning("skipped %s: %s", skipped.where, skipped.reason)
+        count = len(batch["skipped"])
+        self.seen += batch["size"] + count
+        self.epoch_seen += batch["size"] + count
+        self.bad += count
+        self.epoch_bad += count
+        if self.seen >= self.min_seen:
+            self.check()
+
+    def check(self) -> None:
+        """Raise if the share of bad samples so far is above ``max_fraction``."""
+        if self.seen and self.bad / self.seen > self.max_fraction:
+            raise TooManyBadSamples(
+                f"{self.bad} of {self.seen} samples could not be loaded ({100 * self.bad / self.seen:.1f} %), "
+                f"more than the allowed {100 * self.max_fraction:.1f} % (data.max_bad_fraction)"
+            )
+
+    def end_epoch(self, epoch: int) -> int:
+        """Log the epoch's count of skipped samples, check the limit, and reset the epoch count."""
+        log.info("epoch %d: %d of %d samples skipped", epoch, self.epoch_bad, self.epoch_seen)
+        skipped, self.epoch_seen, self.epoch_bad = self.epoch_bad, 0, 0
+        self.check()
+        return skipped

@@ -1,0 +1,147 @@
+"""Datasets, buckets and the sampler; bad samples skipped, counted and bounded; `sara data check`."""
+
+import json
+import logging
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from sara.cli import main
+from sara.data.buckets import Bucket, BucketBatchSampler, assign_bucket
+from sara.data.check import check_manifest
+from sara.data.datasets import BadSamples, Skipped, Stage1Dataset, Stage2Dataset, TooManyBadSamples, collate
+from sara.data.manifest import load_manifest
+from sara.data.masks import load_mask, save_mask
+from sara.data.synthetic import SynthSpec, synthesize
+
+BUCKETS = [Bucket(8, 32, 32), Bucket(8, 32, 48)]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A small shapes world with one record broken in each way the data layer knows."""
+    root = tmp_path_factory.mktemp("world")
+    synthesize(SynthSpec(num=10, seed=1, frames=9, size=32, heldout_fraction=0.0), root, workers=1, progress=False)
+    records = [json.loads(line) for line in (root / "train.jsonl").read_text().splitlines()]
+    good = len(records)
+    broken = [dict(records[i], id=f"broken_{i}") for i in range(7)]
+    broken[0]["video"] = "videos/missing.mp4"
+    (root / "videos/empty.mp4").write_bytes(b"")
+    broken[1]["video"] = "videos/empty.mp4"
+    data = (root / records[2]["video"]).read_bytes()
+    (root / "videos/truncated.mp4").write_bytes(data[: len(data) // 3])
+    broken[2]["video"] = "videos/truncated.mp4"
+    (root / "videos/junk.mp4").write_bytes(b"this is not a video" * 40)
+    broken[3]["video"] = "videos/junk.mp4"
+    broken[4]["entities"] = [{"prompt": "ghost", "mask": "masks/missing.npz"}]
+    save_mask(root / "masks/short.npz", load_mask(root / records[5]["entities"][0]["mask"])[:5])  # 5 of 9 frames
+    broken[5]["entities"] = [{"prompt": "short", "mask": "masks/short.npz"}]
+    broken[6]["caption"] = ""
+    lines = [json.dumps(r) for r in records + broken]
+    (root / "mixed.jsonl").write_text("\n".join(lines) + "\n")
+    return root, good
+
+
+def test_buckets_by_aspect_ratio():
+    assert assign_bucket(32, 32, BUCKETS) == 0
+    assert assign_bucket(720, 1280, BUCKETS) == 1
+    assert assign_bucket(1280, 720, BUCKETS) == 0
+
+
+def test_sampler_same_bucket_deterministic_and_disjoint_across_ranks():
+    bucket_of = [i % 3 for i in range(100)]
+    epoch0 = list(BucketBatchSampler(bucket_of, 4, seed=5))
+    assert epoch0 == list(BucketBatchSampler(bucket_of, 4, seed=5))
+    sampler = BucketBatchSampler(bucket_of, 4, seed=5)
+    sampler.set_epoch(1)
+    assert list(sampler) != epoch0
+    for batch in epoch0:
+        assert len(batch) == 4 and len({bucket_of[i] for i in batch}) == 1
+    ranks = [list(BucketBatchSampler(bucket_of, 4, seed=5, rank=r, world_size=3)) for r in range(3)]
+    assert len({len(r) for r in ranks}) == 1 == len({len(BucketBatchSampler(bucket_of, 4, 5, r, 3)) for r in range(3)})
+    seen = [i for rank in ranks for batch in rank for i in batch]
+    assert len(seen) == len(set(seen))
+    with pytest.raises(ValueError, match="rank: must be in"):
+        BucketBatchSampler(bucket_of, 4, rank=3, world_size=3)
+
+
+def test_stage1_samples_are_clip_entity_pairs(world):
+    root, _ = world
+    manifest = load_manifest(root / "train.jsonl")
+    dataset = Stage1Dataset(manifest, BUCKETS)
+    assert len(dataset) == sum(len(r.entities) for r in manifest.records)
+    item = dataset[0]
+    assert item["frames"].shape == (8, 3, 32, 32) and item["frames"].dtype == torch.uint8
+    assert item["masks"].shape == (8, 32, 32) and 0 <= item["masks"].min() and item["masks"].max() <= 1
+    assert item["masks"].sum() > 0
+    assert item["prompt"] in item["caption"]
+
+
+def test_loader_with_workers_skips_bad_samples_and_counts_them(world, caplog):
+    root, good = world
+    manifest = load_manifest(root / "mixed.jsonl")
+    dataset = Stage2Dataset(manifest, BUCKETS)
+    sampler = BucketBatchSampler(dataset.bucket_of, batch_size=3, seed=0)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=2, collate_fn=collate)
+    tracker = BadSamples(max_fraction=0.6, min_seen=1)
+    frames = 0
+    with caplog.at_level(logging.WARNING, logger="sara.data.datasets"):
+        for batch in loader:
+            tracker.update(batch)
+            if batch["size"]:
+                assert batch["frames"].shape[1:] == (8, 3, 32, 32)
+                frames += batch["size"]
+    skipped = tracker.end_epoch(0)
+    assert frames + skipped == len(sampler) * 3  # every sample either loaded or counted
+    assert skipped > 0 and skipped == len(caplog.records)  # one warning line per skip
+    for record in caplog.records:
+        assert record.getMessage().startswith("skipped mixed.jsonl: record ")
+        assert "(broken_" in record.getMessage()  # only the broken records are skipped
+
+
+def test_each_bad_record_gives_its_reason(world):
+    root, good = world
+    manifest = load_manifest(root / "mixed.jsonl")
+    stage2, stage1 = Stage2Dataset(manifest, BUCKETS), Stage1Dataset(manifest, BUCKETS)
+    reasons = [stage2[good + i].reason for i in (0, 1, 2, 3, 6)]
+    assert reasons[0] == "video: video file not found"
+    assert reasons[1] == "video: video file is empty"
+    assert reasons[2].startswith("video:") and reasons[3].startswith("video: cannot be decoded")
+    assert reasons[4] == "caption: empty"
+    by_record = {stage1.samples[i][0]: stage1[i] for i in range(len(stage1))}
+    assert by_record[good + 4].reason == "entities.0.mask: mask file not found"
+    assert by_record[good + 5].reason.startswith("entities.0.mask: mask shape (5, 32, 32) does not match")
+    too_long = Stage2Dataset(manifest, [Bucket(12, 32, 32)])[0]
+    assert isinstance(too_long, Skipped) and "fewer than the 12 asked for" in too_long.reason
+
+
+def test_too_many_bad_samples_stop_the_run():
+    tracker = BadSamples(max_fraction=0.05, min_seen=10)
+    tracker.update({"skipped": [], "size": 8})
+    tracker.update({"skipped": [Skipped("m.jsonl: record 0", "video: gone")], "size": 0})  # 1 of 9: no verdict yet
+    with pytest.raises(TooManyBadSamples, match=r"1 of 10 samples could not be loaded \(10.0 %\)"):
+        tracker.update({"skipped": [], "size": 1})
+
+
+def test_data_check_reports_every_problem(world, capsys):
+    root, good = world
+    report = check_manifest(load_manifest(root / "mixed.jsonl"), progress=False)
+    assert report.bad_records == {good + i for i in range(7)}
+    assert main(["data", "check", str(root / "mixed.jsonl")]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        out[-1]
+        == f"checked {good + 7} records, {report.entities} entities (0 without masks): 7 problem(s) in 7 record(s)"
+    )
+    assert any("(broken_0): video: video file not found" in line for line in out)
+    assert any("(broken_5): entities.0.mask: shape (5, 32, 32) does not match" in line for line in out)
+    assert main(["data", "check", str(root / "train.jsonl")]) == 0
+
+
+def test_budget_of_a_manifest_pools_ground_truth_masks(world, capsys):
+    root, _ = world
+    assert main(["budget", str(root / "train.jsonl"), "--frames", "8", "--size", "32", "--json"]) == 0
+    budget = json.loads(capsys.readouterr().out)
+    assert budget["tokens"] == 10 * 4 * 2 * 2  # 10 clips × (8/2) × (32/16)²
+    assert 0.2 < budget["fg_fraction"] < 0.8
