@@ -8,14 +8,72 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from sara.budget import example_saliency, format_budget, plot_budget, saliency_grid_figure
 from sara.config import DemoConfig, save_config
+from sara.data.check import check_manifest
+from sara.data.manifest import load_manifest
+from sara.data.masks import load_mask
+from sara.data.saliency import mask_saliency
+from sara.data.synthetic import SynthSpec, synthesize
+from sara.data.video import decode_clip, transform_masks
+from sara.data.visualize import overlay, save_png, strip
 from sara.losses import trd_loss, trd_loss_dense
 from sara.losses.trd import auto_chunk, visited_panels
 from sara.report import Section, image, paragraph, preformatted, table, text_table, write_report
 from sara.routing import MODES, pair_budget
+
+
+def data_part(config: DemoConfig, out: Path) -> Section:
+    """Synthesise a shapes world, check it, and show its masks and their pair budget."""
+    spec = SynthSpec(
+        num=config.data.num,
+        seed=config.seed,
+        frames=config.data.frames,
+        size=config.data.size,
+        fg_fraction=config.data.fg_fraction,
+        heldout_fraction=config.data.heldout_fraction,
+        tubelet=config.grid.tubelet,
+        patch=config.grid.patch,
+    )
+    summary = synthesize(spec, out / "data", progress=False)
+    manifest = load_manifest(out / "data" / "train.jsonl")
+    report = check_manifest(manifest, progress=False)
+    print("\n".join([*report.problems, report.summary()]))
+    grid = config.grid
+    saliency, _ = mask_saliency(manifest, grid.frames, grid.size, grid.tubelet, grid.patch, progress=False)
+    budget = pair_budget(saliency, config.budget.threshold)
+    text = format_budget(budget, title="ground-truth masks of the training clips on the V-JEPA grid")
+    print(text)
+    (out / "data_budget.txt").write_text(text + "\n")
+    chart = plot_budget({"ground-truth masks": budget}, out / "data_budget.png")
+    rows = []
+    for record in manifest.records[:3]:
+        clip = decode_clip(manifest.resolve(record.video), 8, (grid.size, grid.size))
+        masks = [
+            transform_masks(load_mask(manifest.resolve(e.mask)), clip, clip.frames.shape[-2:]) for e in record.entities
+        ]
+        rows.append(strip(clip.frames.permute(0, 2, 3, 1).numpy(), count=8))
+        rows.append(strip(overlay(clip.frames, masks), count=8))
+    overlays = save_png(out / "data_masks.png", np.concatenate(rows))
+    clips = ", ".join(f"{n} {split}" for split, n in summary["clips"].items())
+    body = "".join(
+        [
+            paragraph(
+                f"`sara data synth`: {clips} clips of {spec.frames} frames at {spec.size}×{spec.size}, "
+                f"mean FG share of the token grid {summary['fg_fraction']:.3f}. "
+                f"`sara data check`: {report.summary()}."
+            ),
+            paragraph("Frames of the first training clips; below each, every entity's mask tinted (red, green, blue):"),
+            image(overlays, "frames with mask overlays"),
+            paragraph("Captions: " + " | ".join(r.prompt() for r in manifest.records[:3])),
+            preformatted(text),
+            image(chart, "pair budget of the ground-truth masks"),
+        ]
+    )
+    return Section("Data: the synthetic shapes world", body)
 
 
 def budget_part(config: DemoConfig, out: Path) -> tuple[Section, dict[str, torch.Tensor]]:
@@ -95,8 +153,9 @@ def run_demo(config: DemoConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out)
     torch.manual_seed(config.seed)
+    data_section = data_part(config, out)
     budget_section, saliencies = budget_part(config, out)
-    sections = [budget_section, objective_part(config, saliencies)]
+    sections = [data_section, budget_section, objective_part(config, saliencies)]
     report = write_report(out / "report.html", "SARA demo", sections)
     print(f"report: {report}")
     return report

@@ -71,12 +71,16 @@ def test_python_dash_m_and_config_errors(tmp_path):
 
 def test_demo_writes_a_self_contained_report(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", f"out_dir={out}", "budget.grid=[4,8,8]", "budget.feature_dim=32"]) == 0
-    for name in ("config.yaml", "budget.txt", "budget.json", "budget.png", "example_saliency.png", "report.html"):
+    small = ["budget.grid=[4,8,8]", "budget.feature_dim=32", "data.num=5", "data.frames=9", "data.size=64"]
+    assert main(["demo", f"out_dir={out}", *small, "grid.frames=8", "grid.size=64"]) == 0
+    files = ["config.yaml", "budget.txt", "budget.json", "budget.png", "example_saliency.png", "report.html"]
+    files += ["data/train.jsonl", "data/heldout.jsonl", "data_masks.png", "data_budget.png", "data_budget.txt"]
+    for name in files:
         assert (out / name).stat().st_size > 0, name
     report = (out / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == 2
+    assert report.count("data:image/png;base64,") == 4
     assert "http://" not in report and "https://" not in report
+    assert "Data: the synthetic shapes world" in report and "0 problem(s)" in report
     assert "Pair budget" in report and "dense vs blockwise" in report
     budget = json.loads((out / "budget.json").read_text())
     assert budget["hard mask"]["fg_fraction"] == pytest.approx(0.48, abs=1 / 256)

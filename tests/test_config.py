@@ -45,7 +45,7 @@ def test_environment_variables_are_interpolated(tmp_path, monkeypatch):
             [],
             r"run.yaml: budget.fg_fracton: unknown key; did you mean 'budget.fg_fraction'\?",
         ),
-        ("zzz: 1\n", [], "run.yaml: zzz: unknown key; valid keys here: out_dir, seed, budget, trd"),
+        ("zzz: 1\n", [], "run.yaml: zzz: unknown key; valid keys here: out_dir, seed, data, grid, budget, trd"),
         ("trd:\n  margin: big\n", [], "run.yaml: trd.margin: .*'big'.* could not be converted to Float"),
         ("seed: 1.5\n", [], "run.yaml: seed: .*could not be converted to Integer"),
         (

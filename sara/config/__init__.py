@@ -1,12 +1,14 @@
 """Typed configuration: YAML files and ``key=value`` overrides validated into dataclasses."""
 
 from sara.config.loader import ConfigError, config_to_yaml, load_config, option, save_config
-from sara.config.schema import BudgetConfig, DemoConfig, TRDConfig
+from sara.config.schema import BudgetConfig, DemoConfig, GridConfig, SynthConfig, TRDConfig
 
 __all__ = [
     "BudgetConfig",
     "ConfigError",
     "DemoConfig",
+    "GridConfig",
+    "SynthConfig",
     "TRDConfig",
     "config_to_yaml",
     "load_config",

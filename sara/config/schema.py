@@ -29,10 +29,33 @@ class BudgetConfig:
 
 
 @dataclass
+class SynthConfig:
+    """The synthetic shapes world the demo writes."""
+
+    num: int = option(24, ge=1)  # clips
+    frames: int = option(17, ge=1)  # per clip
+    size: int = option(128, ge=16)  # square frames, pixels
+    fg_fraction: float = option(0.5, gt=0, lt=1)  # mean FG share of the token grid
+    heldout_fraction: float = option(0.2, ge=0, lt=1)  # clips in heldout.jsonl
+
+
+@dataclass
+class GridConfig:
+    """How the video encoder (V-JEPA 2) sees a clip, hence its token grid."""
+
+    frames: int = option(16, ge=1)  # frames sampled from the clip
+    size: int = option(128, ge=16)  # square input size, pixels
+    tubelet: int = option(2, ge=1)  # frames per token
+    patch: int = option(16, ge=1)  # pixels per token side
+
+
+@dataclass
 class DemoConfig:
     """``sara demo``: every stage end to end on tiny presets and generated data."""
 
     out_dir: str = "outputs/demo"  # run folder: resolved config, figures, report.html
     seed: int = 0  # seeds every random choice of the demo
+    data: SynthConfig = field(default_factory=SynthConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     trd: TRDConfig = field(default_factory=TRDConfig)
