@@ -54,6 +54,20 @@ def _data_synth(args: argparse.Namespace) -> None:
     print(f"wrote {clips} clips to {summary['out']}; mean FG fraction of the token grid {summary['fg_fraction']:.3f}")
 
 
+def _data_prompts(args: argparse.Namespace) -> None:
+    from sara.data.manifest import load_manifest
+    from sara.data.prompts import Endpoint, fill_prompts
+
+    if (args.endpoint is None) != (args.model is None):
+        raise ValueError("--endpoint and --model go together")
+    endpoint = Endpoint(args.endpoint, args.model, args.timeout, args.retries) if args.endpoint else None
+    stats = fill_prompts(load_manifest(args.manifest), endpoint, args.concurrency)
+    print(
+        f"{args.manifest}: {stats.asked} captions asked ({stats.fallbacks} fell back to the cast list), "
+        f"{stats.from_cast} from the cast list, {stats.kept} kept, {stats.without} left without entities"
+    )
+
+
 def _data_check(args: argparse.Namespace) -> int:
     from sara.data.check import check_manifest
     from sara.data.manifest import load_manifest
@@ -116,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--patch", type=int, default=16, help="pixels per token side")
     budget.set_defaults(handler=_budget)
 
-    data = commands.add_parser("data", help="data sets: synthesise, check")
+    data = commands.add_parser("data", help="data sets: synthesise, entity prompts, check")
     data_commands = data.add_subparsers(dest="data", required=True)
     synth = data_commands.add_parser("synth", help="write the synthetic shapes world (clips, masks, manifests)")
     synth.add_argument("--out", required=True, help="folder to write")
@@ -128,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--heldout-fraction", type=float, default=0.1, help="share of clips in heldout.jsonl")
     synth.add_argument("--workers", type=int, default=2, help="processes")
     synth.set_defaults(handler=_data_synth)
+    prompts = data_commands.add_parser("prompts", help="short entity prompts for records that have none")
+    prompts.add_argument("manifest")
+    prompts.add_argument("--endpoint", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:30000/v1")
+    prompts.add_argument("--model", help="model name the endpoint serves")
+    prompts.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
+    prompts.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    prompts.add_argument("--retries", type=int, default=2, help="extra tries per caption before falling back")
+    prompts.set_defaults(handler=_data_prompts)
     check = data_commands.add_parser("check", help="read every clip and mask once; one line per problem")
     check.add_argument("manifest")
     check.set_defaults(handler=_data_check)
