@@ -9,6 +9,8 @@ requested size; :func:`transform_masks` applies the same selection and geometry 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -36,6 +38,28 @@ class Clip:
 def _timeline(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> list[float]:
     """Presentation times in seconds of every frame, from the packets alone."""
     return sorted(float(p.pts * stream.time_base) for p in container.demux(stream) if p.pts is not None)
+
+
+@contextlib.contextmanager
+def _open(path: str | Path) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream, list[float]]]:
+    """Open a video file for decoding: its container, first video stream and timeline.
+
+    Every way the file can fail (missing, empty, no video stream, FFmpeg errors while
+    reading inside the ``with`` block) becomes a one-line :class:`VideoError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError("video file not found")
+    if path.stat().st_size == 0:
+        raise VideoError("video file is empty")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError("has no video stream")
+            stream = container.streams.video[0]
+            yield container, stream, _timeline(container, stream)
+    except av.error.FFmpegError as exc:
+        raise VideoError(f"cannot be decoded ({type(exc).__name__})") from None
 
 
 def select_frames(
@@ -87,32 +111,20 @@ def decode_clip(
     Raises:
         VideoError: one line saying why the file cannot give this clip.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise VideoError("video file not found")
-    if path.stat().st_size == 0:
-        raise VideoError("video file is empty")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise VideoError("has no video stream")
-            stream = container.streams.video[0]
-            times = _timeline(container, stream)
-            in_range, chosen = select_frames(times, num_frames, start, end, fps)
-            wanted = {in_range[p] for p in chosen}
-            last = max(wanted)
-            decoded: dict[int, np.ndarray] = {}
-            index_of = {round(t, 6): i for i, t in enumerate(times)}
-            # back to the keyframe before the range: decoding starts there, not at the file's start
-            container.seek(int(times[in_range[0]] / stream.time_base), stream=stream, backward=True)
-            for frame in container.decode(stream):
-                index = index_of.get(round(float(frame.pts * stream.time_base), 6)) if frame.pts is not None else None
-                if index in wanted:
-                    decoded[index] = frame.to_ndarray(format="rgb24")  # (H, W, 3)
-                if index is not None and index >= last:
-                    break
-    except av.error.FFmpegError as exc:
-        raise VideoError(f"cannot be decoded ({type(exc).__name__})") from None
+    with _open(path) as (container, stream, times):
+        in_range, chosen = select_frames(times, num_frames, start, end, fps)
+        wanted = {in_range[p] for p in chosen}
+        last = max(wanted)
+        decoded: dict[int, np.ndarray] = {}
+        index_of = {round(t, 6): i for i, t in enumerate(times)}
+        # back to the keyframe before the range: decoding starts there, not at the file's start
+        container.seek(int(times[in_range[0]] / stream.time_base), stream=stream, backward=True)
+        for frame in container.decode(stream):
+            index = index_of.get(round(float(frame.pts * stream.time_base), 6)) if frame.pts is not None else None
+            if index in wanted:
+                decoded[index] = frame.to_ndarray(format="rgb24")  # (H, W, 3)
+            if index is not None and index >= last:
+                break
     missing = wanted - decoded.keys()
     if missing:
         raise VideoError(f"truncated: {len(missing)} of the chosen frames could not be decoded")
@@ -189,23 +201,11 @@ def scan_clip(path: str | Path, start: float | None = None, end: float | None = 
     Raises:
         VideoError: as :func:`decode_clip`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise VideoError("video file not found")
-    if path.stat().st_size == 0:
-        raise VideoError("video file is empty")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise VideoError("has no video stream")
-            stream = container.streams.video[0]
-            times = _timeline(container, stream)
-            in_range, _ = select_frames(times, 1, start, end, None)
-            container.seek(0)
-            decoded = sum(1 for frame in container.decode(stream) if frame.pts is not None)
-            size = (stream.height, stream.width)
-    except av.error.FFmpegError as exc:
-        raise VideoError(f"cannot be decoded ({type(exc).__name__})") from None
+    with _open(path) as (container, stream, times):
+        in_range, _ = select_frames(times, 1, start, end, None)
+        container.seek(0)
+        decoded = sum(1 for frame in container.decode(stream) if frame.pts is not None)
+        size = (stream.height, stream.width)
     if decoded < len(times):
         raise VideoError(f"truncated: {decoded} of {len(times)} frames decode")
     return len(in_range), size
