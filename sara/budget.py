@@ -18,6 +18,16 @@ from sara.routing import CATEGORIES, MODES, check_saliency
 CATEGORY_NAMES = {"fg_fg": "FG–FG", "fg_bg": "FG–BG", "bg_bg": "BG–BG"}
 
 
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display here or in CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def load_saliency(path: str | Path) -> Tensor:
     """Read a ``[B, N]`` or ``[N]`` saliency from ``.pt`` (a tensor, or a dict holding one
     under ``saliency``) or ``.npz`` / ``.npy``; returns ``[B, N]`` float32.
@@ -76,11 +86,7 @@ def format_budget(budget: dict, title: str = "") -> str:
 
 def plot_budget(budgets: dict[str, dict], path: str | Path) -> Path:
     """Stacked bars: each mode's share of weight mass per pair category, one panel per saliency."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     colours = {"fg_fg": "#d62728", "fg_bg": "#ff7f0e", "bg_bg": "#7f7f7f"}
     fig, axes = plt.subplots(1, len(budgets), figsize=(4.6 * len(budgets), 3.6), squeeze=False)
     for ax, (name, budget) in zip(axes[0], budgets.items()):
@@ -106,7 +112,7 @@ def plot_budget(budgets: dict[str, dict], path: str | Path) -> Path:
     return path
 
 
-def example_saliency(grid: tuple[int, int, int], fg_fraction: float, seed: int, softness: float = 0.08) -> Tensor:
+def example_saliency(grid: tuple[int, int, int], fg_fraction: float, seed: int) -> Tensor:
     """A soft saliency of subjects moving over a token grid, with ``fg_fraction`` above 0.5.
 
     Three elliptic blobs drift across the frames; the field is thresholded at the quantile
@@ -130,16 +136,12 @@ def example_saliency(grid: tuple[int, int, int], fg_fraction: float, seed: int, 
     front = max(1, min(flat.numel() - 1, round(fg_fraction * flat.numel())))
     ranked = flat.sort(descending=True).values
     level = (ranked[front - 1] + ranked[front]) / 2  # exactly `front` tokens lie above it
-    return torch.sigmoid((flat - level) / softness).unsqueeze(0)
+    return torch.sigmoid((flat - level) / 0.08).unsqueeze(0)  # 0.08: edges a few tokens wide
 
 
 def saliency_grid_figure(saliency: Tensor, grid: tuple[int, int, int], path: str | Path, title: str) -> Path:
     """The saliency of one sample as one heat map per frame of the token grid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     frames = saliency.reshape(grid).numpy()
     columns = min(frames.shape[0], 8)
     rows = math.ceil(frames.shape[0] / columns)

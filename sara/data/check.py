@@ -7,7 +7,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from sara.data.datasets import describe
 from sara.data.manifest import Manifest
 from sara.data.masks import MaskError, load_mask
 from sara.data.video import VideoError, scan_clip
@@ -36,7 +35,7 @@ class CheckReport:
 
 def _check_record(manifest: Manifest, index: int, report: CheckReport) -> None:
     record = manifest.records[index]
-    where = describe(manifest, index)
+    where = manifest.describe(index)
     if not record.prompt().strip():
         report.add(index, f"{where}: caption: empty")
     try:

@@ -33,13 +33,6 @@ class Skipped:
     reason: str
 
 
-def describe(manifest: Manifest, index: int) -> str:
-    """``FILE: record I (ID)``: how warnings and checks name a record."""
-    record = manifest.records[index]
-    name = (record.model_extra or {}).get("id")
-    return f"{manifest.path.name}: record {index}" + (f" ({name})" if name else "")
-
-
 class ClipDataset(Dataset):
     """Clips of a manifest, each decoded into its bucket's frames and size."""
 
@@ -59,12 +52,12 @@ class ClipDataset(Dataset):
         record = self.manifest.records[index]
         bucket = self.buckets[self.record_bucket[index]]
         if not record.prompt().strip():
-            return record, bucket, Skipped(describe(self.manifest, index), "caption: empty")
+            return record, bucket, Skipped(self.manifest.describe(index), "caption: empty")
         path = self.manifest.resolve(record.video)
         try:
             clip = decode_clip(path, bucket.frames, bucket.size, record.start, record.end, record.fps)
         except VideoError as exc:
-            return record, bucket, Skipped(describe(self.manifest, index), f"video: {exc}")
+            return record, bucket, Skipped(self.manifest.describe(index), f"video: {exc}")
         return record, bucket, clip
 
 
@@ -104,7 +97,7 @@ class Stage1Dataset(ClipDataset):
 
     def __getitem__(self, index: int) -> dict | Skipped:
         record_index, entity_index = self.samples[index]
-        where = describe(self.manifest, record_index)
+        where = self.manifest.describe(record_index)
         entity = self.manifest.records[record_index].entities[entity_index]
         record, bucket, clip = self._clip(record_index)
         if isinstance(clip, Skipped):

@@ -104,6 +104,11 @@ class Manifest:
     def __len__(self) -> int:
         return len(self.records)
 
+    def describe(self, index: int) -> str:
+        """``FILE: record I (ID)``: how warnings and checks name a record."""
+        name = (self.records[index].model_extra or {}).get("id")
+        return f"{self.path.name}: record {index}" + (f" ({name})" if name else "")
+
     def resolve(self, relative: str) -> Path:
         """A path of a record, made absolute against the manifest's folder."""
         path = Path(relative)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import httpx
 from tqdm import tqdm
 
-from sara.data.datasets import describe
 from sara.data.manifest import Entity, Manifest
 
 log = logging.getLogger(__name__)
@@ -101,7 +100,7 @@ def fill_prompts(
         try:
             return endpoint.entities(client, manifest.records[index].prompt())
         except PromptError as exc:
-            log.warning("%s: prompts: %s; using the caption's cast list", describe(manifest, index), exc)
+            log.warning("%s: prompts: %s; using the caption's cast list", manifest.describe(index), exc)
             return None
 
     workers = max(1, concurrency)

@@ -27,7 +27,7 @@ def mask_saliency(
     for index, record in enumerate(tqdm(manifest.records, desc="masks → token grid", disable=not progress)):
         masks = [e.mask for e in record.entities or [] if e.mask]
         if not masks:
-            problems.append(f"{manifest.path.name}: record {index}: no entity masks")
+            problems.append(f"{manifest.describe(index)}: no entity masks")
             continue
         try:
             clip = decode_clip(
@@ -35,7 +35,7 @@ def mask_saliency(
             )
             union = torch.stack([transform_masks(load_mask(manifest.resolve(m)), clip, (size, size)) for m in masks])
         except ValueError as exc:  # VideoError and MaskError
-            problems.append(f"{manifest.path.name}: record {index}: {exc}")
+            problems.append(f"{manifest.describe(index)}: {exc}")
             continue
         rows.append(pool_to_grid(union.amax(dim=0), tubelet, patch).flatten())
     if not rows:
