@@ -8,6 +8,8 @@ import sys
 
 from sara.routing import MODES
 
+TINY_NAMES = ("sam3",)  # kept here so that `--help` does not import transformers
+
 
 def _demo(args: argparse.Namespace) -> None:
     from sara.config import DemoConfig, load_config
@@ -79,6 +81,36 @@ def _data_check(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
+def _data_masks(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from sara.data.extract_masks import extract_masks
+    from sara.data.manifest import load_manifest
+    from sara.models.sam3 import Sam3Segmenter
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    manifest = load_manifest(args.manifest)
+    segmenter = Sam3Segmenter(args.weights, device=device, dtype=dtype)
+    masks_dir = Path(args.masks_dir) if args.masks_dir else manifest.path.parent / "masks"
+    stats = extract_masks(manifest, segmenter, masks_dir, save_every=args.save_every)
+    print(
+        f"{manifest.path}: segmented {stats.done} clips ({stats.frames} frames), {stats.already} already done, "
+        f"{stats.no_entities} without entity prompts, {len(stats.failed)} unreadable; masks in {masks_dir}"
+    )
+    for line in stats.failed:
+        print(f"skipped {line}", file=sys.stderr)
+    return 1 if stats.failed else 0
+
+
+def _models_tiny(args: argparse.Namespace) -> None:
+    from sara.models.presets import TINY
+
+    print(f"wrote tiny {args.name} to {TINY[args.name](args.out, seed=args.seed)}")
+
+
 def _bench_trd(args: argparse.Namespace) -> None:
     import torch
 
@@ -130,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--patch", type=int, default=16, help="pixels per token side")
     budget.set_defaults(handler=_budget)
 
-    data = commands.add_parser("data", help="data sets: synthesise, entity prompts, check")
+    data = commands.add_parser("data", help="data sets: synthesise, entity prompts, masks, check")
     data_commands = data.add_subparsers(dest="data", required=True)
     synth = data_commands.add_parser("synth", help="write the synthetic shapes world (clips, masks, manifests)")
     synth.add_argument("--out", required=True, help="folder to write")
@@ -153,6 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
     check = data_commands.add_parser("check", help="read every clip and mask once; one line per problem")
     check.add_argument("manifest")
     check.set_defaults(handler=_data_check)
+    masks = data_commands.add_parser("masks", help="per-entity masks from SAM 3 (text-prompted video segmentation)")
+    masks.add_argument("manifest")
+    masks.add_argument("--weights", required=True, help="local SAM 3 folder (Hugging Face format)")
+    masks.add_argument("--masks-dir", help="where mask files go (default: masks/ beside the manifest)")
+    masks.add_argument("--device", help="default: cuda when available, else cpu")
+    masks.add_argument("--save-every", type=int, default=20, help="rewrite the manifest every this many clips")
+    masks.set_defaults(handler=_data_masks)
+
+    models = commands.add_parser("models", help="model presets")
+    model_commands = models.add_subparsers(dest="models", required=True)
+    tiny = model_commands.add_parser("tiny", help="write a tiny preset (seeded random weights) as a local folder")
+    tiny.add_argument("name", choices=sorted(TINY_NAMES))
+    tiny.add_argument("--out", required=True, help="folder to write")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(handler=_models_tiny)
 
     bench = commands.add_parser("bench", help="benchmarks that print figures")
     benches = bench.add_subparsers(dest="bench", required=True)

@@ -63,12 +63,13 @@ def _open(path: str | Path) -> Iterator[tuple[av.container.InputContainer, av.vi
 
 
 def select_frames(
-    times: list[float], num_frames: int, start: float | None, end: float | None, fps: float | None
+    times: list[float], num_frames: int | None, start: float | None, end: float | None, fps: float | None
 ) -> tuple[list[int], list[int]]:
     """Frames of the range ``[start, end)`` and, among them, the ``num_frames`` to keep.
 
     With ``fps`` the range is first resampled to that rate (nearest frame per step), then
-    sampled uniformly. Returns ``(range_indices, chosen positions within the range)``.
+    sampled uniformly (``None``: all of them). Returns ``(range_indices, chosen positions
+    within the range)``.
     """
     lo = start if start is not None else -np.inf
     hi = end if end is not None else np.inf
@@ -80,6 +81,8 @@ def select_frames(
     if fps is not None:
         steps = np.arange(stamps[0], stamps[-1] + 1e-9, 1.0 / fps)
         positions = np.abs(stamps[None, :] - steps[:, None]).argmin(axis=1)
+    if num_frames is None:
+        return in_range, [int(p) for p in positions]
     if len(positions) < num_frames:
         raise VideoError(f"has {len(positions)} frames in range, fewer than the {num_frames} asked for")
     chosen = positions[np.linspace(0, len(positions) - 1, num_frames).round().astype(int)]
@@ -99,14 +102,15 @@ def resize_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def decode_clip(
     path: str | Path,
-    num_frames: int,
-    size: tuple[int, int],
+    num_frames: int | None,
+    size: tuple[int, int] | None,
     start: float | None = None,
     end: float | None = None,
     fps: float | None = None,
 ) -> Clip:
     """Decode ``num_frames`` frames of ``[start, end)`` at ``fps`` (``None``: native), as
-    ``uint8 [T, C, H, W]`` of ``size`` ``(H, W)``.
+    ``uint8 [T, C, H, W]`` of ``size`` ``(H, W)``. ``num_frames=None`` keeps every frame of
+    the range and ``size=None`` the video's own resolution (what mask extraction needs).
 
     Raises:
         VideoError: one line saying why the file cannot give this clip.
@@ -130,7 +134,7 @@ def decode_clip(
         raise VideoError(f"truncated: {len(missing)} of the chosen frames could not be decoded")
     array = np.stack([decoded[in_range[p]] for p in chosen])  # (T, H, W, 3)
     frames = torch.from_numpy(array).permute(0, 3, 1, 2)  # (T, 3, H, W)
-    resized = resize_crop(frames, size).round().clamp(0, 255).to(torch.uint8)
+    resized = frames if size is None else resize_crop(frames, size).round().clamp(0, 255).to(torch.uint8)
     return Clip(resized, chosen, len(in_range), tuple(array.shape[1:3]))
 
 
