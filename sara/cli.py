@@ -8,7 +8,7 @@ import sys
 
 from sara.routing import MODES
 
-TINY_NAMES = ("sam3",)  # kept here so that `--help` does not import transformers
+TINY_NAMES = ("sam3", "vjepa2", "umt5", "qwen3vl")  # kept here so that `--help` does not import transformers
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -111,6 +111,19 @@ def _models_tiny(args: argparse.Namespace) -> None:
     print(f"wrote tiny {args.name} to {TINY[args.name](args.out, seed=args.seed)}")
 
 
+def _stage1_train(args: argparse.Namespace) -> None:
+    from sara.config import Stage1Config, load_config
+    from sara.stage1.train import train
+
+    train(load_config(Stage1Config, args.config, args.overrides), resume=args.resume)
+
+
+def _stage1_eval(args: argparse.Namespace) -> None:
+    from sara.stage1.run import evaluate_run
+
+    evaluate_run(args.checkpoint)
+
+
 def _bench_trd(args: argparse.Namespace) -> None:
     import torch
 
@@ -192,6 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--device", help="default: cuda when available, else cpu")
     masks.add_argument("--save-every", type=int, default=20, help="rewrite the manifest every this many clips")
     masks.set_defaults(handler=_data_masks)
+
+    stage1 = commands.add_parser("stage1", help="the Semantic Aligner: train, evaluate")
+    stage1_commands = stage1.add_subparsers(dest="stage1", required=True)
+    s1_train = stage1_commands.add_parser("train", help="train the aligner on frozen V-JEPA 2 features")
+    s1_train.add_argument("--config", help="YAML file, e.g. configs/stage1/tiny.yaml (default: built-in defaults)")
+    s1_train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    s1_train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.steps=100")
+    s1_train.set_defaults(handler=_stage1_train)
+    s1_eval = stage1_commands.add_parser("eval", help="held-out figures of a run; writes RUN_DIR/eval.json")
+    s1_eval.add_argument(
+        "--checkpoint", required=True, help="run folder (its latest checkpoint) or a checkpoint folder"
+    )
+    s1_eval.set_defaults(handler=_stage1_eval)
 
     models = commands.add_parser("models", help="model presets")
     model_commands = models.add_subparsers(dest="models", required=True)

@@ -24,9 +24,11 @@ from sara.data.video import decode_clip, transform_masks
 from sara.data.visualize import overlay, save_png, strip
 from sara.losses import trd_loss, trd_loss_dense
 from sara.losses.trd import auto_chunk, visited_panels
-from sara.models.sam3 import Sam3Segmenter, save_tiny
+from sara.models.presets import resolve
+from sara.models.sam3 import Sam3Segmenter
 from sara.report import Section, image, paragraph, preformatted, table, text_table, write_report
 from sara.routing import MODES, pair_budget
+from sara.stage1.report import stage1_part
 
 
 def data_part(config: DemoConfig, out: Path) -> Section:
@@ -87,7 +89,7 @@ def masks_part(config: DemoConfig, out: Path) -> Section:
         for entity in record.entities:
             entity.mask = None
     manifest = Manifest(out / "data" / "sam3.jsonl", records)
-    weights = save_tiny(out / "models" / "sam3", seed=config.seed)
+    weights = resolve("tiny", "sam3", config.stage1.models.tiny_root, seed=config.seed)
     start = time.perf_counter()
     stats = extract_masks(manifest, Sam3Segmenter(weights), out / "data" / "sam3_masks", progress=False)
     seconds = time.perf_counter() - start
@@ -184,7 +186,7 @@ def run_demo(config: DemoConfig) -> Path:
     torch.manual_seed(config.seed)
     data_sections = [data_part(config, out), masks_part(config, out)]
     budget_section, saliencies = budget_part(config, out)
-    sections = [*data_sections, budget_section, objective_part(config, saliencies)]
+    sections = [*data_sections, stage1_part(config, out), budget_section, objective_part(config, saliencies)]
     report = write_report(out / "report.html", "SARA demo", sections)
     print(f"report: {report}")
     return report

@@ -72,16 +72,30 @@ def test_python_dash_m_and_config_errors(tmp_path):
 def test_demo_writes_a_self_contained_report(tmp_path, capsys):
     out = tmp_path / "demo"
     small = ["budget.grid=[4,8,8]", "budget.feature_dim=32", "data.num=5", "data.frames=9", "data.size=64"]
+    small += [
+        "stage1_world.num=12",
+        "stage1_world.frames=8",
+        "stage1_world.size=64",
+        "stage1_world.heldout_fraction=0.25",
+    ]
+    small += ["stage1.data.frames=8", "stage1.data.size=64", "stage1.optim.steps=2", "stage1.optim.batch_size=8"]
     assert main(["demo", f"out_dir={out}", *small, "grid.frames=8", "grid.size=64"]) == 0
     files = ["config.yaml", "budget.txt", "budget.json", "budget.png", "example_saliency.png", "report.html"]
     files += ["data/train.jsonl", "data/heldout.jsonl", "data_masks.png", "data_budget.png", "data_budget.txt"]
     for name in files:
         assert (out / name).stat().st_size > 0, name
     report = (out / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == 4
+    assert report.count("data:image/png;base64,") == 6
     assert "http://" not in report and "https://" not in report
     assert "Data: the synthetic shapes world" in report and "0 problem(s)" in report
     assert "Pair budget" in report and "dense vs blockwise" in report
+    assert "SAM 3 masks" in report and "Stage 1: the Semantic Aligner" in report and "prompted_iou" in report
+    assert json.loads((out / "stage1" / "eval.json").read_text()).keys() == {
+        "prompted_iou",
+        "other_entity_iou",
+        "unrelated_caption_iou",
+        "retrieval_r1",
+    }
     budget = json.loads((out / "budget.json").read_text())
     assert budget["hard mask"]["fg_fraction"] == pytest.approx(0.48, abs=1 / 256)
     assert "grid:\n  - 4\n  - 8\n  - 8" in (out / "config.yaml").read_text()

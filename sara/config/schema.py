@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sara.config.loader import option
+from sara.config.stage1 import Stage1Config, Stage1DataConfig, Stage1ModelsConfig
 from sara.routing import MODES
 
 
@@ -59,3 +60,16 @@ class DemoConfig:
     grid: GridConfig = field(default_factory=GridConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     trd: TRDConfig = field(default_factory=TRDConfig)
+    stage1_world: SynthConfig = field(  # the larger world the aligner learns from
+        default_factory=lambda: SynthConfig(num=1000, frames=16, size=128, heldout_fraction=0.1)
+    )
+    stage1: Stage1Config = field(default_factory=lambda: _demo_stage1())
+
+
+def _demo_stage1() -> Stage1Config:
+    """Stage 1 with every path inside the demo's folder (``${out_dir}`` is the demo's)."""
+    return Stage1Config(
+        out_dir="${out_dir}/stage1",
+        data=Stage1DataConfig(train="${out_dir}/shapes/train.jsonl", heldout="${out_dir}/shapes/heldout.jsonl"),
+        models=Stage1ModelsConfig(tiny_root="${out_dir}/models"),
+    )

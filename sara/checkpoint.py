@@ -1,0 +1,95 @@
+"""Atomic checkpoints and exact resume.
+
+A checkpoint is a folder ``<run>/checkpoints/step-NNNNNNN/`` holding the trainable weights
+(``model.safetensors``), everything else a resume needs (``state.pt``: optimizer,
+scheduler, step, RNG states) and the resolved config. It is written under a ``.partial``
+name and renamed when complete, and ``checkpoints/latest`` is replaced atomically after
+it, so a crash at any moment leaves the previous checkpoint whole and pointed to.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from sara.config import config_to_yaml
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    config: Any,
+    keep: int = 2,
+) -> Path:
+    """Write the checkpoint of ``step``; keeps the newest ``keep``. Returns its folder."""
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"step-{step:07d}"
+    partial = root / f"step-{step:07d}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, partial / "model.safetensors")
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": _rng_state(),
+    }
+    torch.save(state, partial / "state.pt")
+    (partial / "config.yaml").write_text(config_to_yaml(config))
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    pointer = root / "latest.tmp"
+    pointer.write_text(final.name + "\n")
+    pointer.replace(root / "latest")
+    for old in sorted(p for p in root.glob("step-*") if not p.name.endswith(".partial"))[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The folder ``checkpoints/latest`` points to, or ``None`` when the run has none."""
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    return pointer.parent / pointer.read_text().strip()
+
+
+def load_weights(checkpoint: str | Path, model: torch.nn.Module) -> None:
+    """Load a checkpoint's weights into ``model`` (every key must match)."""
+    model.load_state_dict(load_file(Path(checkpoint) / "model.safetensors"))
+
+
+def load_checkpoint(
+    checkpoint: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> int:
+    """Restore weights, optimizer, scheduler and RNG states; returns the step to continue from."""
+    load_weights(checkpoint, model)
+    state = torch.load(Path(checkpoint) / "state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    return state["step"]
