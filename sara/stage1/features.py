@@ -10,7 +10,6 @@ Training then reads tensors only.
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +25,6 @@ from sara.data.manifest import Manifest, Record
 from sara.data.masks import pool_to_grid
 from sara.models.text import CaptionEmbedder, CaptionEncoder
 from sara.models.vjepa2 import VideoEncoder
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

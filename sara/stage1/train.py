@@ -9,7 +9,6 @@ uninterrupted one would have seen.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 from pathlib import Path
@@ -30,8 +29,6 @@ from sara.models.vjepa2 import VideoEncoder
 from sara.stage1.evaluate import evaluate, format_metrics
 from sara.stage1.features import Stage1Features, compute_features
 from sara.stage1.objective import gather, stage1_loss
-
-log = logging.getLogger(__name__)
 
 
 def pick_device(name: str) -> torch.device:
@@ -140,24 +137,9 @@ def train(config: Stage1Config, resume: bool = False, progress: bool = True) -> 
         done = step + 1
         if done % config.log_every == 0 or done == config.optim.steps:
             seconds = (time.perf_counter() - tick) / config.log_every
-            row = {
-                "step": done,
-                "loss": loss.item(),
-                **{k: v.item() for k, v in terms.items()},
-                "grad_norm": grad_norm.item(),
-                "lr": scheduler.get_last_lr()[0],
-                "s_per_step": seconds,
-            }
-            history.append(row)
-            for key, value in row.items():
-                if key != "step":
-                    writer.add_scalar(f"train/{key}", value, done)
-            bar.set_postfix(
-                loss=f"{row['loss']:.3f}",
-                bce=f"{row['bce']:.3f}",
-                dice=f"{row['dice']:.3f}",
-                nce=f"{row['infonce']:.3f}",
-            )
+            row = {"step": done, "loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+            row |= {"grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0], "s_per_step": seconds}
+            _log(row, history, writer, bar)
             tick = time.perf_counter()
         if done % config.eval_every == 0 or done == config.optim.steps:
             metrics = evaluate(aligner, heldout, device)
@@ -172,6 +154,15 @@ def train(config: Stage1Config, resume: bool = False, progress: bool = True) -> 
     (run / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(format_metrics(metrics, len(heldout)))
     return run
+
+
+def _log(row: dict, history: list[dict], writer: SummaryWriter, bar: tqdm) -> None:
+    """One log point: history, TensorBoard, the bar's loss terms."""
+    history.append(row)
+    for key, value in row.items():
+        if key != "step":
+            writer.add_scalar(f"train/{key}", value, row["step"])
+    bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", "bce", "dice", "infonce")})
 
 
 def _load_history(run: Path, start: int) -> list[dict]:
