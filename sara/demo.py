@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -33,16 +34,7 @@ from sara.stage1.report import stage1_part
 
 def data_part(config: DemoConfig, out: Path) -> Section:
     """Synthesise a shapes world, check it, and show its masks and their pair budget."""
-    spec = SynthSpec(
-        num=config.data.num,
-        seed=config.seed,
-        frames=config.data.frames,
-        size=config.data.size,
-        fg_fraction=config.data.fg_fraction,
-        heldout_fraction=config.data.heldout_fraction,
-        tubelet=config.grid.tubelet,
-        patch=config.grid.patch,
-    )
+    spec = SynthSpec(**asdict(config.data), seed=config.seed, tubelet=config.grid.tubelet, patch=config.grid.patch)
     summary = synthesize(spec, out / "data", progress=False)
     manifest = load_manifest(out / "data" / "train.jsonl")
     report = check_manifest(manifest, progress=False)

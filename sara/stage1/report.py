@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -41,14 +42,7 @@ def _loss_curve(history: list[dict], path: Path) -> Path:
 
 def stage1_part(config: DemoConfig, out: Path) -> Section:
     world = config.stage1_world
-    spec = SynthSpec(
-        num=world.num,
-        seed=config.seed,
-        frames=world.frames,
-        size=world.size,
-        fg_fraction=world.fg_fraction,
-        heldout_fraction=world.heldout_fraction,
-    )
+    spec = SynthSpec(**asdict(world), seed=config.seed)
     start = time.perf_counter()
     synthesize(spec, Path(config.stage1.data.train).parent, progress=False)
     synth_s = time.perf_counter() - start
