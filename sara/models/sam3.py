@@ -9,7 +9,6 @@ the mean and std of the folder's ``preprocessor_config.json``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -18,10 +17,10 @@ from transformers import AutoTokenizer, Sam3VideoConfig, Sam3VideoModel
 from transformers.models.sam3_video.modeling_sam3_video import Sam3VideoInferenceSession
 
 from sara.models.tokenizer import tiny_tokenizer
-from sara.models.weights import weights_folder
+from sara.models.weights import read_normalisation, weights_folder, write_normalisation
 
 PROMPT_TOKENS = 32  # SAM 3 pads every text prompt to this many tokens
-_NORMALISE = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}  # SAM 3's defaults
+MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]  # SAM 3's defaults
 
 
 def tiny_config(tokenizer_vocab: int, bos: int, eos: int) -> Sam3VideoConfig:
@@ -101,7 +100,7 @@ def save_tiny(out_dir: str | Path, seed: int = 0) -> Path:
     model = Sam3VideoModel(tiny_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id))
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / "preprocessor_config.json").write_text(json.dumps(_NORMALISE, indent=2))
+    write_normalisation(out_dir, MEAN, STD)
     return out_dir
 
 
@@ -112,10 +111,8 @@ class Sam3Segmenter:
         folder = weights_folder(folder, "SAM 3")
         self.model = Sam3VideoModel.from_pretrained(folder, dtype=dtype).to(device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        preprocess = folder / "preprocessor_config.json"
-        norm = {**_NORMALISE, **(json.loads(preprocess.read_text()) if preprocess.is_file() else {})}
-        self.mean = torch.tensor(norm["image_mean"]).view(1, 3, 1, 1)
-        self.std = torch.tensor(norm["image_std"]).view(1, 3, 1, 1)
+        mean, std = read_normalisation(folder, MEAN, STD)
+        self.mean, self.std = mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
         self.device, self.dtype = torch.device(device), dtype
 
     def _pixels(self, frames: torch.Tensor) -> torch.Tensor:

@@ -59,22 +59,23 @@ def tiny_qwen3vl_config(tokenizer) -> Qwen3VLConfig:
     return Qwen3VLConfig(text_config=text, vision_config=vision)
 
 
-def save_tiny_umt5(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a tiny umT5 encoder folder (config, seeded weights, a T5-style tokenizer)."""
-    tokenizer = tiny_tokenizer("t5")
+def _save_tiny(out_dir: str | Path, seed: int, family: str, build) -> Path:
+    """Write ``build(tokenizer)`` with seeded weights and its offline ``family`` tokenizer."""
+    tokenizer = tiny_tokenizer(family)
     torch.manual_seed(seed)
-    UMT5EncoderModel(tiny_umt5_config(tokenizer)).save_pretrained(out_dir)
+    build(tokenizer).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return Path(out_dir)
+
+
+def save_tiny_umt5(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny umT5 encoder folder (config, seeded weights, a T5-style tokenizer)."""
+    return _save_tiny(out_dir, seed, "t5", lambda tok: UMT5EncoderModel(tiny_umt5_config(tok)))
 
 
 def save_tiny_qwen3vl(out_dir: str | Path, seed: int = 0) -> Path:
     """Write a tiny Qwen3-VL folder (config, seeded weights, a Qwen-style tokenizer)."""
-    tokenizer = tiny_tokenizer("qwen")
-    torch.manual_seed(seed)
-    Qwen3VLModel(tiny_qwen3vl_config(tokenizer)).save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return Path(out_dir)
+    return _save_tiny(out_dir, seed, "qwen", lambda tok: Qwen3VLModel(tiny_qwen3vl_config(tok)))
 
 
 class CaptionEncoder(torch.nn.Module):

@@ -10,15 +10,14 @@ resize and centre-crop zoom: the mask targets must cover exactly the pixels the 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from transformers import VJEPA2Config, VJEPA2Model
 
-from sara.models.weights import weights_folder
+from sara.models.weights import read_normalisation, weights_folder, write_normalisation
 
-_NORMALISE = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}  # V-JEPA 2's defaults
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # V-JEPA 2's defaults (ImageNet)
 
 
 def tiny_config() -> VJEPA2Config:
@@ -43,7 +42,7 @@ def save_tiny(out_dir: str | Path, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
     VJEPA2Model(tiny_config()).save_pretrained(out_dir)
-    (out_dir / "preprocessor_config.json").write_text(json.dumps(_NORMALISE, indent=2))
+    write_normalisation(out_dir, MEAN, STD)
     return out_dir
 
 
@@ -54,10 +53,9 @@ class VideoEncoder(torch.nn.Module):
         super().__init__()
         folder = weights_folder(folder, "V-JEPA 2")
         self.model = VJEPA2Model.from_pretrained(folder).eval().requires_grad_(False)
-        preprocess = folder / "preprocessor_config.json"
-        norm = {**_NORMALISE, **(json.loads(preprocess.read_text()) if preprocess.is_file() else {})}
-        self.register_buffer("mean", torch.tensor(norm["image_mean"]).view(1, 1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(norm["image_std"]).view(1, 1, 3, 1, 1), persistent=False)
+        mean, std = read_normalisation(folder, MEAN, STD)
+        self.register_buffer("mean", mean.view(1, 1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", std.view(1, 1, 3, 1, 1), persistent=False)
 
     @property
     def width(self) -> int:

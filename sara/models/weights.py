@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import torch
 
 
 class WeightsError(ValueError):
@@ -15,3 +18,18 @@ def weights_folder(path: str | Path, what: str) -> Path:
     if not (folder / "config.json").is_file():
         raise WeightsError(f"{folder}: not a {what} weights folder (no config.json)")
     return folder
+
+
+PREPROCESSOR = "preprocessor_config.json"  # where a folder keeps its pixel mean and std
+
+
+def write_normalisation(folder: str | Path, mean: list[float], std: list[float]) -> None:
+    """Record a tiny preset's pixel mean and std as its real counterpart's folder does."""
+    (Path(folder) / PREPROCESSOR).write_text(json.dumps({"image_mean": mean, "image_std": std}, indent=2))
+
+
+def read_normalisation(folder: Path, mean: list[float], std: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel pixel ``(mean, std)``, shape ``(3,)``: the folder's, else the given defaults."""
+    path = folder / PREPROCESSOR
+    found = json.loads(path.read_text()) if path.is_file() else {}
+    return torch.tensor(found.get("image_mean", mean)), torch.tensor(found.get("image_std", std))

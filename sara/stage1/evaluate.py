@@ -69,13 +69,9 @@ def evaluate(aligner: SemanticAligner, features: Stage1Features, device: torch.d
     unrelated, _ = predict(aligner, features, unrelated_prompts(features), device)
     aligner.train(was_training)
     pred, truth = saliency > 0.5, features.targets > 0.5
-    others = [
-        (a, b)
-        for a in range(len(features))
-        for b in range(len(features))
-        if a != b and features.clip_of[a] == features.clip_of[b]
-    ]
-    other = iou(pred[[a for a, _ in others]], truth[[b for _, b in others]]).mean() if others else torch.tensor(0.0)
+    same_clip = features.clip_of[:, None] == features.clip_of[None, :]  # (S, S)
+    a, b = (same_clip & ~torch.eye(len(features), dtype=torch.bool)).nonzero(as_tuple=True)  # entity pairs
+    other = iou(pred[a], truth[b]).mean() if len(a) else torch.tensor(0.0)
     similarity = torch.nn.functional.normalize(embedding, dim=-1) @ features.embeddings.T  # (S, K)
     return {
         "prompted_iou": iou(pred, truth).mean().item(),
