@@ -124,6 +124,15 @@ def _stage1_eval(args: argparse.Namespace) -> None:
     evaluate_run(args.checkpoint)
 
 
+def _stage1_infer(args: argparse.Namespace) -> None:
+    from sara.stage1.infer import infer
+
+    written = infer(
+        args.checkpoint, args.manifest, args.records, args.prompt, args.out, args.columns, args.fps, args.device
+    )
+    print(f"wrote {len(written)} figures (PNG, GIF, MP4) to {written[0].parent.parent}")
+
+
 def _bench_trd(args: argparse.Namespace) -> None:
     import torch
 
@@ -206,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--save-every", type=int, default=20, help="rewrite the manifest every this many clips")
     masks.set_defaults(handler=_data_masks)
 
-    stage1 = commands.add_parser("stage1", help="the Semantic Aligner: train, evaluate")
+    stage1 = commands.add_parser("stage1", help="the Semantic Aligner: train, evaluate, draw")
     stage1_commands = stage1.add_subparsers(dest="stage1", required=True)
     s1_train = stage1_commands.add_parser("train", help="train the aligner on frozen V-JEPA 2 features")
     s1_train.add_argument("--config", help="YAML file, e.g. configs/stage1/tiny.yaml (default: built-in defaults)")
@@ -218,6 +227,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", required=True, help="run folder (its latest checkpoint) or a checkpoint folder"
     )
     s1_eval.set_defaults(handler=_stage1_eval)
+    s1_infer = stage1_commands.add_parser(
+        "infer", help="figures per prompt: frames (+ masks), PCA of the enhanced features, saliency"
+    )
+    s1_infer.add_argument("manifest", help="clips to draw; masks are overlaid where the manifest has them")
+    s1_infer.add_argument(
+        "--checkpoint", required=True, help="run folder (its latest checkpoint) or a checkpoint folder"
+    )
+    s1_infer.add_argument("--records", type=int, nargs="+", default=[0], help="record indices (default: 0)")
+    s1_infer.add_argument(
+        "--prompt",
+        nargs="+",
+        help="prompts to draw instead of the record's entities (the full caption is always drawn)",
+    )
+    s1_infer.add_argument("--out", help="folder for the figures (default: RUN_DIR/infer)")
+    s1_infer.add_argument("--columns", type=int, default=8, help="sampled frames in the PNG")
+    s1_infer.add_argument("--fps", type=float, default=8.0, help="frame rate of the GIF and MP4")
+    s1_infer.add_argument("--device", help="default: the run's device setting")
+    s1_infer.set_defaults(handler=_stage1_infer)
 
     models = commands.add_parser("models", help="model presets")
     model_commands = models.add_subparsers(dest="models", required=True)

@@ -85,7 +85,11 @@ def test_demo_writes_a_self_contained_report(tmp_path, capsys):
     for name in files:
         assert (out / name).stat().st_size > 0, name
     report = (out / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == 6
+    heldout = json.loads((out / "shapes" / "heldout.jsonl").read_text().splitlines()[0])
+    figures = sorted((out / "stage1_figures" / heldout["id"]).glob("*.png"))
+    assert len(figures) == len(heldout["entities"]) + 1  # each entity, then the full caption
+    assert report.count("data:image/png;base64,") == 6 + len(figures)
+    assert report.count("data:image/gif;base64,") == 1
     assert "http://" not in report and "https://" not in report
     assert "Data: the synthetic shapes world" in report and "0 problem(s)" in report
     assert "Pair budget" in report and "dense vs blockwise" in report
@@ -95,6 +99,7 @@ def test_demo_writes_a_self_contained_report(tmp_path, capsys):
         "other_entity_iou",
         "unrelated_caption_iou",
         "retrieval_r1",
+        "caption_iou",
     }
     budget = json.loads((out / "budget.json").read_text())
     assert budget["hard mask"]["fg_fraction"] == pytest.approx(0.48, abs=1 / 256)

@@ -4,11 +4,14 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from sara.checkpoint import latest_checkpoint, save_checkpoint
 from sara.cli import main
+from sara.data.masks import save_mask
 from sara.data.synthetic import SynthSpec, synthesize
+from sara.data.video import decode_clip
 from sara.stage1 import train as stage1_train
 from sara.stage1.evaluate import METRICS, unrelated_prompts
 from sara.stage1.run import load_run
@@ -77,7 +80,7 @@ def test_train_resume_is_exact_and_eval_writes_its_figures(world, shared, tmp_pa
     assert main(["stage1", "eval", "--checkpoint", str(straight)]) == 0
     table = capsys.readouterr().out
     metrics = json.loads((straight / "eval.json").read_text())
-    assert set(metrics) == set(METRICS) and all(0 <= v <= 1 for v in metrics.values())
+    assert set(metrics) == {*METRICS, "caption_iou"} and all(0 <= v <= 1 for v in metrics.values())
     assert "prompted_iou" in table
 
 
@@ -97,12 +100,41 @@ def test_unrelated_prompts_share_no_word_with_the_clip(world, shared, tmp_path):
     assert main(["stage1", "train", *overrides(world, shared, out, steps=1)]) == 0
     _, _, features = load_run(out, ("train",), progress=False)
     train = features["train"]
-    distinct = list(dict.fromkeys(train.prompts))
-    for sample, row in enumerate(unrelated_prompts(train).tolist()):
+    assert train.whole.any()  # full-caption rows sit between entity rows in the text table
+    entities = train.select(~train.whole)
+    prompt_of = dict(zip(train.prompt_row.tolist(), train.prompts))  # row of the text table → its prompt
+    for sample, row in enumerate(unrelated_prompts(entities).tolist()):
         clip_words = {
-            w for s, p in enumerate(train.prompts) if train.clip_of[s] == train.clip_of[sample] for w in p.split()
+            w
+            for s, p in enumerate(entities.prompts)
+            if entities.clip_of[s] == entities.clip_of[sample]
+            for w in p.split()
         }
-        assert not set(distinct[row].split()) & clip_words
+        assert not set(prompt_of[row].split()) & clip_words
+
+
+def test_full_caption_samples_target_the_union_of_the_entities(world, shared, tmp_path):
+    out = tmp_path / "run"
+    assert main(["stage1", "train", *overrides(world, shared, out, steps=1)]) == 0
+    _, _, features = load_run(out, ("train",), progress=False)
+    train = features["train"]
+    wholes = train.whole.nonzero().squeeze(1).tolist()
+    assert len(wholes) == len(train.records)  # every clip of the shapes world has all its masks
+    for row in wholes:
+        clip = train.clip_of[row]
+        entities = [s for s in range(len(train)) if train.clip_of[s] == clip and not train.whole[s]]
+        parts = train.targets[entities]  # (E, N)
+        assert train.prompts[row] == train.captions[row] and train.prompts[row] not in [
+            train.prompts[e] for e in entities
+        ]
+        assert (train.targets[row] >= parts.amax(0) - 1e-6).all() and (train.targets[row] <= parts.sum(0) + 1e-6).all()
+    metrics = json.loads((out / "eval.json").read_text())
+    assert "caption_iou" in metrics
+
+    off = tmp_path / "off"
+    assert main(["stage1", "train", *overrides(world, shared, off, steps=1, **{"data.caption_samples": False})]) == 0
+    _, _, features = load_run(off, ("train",), progress=False)
+    assert not features["train"].whole.any() and "caption_iou" not in json.loads((off / "eval.json").read_text())
 
 
 def test_bad_samples_are_skipped_and_counted(world, shared, tmp_path, caplog):
@@ -127,3 +159,41 @@ def test_missing_manifest_and_no_entities_give_one_line_errors(world, shared, tm
     plain.write_text(json.dumps({"video": str(world / "videos" / "clip_00000.mp4"), "caption": "a clip"}) + "\n")
     assert main(["stage1", "train", *overrides(world, shared, tmp_path / "b", **{"data.train": plain})]) == 2
     assert "no (clip, entity) sample" in capsys.readouterr().err
+
+
+def test_infer_draws_every_prompt_and_the_full_caption(world, shared, tmp_path, capsys):
+    run, out = tmp_path / "run", tmp_path / "figures"
+    assert main(["stage1", "train", *overrides(world, shared, run, steps=1)]) == 0
+    manifest = world / "heldout.jsonl"
+    record = json.loads(manifest.read_text().splitlines()[0])
+    assert main(["stage1", "infer", str(manifest), "--checkpoint", str(run), "--out", str(out), "--columns", "4"]) == 0
+    folder = out / record["id"]
+    stems = [f"entity-{k}-{e['prompt'].replace(' ', '-')}" for k, e in enumerate(record["entities"])] + ["caption"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{s}.{x}" for s in stems for x in ("png", "gif", "mp4"))
+    for stem in stems:  # 8 frames of 64²: three rows of 4 frames under a 14-pixel title; panels side by side
+        assert Image.open(folder / f"{stem}.png").size == (4 * 64 + 3 * 2, 14 + 3 * 64 + 2 * 2)
+        gif = Image.open(folder / f"{stem}.gif")
+        assert gif.size == (3 * 64 + 2 * 2, 14 + 64) and gif.n_frames == 8
+        video = decode_clip(folder / f"{stem}.mp4", None, None)
+        assert video.frames.shape == (8, 3, 14 + 64, 3 * 64 + 2 * 2)
+
+
+def test_infer_without_masks_and_bad_records(world, shared, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["stage1", "train", *overrides(world, shared, run, steps=1)]) == 0
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({"video": str(world / "videos" / "clip_00000.mp4"), "caption": "a red circle"}) + "\n")
+    args = ["stage1", "infer", str(plain), "--checkpoint", str(run), "--out", str(tmp_path / "out")]
+    assert main([*args, "--prompt", "red circle"]) == 0
+    assert (tmp_path / "out" / "record-00000" / "entity-0-red-circle.png").is_file()
+    assert (tmp_path / "out" / "record-00000" / "caption.gif").is_file()
+    assert main([*args, "--records", "3"]) == 2
+    assert "plain.jsonl: record 3: out of range (1 records)" in capsys.readouterr().err
+
+    record = json.loads((world / "train.jsonl").read_text().splitlines()[0])
+    record["video"] = str(world / record["video"])
+    record["entities"][0]["mask"] = str(save_mask(tmp_path / "short.npz", torch.zeros(3, 64, 64, dtype=torch.bool)))
+    (tmp_path / "mismatch.jsonl").write_text(json.dumps(record) + "\n")
+    assert main(["stage1", "infer", str(tmp_path / "mismatch.jsonl"), "--checkpoint", str(run)]) == 2
+    error = capsys.readouterr().err
+    assert "mismatch.jsonl: record 0 (clip_00000): entities.0.mask: mask shape (3, 64, 64) does not match" in error

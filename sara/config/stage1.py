@@ -17,6 +17,7 @@ class Stage1DataConfig:
     size: int = option(128, ge=16)  # square input size, pixels
     max_bad_fraction: float = option(0.05, ge=0, le=1)  # abort past this share of unreadable samples
     num_workers: int = option(0, ge=0)  # decoding processes while features are computed
+    caption_samples: bool = True  # also (clip, full caption) → union of its entity masks: what Stage 2 asks
 
 
 @dataclass

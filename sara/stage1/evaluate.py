@@ -8,6 +8,10 @@
   saliency ignores the text.
 - ``retrieval_r1``: the global head's embedding against every distinct held-out caption
   embedding; a hit when the nearest is the sample's own caption.
+- ``caption_iou``: IoU of the saliency for a clip's full caption (what Stage 2 routes by)
+  with the union of its entities' masks; present when the features hold such samples.
+
+The first four are measured on the (clip, entity) samples alone.
 """
 
 from __future__ import annotations
@@ -58,30 +62,42 @@ def unrelated_prompts(features: Stage1Features) -> Tensor:
         order = [(sample + k) % len(distinct) for k in range(len(distinct))]  # deterministic, varied
         fallback = next(r for r in order if distinct[r] != features.prompts[sample])
         rows.append(next((r for r in order if not words[r] & in_clip[clip]), fallback))
-    return torch.tensor(rows)
+    row_of = dict(zip(features.prompts, features.prompt_row.tolist()))  # distinct prompt → row of the text table
+    return torch.tensor([row_of[distinct[r]] for r in rows])
 
 
 def evaluate(aligner: SemanticAligner, features: Stage1Features, device: torch.device) -> dict[str, float]:
-    """The four held-out figures (see the module docstring)."""
+    """The held-out figures (see the module docstring)."""
     was_training = aligner.training
     aligner.eval()
+    metrics = _entity_metrics(aligner, features.select(~features.whole), device)
+    if features.whole.any():
+        captions = features.select(features.whole)
+        saliency, _ = predict(aligner, captions, captions.prompt_row, device)
+        metrics["caption_iou"] = iou(saliency > 0.5, captions.targets > 0.5).mean().item()
+    aligner.train(was_training)
+    return metrics
+
+
+def _entity_metrics(aligner: SemanticAligner, features: Stage1Features, device: torch.device) -> dict[str, float]:
     saliency, embedding = predict(aligner, features, features.prompt_row, device)
     unrelated, _ = predict(aligner, features, unrelated_prompts(features), device)
-    aligner.train(was_training)
     pred, truth = saliency > 0.5, features.targets > 0.5
     same_clip = features.clip_of[:, None] == features.clip_of[None, :]  # (S, S)
     a, b = (same_clip & ~torch.eye(len(features), dtype=torch.bool)).nonzero(as_tuple=True)  # entity pairs
     other = iou(pred[a], truth[b]).mean() if len(a) else torch.tensor(0.0)
-    similarity = torch.nn.functional.normalize(embedding, dim=-1) @ features.embeddings.T  # (S, K)
+    candidates = features.caption_row.unique()  # (K',) the captions of these samples only
+    similarity = torch.nn.functional.normalize(embedding, dim=-1) @ features.embeddings[candidates].T  # (S, K')
     return {
         "prompted_iou": iou(pred, truth).mean().item(),
         "other_entity_iou": other.item(),
         "unrelated_caption_iou": iou(unrelated > 0.5, truth).mean().item(),
-        "retrieval_r1": (similarity.argmax(-1) == features.caption_row).float().mean().item(),
+        "retrieval_r1": (candidates[similarity.argmax(-1)] == features.caption_row).float().mean().item(),
     }
 
 
-def format_metrics(metrics: dict[str, float], samples: int) -> str:
-    lines = [f"held-out samples (clip, entity): {samples}"]
-    lines += [f"{name:>22}  {metrics[name]:.3f}" for name in METRICS]
+def format_metrics(metrics: dict[str, float], features: Stage1Features) -> str:
+    whole = int(features.whole.sum())
+    lines = [f"held-out samples: {len(features) - whole} (clip, entity), {whole} (clip, full caption)"]
+    lines += [f"{name:>22}  {value:.3f}" for name, value in metrics.items()]
     return "\n".join(lines)

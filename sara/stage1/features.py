@@ -5,12 +5,17 @@ tokens, the pooled entity masks and the caption features — so they are compute
 pass, and V-JEPA tokens are also cached per clip on disk (``cache_dir``) so that a resumed
 run, an evaluation or a second run with the same encoder skips the encoder altogether.
 Training then reads tensors only.
+
+Besides one sample per (clip, entity), a clip whose entities all have masks can give one
+more: its full caption as the prompt and the union of its entities' masks as the target.
+That is the question Stage 2 asks the frozen aligner (the saliency of everything the
+caption names), so it is trained, not only hoped to generalise from entity prompts.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -43,9 +48,25 @@ class Stage1Features:
     prompt_row: Tensor  # (S,) sample → row of text
     embeddings: Tensor  # (K, E) normalised embeddings of each distinct caption
     caption_row: Tensor  # (S,) sample → row of embeddings
+    whole: Tensor  # (S,) bool: the prompt is the clip's full caption, the target all its entities
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def select(self, rows: Tensor) -> Stage1Features:
+        """The samples ``rows`` (indices or a boolean mask), sharing the clip and text tables."""
+        rows = rows.nonzero().squeeze(1) if rows.dtype == torch.bool else rows
+        picked = rows.tolist()
+        return replace(
+            self,
+            clip_of=self.clip_of[rows],
+            targets=self.targets[rows],
+            prompts=[self.prompts[i] for i in picked],
+            captions=[self.captions[i] for i in picked],
+            prompt_row=self.prompt_row[rows],
+            caption_row=self.caption_row[rows],
+            whole=self.whole[rows],
+        )
 
 
 def entity_caption(record: Record, prompt: str) -> str:
@@ -104,25 +125,36 @@ def compute_features(
     size: int,
     cache_dir: Path,
     bad: BadSamples,
+    caption_samples: bool = True,
     num_workers: int = 0,
     progress: bool = True,
 ) -> Stage1Features:
-    """Decode every (clip, entity) sample once and encode what the aligner reads."""
+    """Decode every (clip, entity) sample once and encode what the aligner reads; with
+    ``caption_samples``, add a (clip, full caption) sample per clip whose entities all load."""
     grid = video.grid(frames, size)
     cache = Path(cache_dir) / _fingerprint(video_folder, frames, size)
     cache.mkdir(parents=True, exist_ok=True)
     dataset = Stage1Dataset(manifest, [Bucket(frames, size, size)])
     loader = DataLoader(dataset, batch_size=8, collate_fn=collate, num_workers=num_workers)
     known: dict[int, Tensor] = {}
-    samples: list[tuple[int, str, str, Tensor]] = []
+    samples: list[tuple[int, str, str, Tensor, bool]] = []
+    unions: dict[int, list] = {}  # clip → [entities seen, union of their masks] until all are seen
     for batch in tqdm(loader, desc=f"features {manifest.path.name}", unit="batch", disable=not progress):
         bad.update(batch)
         if not batch["size"]:
             continue
         _clip_tokens(batch, manifest, video, cache, known)
         for index, prompt, masks in zip(batch["index"], batch["prompt"], batch["masks"]):
+            record = manifest.records[index]
             target = pool_to_grid(masks, video.tubelet, video.patch).flatten()  # (N,)
-            samples.append((index, prompt, entity_caption(manifest.records[index], prompt), target))
+            samples.append((index, prompt, entity_caption(record, prompt), target, False))
+            if not caption_samples:
+                continue
+            seen = unions.setdefault(index, [0, torch.zeros_like(masks)])
+            seen[0], seen[1] = seen[0] + 1, torch.maximum(seen[1], masks)
+            if seen[0] == len(record.entities):  # never, when one of its entities was skipped
+                union = pool_to_grid(unions.pop(index)[1], video.tubelet, video.patch).flatten()
+                samples.append((index, record.prompt(), record.prompt(), union, True))
     bad.end_epoch(0)
     if not samples:
         raise ValueError(f"{manifest.path}: no (clip, entity) sample could be read")
@@ -150,6 +182,7 @@ def compute_features(
         prompt_row=torch.tensor([prompt_row[p] for p in prompts]),
         embeddings=embeddings,
         caption_row=torch.tensor([caption_row[c] for c in texts]),
+        whole=torch.tensor([s[4] for s in samples]),
     )
 
 

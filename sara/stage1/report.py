@@ -1,5 +1,5 @@
-"""The demo's Stage 1 section: train the tiny aligner, evaluate it, and compare the pair
-budget of its predicted saliency with the ground truth's."""
+"""The demo's Stage 1 section: train the tiny aligner, evaluate it, compare the pair budget
+of its predicted saliency with the ground truth's, and draw its figures for a held-out clip."""
 
 from __future__ import annotations
 
@@ -8,22 +8,15 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from sara.budget import _pyplot, format_budget, plot_budget
 from sara.config.schema import DemoConfig
 from sara.data.synthetic import SynthSpec, synthesize
 from sara.report import Section, image, paragraph, preformatted, table
 from sara.routing import pair_budget
-from sara.stage1.evaluate import METRICS, predict
+from sara.stage1.evaluate import predict
+from sara.stage1.infer import infer
 from sara.stage1.run import load_run
 from sara.stage1.train import pick_device, train
-
-
-def _union_per_clip(values: torch.Tensor, clip_of: torch.Tensor) -> torch.Tensor:
-    """``[S, N]`` per (clip, entity) → ``[C, N]``: the max over each clip's entities."""
-    out = torch.zeros(int(clip_of.max()) + 1, values.shape[1])
-    return out.scatter_reduce_(0, clip_of[:, None].expand_as(values), values, "amax")
 
 
 def _loss_curve(history: list[dict], path: Path) -> Path:
@@ -53,33 +46,44 @@ def stage1_part(config: DemoConfig, out: Path) -> Section:
     history = json.loads((run / "history.json").read_text())
     _, aligner, features = load_run(run, progress=False)
     held = features["heldout"]
-    saliency, _ = predict(aligner, held, held.prompt_row, pick_device(config.stage1.device))
+    captions = held.select(held.whole)  # one row per clip: its full caption, all its entities' masks
+    saliency, _ = predict(aligner, captions, captions.prompt_row, pick_device(config.stage1.device))
     budgets = {
-        "ground-truth masks": pair_budget(_union_per_clip(held.targets, held.clip_of), config.budget.threshold),
-        "predicted saliency": pair_budget(_union_per_clip(saliency, held.clip_of), config.budget.threshold),
+        "ground-truth masks": pair_budget(captions.targets, config.budget.threshold),
+        "predicted saliency": pair_budget(saliency, config.budget.threshold),
     }
     text = "\n\n".join(format_budget(b, title=f"held-out clips, {name}") for name, b in budgets.items())
     print(text)
     chart = plot_budget(budgets, out / "stage1_budget.png")
     curve = _loss_curve(history, out / "stage1_loss.png")
-    rows = [[name, f"{metrics[name]:.3f}"] for name in METRICS]
+    figures = infer(run, config.stage1.data.heldout, [0], out=out / "stage1_figures", progress=False)
+    rows = [[name, f"{value:.3f}"] for name, value in metrics.items()]
     body = "".join(
         [
             paragraph(
                 f"`sara data synth`: {world.num} clips of {world.frames} frames at {world.size}² in {synth_s:.0f} s. "
                 f"`sara stage1 train` ({config.stage1.models.aligner} aligner, {config.stage1.optim.steps} steps of "
                 f"{config.stage1.optim.batch_size} samples, frozen tiny V-JEPA 2 / umT5 / Qwen3-VL): {train_s:.0f} s "
-                f"on this machine, encoders included. Held-out figures ({len(held)} clip–entity samples; "
-                "`sara stage1 eval`):"
+                f"on this machine, encoders included. Held-out figures ({len(held) - len(captions)} clip–entity "
+                f"and {len(captions)} clip–full-caption samples; `sara stage1 eval`):"
             ),
             table(["metric", "value"], rows),
             image(curve, "stage 1 loss terms"),
             paragraph(
-                "Pair budget of the held-out clips on the V-JEPA grid: ground-truth masks against the "
-                "aligner's saliency (union over each clip's entity prompts)."
+                "Pair budget of the held-out clips on the V-JEPA grid: the union of each clip's entity "
+                "masks against the aligner's saliency for its full caption — the saliency Stage 2 routes by."
             ),
             preformatted(text),
             image(chart, "pair budget: ground truth vs predicted"),
+            paragraph(
+                f"`sara stage1 infer {config.stage1.data.heldout} --checkpoint {run}` on the first held-out clip: "
+                "per prompt, the frames dimmed outside the ground-truth mask, the first three principal "
+                "components of the enhanced features as RGB, and the saliency heat map; each entity "
+                "prompt, then the full caption. GIF and MP4 of every frame beside each PNG in "
+                f"{figures[0].parent}."
+            ),
+            *(image(path, f"stage 1 figure: {path.stem}") for path in figures),
+            image(figures[-1].with_suffix(".gif"), "full-caption saliency, animated"),
         ]
     )
     return Section("Stage 1: the Semantic Aligner", body)

@@ -63,6 +63,7 @@ def load_features(config: Stage1Config, splits: tuple[str, ...], progress: bool 
             config.data.size,
             cache,
             BadSamples(config.data.max_bad_fraction),
+            config.data.caption_samples,
             config.data.num_workers,
             progress,
         )
@@ -152,7 +153,7 @@ def train(config: Stage1Config, resume: bool = False, progress: bool = True) -> 
     writer.close()
     metrics = evaluate(aligner, heldout, device)
     (run / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print(format_metrics(metrics, len(heldout)))
+    print(format_metrics(metrics, heldout))
     return run
 
 

@@ -1,0 +1,75 @@
+"""The trained aligner, frozen, with the encoders it reads: frames and captions in, saliency out.
+
+This is what `sara stage1 infer` draws and what Stage 2 routes its loss by. The aligner's
+input and embedding widths are read from the checkpoint's weights, so loading it needs
+neither the data nor the caption embedder it was trained against.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import Tensor
+
+from sara.checkpoint import latest_checkpoint, load_weights
+from sara.config import load_config
+from sara.config.stage1 import Stage1Config
+from sara.models.aligner import AlignerOutput, SemanticAligner
+from sara.models.presets import resolve
+from sara.models.text import CaptionEncoder
+from sara.models.vjepa2 import VideoEncoder
+
+
+def locate(path: str | Path) -> tuple[Path, Path]:
+    """``(run folder, checkpoint folder)`` from either of them."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return path.parent.parent, path
+    checkpoint = latest_checkpoint(path)
+    if checkpoint is None:
+        raise ValueError(f"{path}: no checkpoint (neither a run folder with checkpoints/latest nor a checkpoint)")
+    return path, checkpoint
+
+
+def load_aligner(checkpoint: str | Path, size: str) -> SemanticAligner:
+    """The aligner of a checkpoint folder, frozen, in eval mode."""
+    with safe_open(Path(checkpoint) / "model.safetensors", "pt") as weights:
+        visual_dim = weights.get_slice("visual_in.1.weight").get_shape()[1]  # Linear(Dv -> d): (d, Dv)
+        text_dim = weights.get_slice("text_in.1.weight").get_shape()[1]
+        embed_dim = weights.get_slice("global_head.weight").get_shape()[0]
+    aligner = SemanticAligner(size, visual_dim, text_dim, embed_dim)
+    load_weights(checkpoint, aligner)
+    return aligner.eval().requires_grad_(False)
+
+
+class SaliencyModel(torch.nn.Module):
+    """Frozen V-JEPA 2 + caption encoder + aligner of a Stage 1 run."""
+
+    def __init__(self, config: Stage1Config, checkpoint: str | Path):
+        super().__init__()
+        models = config.models
+        self.config = config
+        self.video = VideoEncoder(resolve(models.vjepa2, "vjepa2", models.tiny_root))
+        self.captions = CaptionEncoder(
+            resolve(models.caption_encoder, models.caption_encoder_kind, models.tiny_root), models.caption_encoder_kind
+        )
+        self.aligner = load_aligner(checkpoint, models.aligner)
+
+    @classmethod
+    def from_run(cls, path: str | Path) -> SaliencyModel:
+        """From a run folder (its latest checkpoint) or a checkpoint folder."""
+        _, checkpoint = locate(path)
+        return cls(load_config(Stage1Config, checkpoint / "config.yaml"), checkpoint)
+
+    @torch.no_grad()
+    def tokens(self, frames: Tensor) -> Tensor:
+        """V-JEPA 2 tokens ``[B, N, Dv]`` of clips ``uint8 [B, T, 3, H, W]``."""
+        return self.video(frames)
+
+    @torch.no_grad()
+    def forward(self, tokens: Tensor, captions: list[str]) -> AlignerOutput:
+        """The aligner on ``tokens`` ``[B, N, Dv]`` (``B`` = 1 is shared by every caption)."""
+        text, mask = self.captions(captions)  # (P, L, Dt), (P, L)
+        return self.aligner(tokens.expand(len(captions), -1, -1) if len(tokens) == 1 else tokens, text, mask)
