@@ -8,7 +8,15 @@ import sys
 
 from sara.routing import MODES
 
-TINY_NAMES = ("sam3", "vjepa2", "umt5", "qwen3vl")  # kept here so that `--help` does not import transformers
+TINY_NAMES = (
+    "sam3",
+    "vjepa2",
+    "umt5",
+    "qwen3vl",
+    "wan",
+    "wan-a14b",
+    "wan-ti2v",
+)  # kept here so that `--help` does not import transformers
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -83,7 +83,8 @@ def _check_field(value: Any, metadata: dict, key: str) -> str | None:
     """The problem with ``value`` under the field's declared checks, or ``None``."""
     if value is None:
         return None
-    if "choices" in metadata and value not in metadata["choices"]:
+    items = value if isinstance(value, list) else [value]
+    if "choices" in metadata and any(v not in metadata["choices"] for v in items):
         options = ", ".join(str(c) for c in metadata["choices"])
         return f"{key}: must be one of {options}; got {value!r}"
     for bound, holds, text in (
@@ -93,8 +94,7 @@ def _check_field(value: Any, metadata: dict, key: str) -> str | None:
         ("lt", lambda v, b: v < b, "<"),
     ):
         if bound in metadata:
-            values = value if isinstance(value, list) else [value]
-            if not all(holds(v, metadata[bound]) for v in values):
+            if not all(holds(v, metadata[bound]) for v in items):
                 return f"{key}: must be {text} {metadata[bound]}; got {value!r}"
     return None
 

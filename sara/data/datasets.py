@@ -62,7 +62,13 @@ class ClipDataset(Dataset):
 
 
 class Stage2Dataset(ClipDataset):
-    """Frames and the full caption of every clip."""
+    """Frames and the full caption of every clip; with ``union_masks``, also ``masks``: the
+    union of its entities' masks on the frames, or ``None`` when one is missing or unreadable
+    (only a saliency-from-masks run needs them, and it skips such clips)."""
+
+    def __init__(self, manifest: Manifest, buckets: Sequence[Bucket], union_masks: bool = False):
+        super().__init__(manifest, buckets)
+        self.union_masks = union_masks
 
     @property
     def bucket_of(self) -> list[int]:
@@ -72,10 +78,24 @@ class Stage2Dataset(ClipDataset):
         return len(self.manifest)
 
     def __getitem__(self, index: int) -> dict | Skipped:
-        record, _, clip = self._clip(index)
+        record, bucket, clip = self._clip(index)
         if isinstance(clip, Skipped):
             return clip
-        return {"frames": clip.frames, "caption": record.prompt(), "index": index}
+        sample = {"frames": clip.frames, "caption": record.prompt(), "index": index}
+        if self.union_masks:
+            sample["masks"] = self._union(record, bucket, clip)
+        return sample
+
+    def _union(self, record: Record, bucket: Bucket, clip: Clip) -> torch.Tensor | None:
+        if not record.entities or any(e.mask is None for e in record.entities):
+            return None
+        try:
+            masks = [
+                transform_masks(load_mask(self.manifest.resolve(e.mask)), clip, bucket.size) for e in record.entities
+            ]
+        except (MaskError, VideoError):
+            return None
+        return torch.stack(masks).amax(0)  # (T, H, W)
 
 
 class Stage1Dataset(ClipDataset):
@@ -127,7 +147,7 @@ def collate(items: list[dict | Skipped]) -> dict:
     batch: dict = {"skipped": [item for item in items if isinstance(item, Skipped)], "size": len(good)}
     for key in good[0] if good else ():
         values = [item[key] for item in good]
-        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+        batch[key] = torch.stack(values) if all(isinstance(v, torch.Tensor) for v in values) else values
     return batch
 
 

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
-from sara.models import sam3, text, vjepa2
+from sara.models import sam3, text, vjepa2, wan
 
 TINY: dict[str, Callable[..., Path]] = {
     "sam3": sam3.save_tiny,
     "vjepa2": vjepa2.save_tiny,
     "umt5": text.save_tiny_umt5,
     "qwen3vl": text.save_tiny_qwen3vl,
+    "wan": partial(wan.save_tiny_wan, variant="tiny"),
+    "wan-a14b": partial(wan.save_tiny_wan, variant="tiny-a14b"),
+    "wan-ti2v": partial(wan.save_tiny_wan, variant="tiny-ti2v"),
 }
 
 

@@ -30,8 +30,8 @@ from sara.data.manifest import Manifest, Record, load_manifest
 from sara.data.masks import MaskError, load_mask
 from sara.data.video import Clip, VideoError, decode_clip, transform_masks, write_gif, write_video
 from sara.data.visualize import grid_to_pixels, heatmap, save_png, spotlight, strip, titled
+from sara.device import pick_device
 from sara.stage1.saliency import SaliencyModel
-from sara.stage1.train import pick_device
 
 GAP = 2  # white pixels between panels
 

@@ -11,12 +11,13 @@ from pathlib import Path
 from sara.budget import _pyplot, format_budget, plot_budget
 from sara.config.schema import DemoConfig
 from sara.data.synthetic import SynthSpec, synthesize
+from sara.device import pick_device
 from sara.report import Section, image, paragraph, preformatted, table
 from sara.routing import pair_budget
 from sara.stage1.evaluate import predict
 from sara.stage1.infer import infer
 from sara.stage1.run import load_run
-from sara.stage1.train import pick_device, train
+from sara.stage1.train import train
 
 
 def _loss_curve(history: list[dict], path: Path) -> Path:

@@ -7,11 +7,12 @@ from pathlib import Path
 
 from sara.config import load_config
 from sara.config.stage1 import Stage1Config
+from sara.device import pick_device
 from sara.models.aligner import SemanticAligner
 from sara.stage1.evaluate import evaluate, format_metrics
 from sara.stage1.features import Stage1Features
 from sara.stage1.saliency import load_aligner, locate
-from sara.stage1.train import load_features, pick_device
+from sara.stage1.train import load_features
 
 
 def load_run(

@@ -51,7 +51,8 @@ class SaliencyModel(torch.nn.Module):
         super().__init__()
         models = config.models
         self.config = config
-        self.video = VideoEncoder(resolve(models.vjepa2, "vjepa2", models.tiny_root))
+        self.video_folder = resolve(models.vjepa2, "vjepa2", models.tiny_root)
+        self.video = VideoEncoder(self.video_folder)
         self.captions = CaptionEncoder(
             resolve(models.caption_encoder, models.caption_encoder_kind, models.tiny_root), models.caption_encoder_kind
         )

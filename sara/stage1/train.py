@@ -22,6 +22,7 @@ from sara.config import save_config
 from sara.config.stage1 import Stage1Config
 from sara.data.datasets import BadSamples
 from sara.data.manifest import load_manifest
+from sara.device import pick_device
 from sara.models.aligner import SemanticAligner, parameter_count
 from sara.models.presets import resolve
 from sara.models.text import CaptionEmbedder, CaptionEncoder
@@ -29,12 +30,6 @@ from sara.models.vjepa2 import VideoEncoder
 from sara.stage1.evaluate import evaluate, format_metrics
 from sara.stage1.features import Stage1Features, compute_features
 from sara.stage1.objective import gather, stage1_loss
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def load_features(config: Stage1Config, splits: tuple[str, ...], progress: bool = True) -> dict[str, Stage1Features]:

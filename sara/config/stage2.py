@@ -1,0 +1,73 @@
+"""Typed config of Stage 2 (`sara stage2 precompute|train`). Each field's comment says what it controls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sara.config.loader import option
+
+ALIGN_MODES = ("sft", "repa", "trd", "sara")
+ROUTINGS = ("or", "and", "xor")
+SALIENCY_SOURCES = ("aligner", "masks")
+EXPERTS = ("high", "low")
+
+
+@dataclass
+class Stage2DataConfig:
+    train: str = "outputs/shapes/train.jsonl"  # manifest: videos and captions (entity masks for saliency=masks)
+    frames: int = option(17, ge=5)  # video frames per clip, 4k + 1 (Wan's causal VAE)
+    size: int = option(128, ge=32)  # square frame size in pixels (a multiple of 32)
+    max_bad_fraction: float = option(0.05, ge=0, le=1)  # abort past this share of unreadable clips
+    num_workers: int = option(0, ge=0)  # decoding processes during precompute
+
+
+@dataclass
+class Stage2ModelsConfig:
+    wan: str = "tiny"  # Diffusers-format Wan folder, or tiny | tiny-a14b | tiny-ti2v
+    vjepa2: str = "tiny"  # the TRD teacher: V-JEPA 2 folder, or tiny
+    text_length: int = option(512, ge=1)  # caption tokens the DiT reads, zero-padded (Wan: 512)
+    aligner: str | None = None  # Stage 1 run folder (or checkpoint): the saliency of mode sara, saliency=aligner
+    tiny_root: str = "${oc.env:SARA_OUTPUT_ROOT,outputs}/models"  # where tiny presets are written once
+
+
+@dataclass
+class FlowConfig:
+    shift: float = option(3.0, gt=0)  # σ = shift·u / (1 + (shift − 1)·u), u uniform; 1 = no shift
+
+
+@dataclass
+class AlignConfig:
+    mode: str = option("sara", choices=ALIGN_MODES)  # sft: none; repa: cosine; trd: uniform pairs; sara: routed
+    routing: str = option("or", choices=ROUTINGS)  # pair weights of sara: or (SARA), and, xor
+    saliency: str = option("aligner", choices=SALIENCY_SOURCES)  # frozen aligner (full caption) or GT masks
+    weight: float = option(0.5, ge=0)  # λ: loss = flow + λ · align
+    margin: float = option(0.1, ge=0)  # TRD margin on |S_p − S_y|
+    block: int = option(1, ge=0)  # DiT block whose output is aligned (0-based)
+    projector_dim: int | None = None  # hidden width of the projector; null: max(DiT, VFM width)
+
+
+@dataclass
+class Stage2ObjectiveConfig:
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    experts: list[str] = option(["high", "low"], choices=EXPERTS)  # two-expert models: which ones train
+
+
+@dataclass
+class PrecomputeConfig:
+    cache_dir: str | None = None  # latents, text, V-JEPA tokens, saliency; null: <out_dir>/cache
+    shard_size: int = option(64, ge=1)  # clips per safetensors shard
+    batch_size: int = option(4, ge=1)  # clips per encoder pass
+
+
+@dataclass
+class Stage2Config:
+    """``sara stage2``: continual training of a Wan2.2 DiT with flow matching + routed TRD."""
+
+    out_dir: str = "${oc.env:SARA_OUTPUT_ROOT,outputs}/stage2/tiny"  # run folder
+    seed: int = 0  # projector init, noise, data order
+    device: str = "auto"  # auto: cuda when available, else cpu
+    data: Stage2DataConfig = field(default_factory=Stage2DataConfig)
+    models: Stage2ModelsConfig = field(default_factory=Stage2ModelsConfig)
+    objective: Stage2ObjectiveConfig = field(default_factory=Stage2ObjectiveConfig)
+    precompute: PrecomputeConfig = field(default_factory=PrecomputeConfig)

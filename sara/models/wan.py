@@ -1,0 +1,171 @@
+"""Wan2.2 from `diffusers`: the DiT (`WanTransformer3DModel`), its VAE (`AutoencoderKLWan`)
+and umT5 text encoder, kept as one Diffusers-format folder — the layout `WanPipeline`
+reads and writes, so trained weights load straight into generation.
+
+A folder describes its own variant in ``model_index.json``:
+
+- ``transformer_2`` present: two experts (Wan2.2 T2V-A14B). ``transformer`` denoises high
+  noise, ``transformer_2`` low noise; a timestep ``t >= boundary_ratio · 1000`` belongs to
+  the first.
+- ``expand_timesteps``: one timestep per token (Wan2.2 TI2V-5B, with its 48-channel VAE of
+  16× spatial compression).
+
+Tiny presets write such folders with seeded weights: ``tiny`` (one expert, 16-channel
+Wan2.1-style VAE), ``tiny-a14b`` (two experts), ``tiny-ti2v`` (per-token timesteps,
+48-channel residual VAE with 2×2 pixel patches, as the 5B model).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+from transformers import UMT5EncoderModel
+
+from sara.models.text import tiny_umt5_config
+from sara.models.tokenizer import tiny_tokenizer
+from sara.models.weights import WeightsError
+
+HIGH, LOW = "high", "low"  # the experts of a two-expert model, by the noise they own
+
+
+@dataclass(frozen=True)
+class TinyWan:
+    experts: int  # 1, or 2 (transformer for high noise, transformer_2 for low)
+    expand_timesteps: bool  # one timestep per token (TI2V-5B)
+    z_dim: int  # latent channels
+    residual_vae: bool  # Wan2.2 VAE: residual blocks and 2×2 pixel patches (16× spatial)
+
+
+TINY_WAN = {
+    "tiny": TinyWan(experts=1, expand_timesteps=False, z_dim=16, residual_vae=False),
+    "tiny-a14b": TinyWan(experts=2, expand_timesteps=False, z_dim=16, residual_vae=False),
+    "tiny-ti2v": TinyWan(experts=1, expand_timesteps=True, z_dim=48, residual_vae=True),
+}
+PRESET_OF = {"tiny": "wan", "tiny-a14b": "wan-a14b", "tiny-ti2v": "wan-ti2v"}  # names in sara.models.presets
+BOUNDARY_RATIO = 0.875  # Wan2.2 T2V-A14B: t >= 875 is high noise
+FLOW_SHIFT = 3.0  # the sampling shift Wan uses at 480p
+
+
+def tiny_transformer(z_dim: int, text_dim: int) -> WanTransformer3DModel:
+    """Two blocks of width 64 (4 heads of 16): a DiT that trains in seconds on a CPU."""
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=4,
+        attention_head_dim=16,
+        in_channels=z_dim,
+        out_channels=z_dim,
+        text_dim=text_dim,
+        freq_dim=32,
+        ffn_dim=128,
+        num_layers=2,
+        rope_max_seq_len=64,
+    )
+
+
+def tiny_vae(z_dim: int, residual: bool) -> AutoencoderKLWan:
+    """A narrow causal VAE with Wan's compression: 4× in time, 8× (or 16× with 2×2 patches) in space."""
+    return AutoencoderKLWan(
+        base_dim=8,
+        z_dim=z_dim,
+        dim_mult=[1, 2, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * z_dim,
+        latents_std=[1.0] * z_dim,
+        is_residual=residual,
+        in_channels=12 if residual else 3,  # RGB in 2×2 pixel patches
+        out_channels=12 if residual else 3,
+        patch_size=2 if residual else None,
+        scale_factor_spatial=16 if residual else 8,
+    )
+
+
+def save_tiny_wan(out_dir: str | Path, seed: int = 0, variant: str = "tiny") -> Path:
+    """Write a tiny Wan folder in Diffusers format (``WanPipeline.save_pretrained``)."""
+    if variant not in TINY_WAN:
+        raise ValueError(f"no tiny Wan variant {variant!r}; choose one of {', '.join(TINY_WAN)}")
+    spec = TINY_WAN[variant]
+    tokenizer = tiny_tokenizer("t5")
+    torch.manual_seed(seed)
+    text_encoder = UMT5EncoderModel(tiny_umt5_config(tokenizer))
+    width = text_encoder.config.d_model
+    experts = [tiny_transformer(spec.z_dim, width) for _ in range(spec.experts)]
+    pipeline = WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=tiny_vae(spec.z_dim, spec.residual_vae),
+        scheduler=UniPCMultistepScheduler(
+            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=FLOW_SHIFT, num_train_timesteps=1000
+        ),
+        transformer=experts[0],
+        transformer_2=experts[1] if spec.experts == 2 else None,
+        boundary_ratio=BOUNDARY_RATIO if spec.experts == 2 else None,
+        expand_timesteps=spec.expand_timesteps,
+    )
+    pipeline.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def wan_folder(source: str, tiny_root: str | Path) -> Path:
+    """A config's Wan entry as a folder: itself, or a tiny variant written once under ``tiny_root``."""
+    from sara.models.presets import resolve  # presets imports this module
+
+    return resolve("tiny", PRESET_OF[source], tiny_root) if source in TINY_WAN else Path(source)
+
+
+@dataclass(frozen=True)
+class WanLayout:
+    """What a Diffusers-format Wan folder holds."""
+
+    folder: Path
+    experts: tuple[str, ...]  # ("high",) or ("high", "low")
+    boundary: float | None  # boundary timestep between the experts (t >= boundary: high)
+    expand_timesteps: bool
+
+    def expert_of(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """Index into ``experts`` of each timestep ``[B]``: 0 (high noise) or 1 (low noise)."""
+        if self.boundary is None:
+            return torch.zeros_like(timesteps, dtype=torch.long)
+        return (timesteps < self.boundary).long()
+
+
+def read_layout(folder: str | Path) -> WanLayout:
+    """The variant a Wan folder declares in ``model_index.json``.
+
+    Raises:
+        WeightsError: the folder is not a Diffusers-format Wan pipeline.
+    """
+    folder = Path(folder)
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise WeightsError(f"{folder}: no model_index.json (expected a Diffusers-format Wan folder)")
+    spec = json.loads(index.read_text())
+    if spec.get("_class_name") != "WanPipeline" or not spec.get("transformer", [None])[0]:
+        raise WeightsError(f"{index}: not a WanPipeline with a transformer")
+    two = bool(spec.get("transformer_2") and spec["transformer_2"][0])
+    ratio = spec.get("boundary_ratio")
+    if two and ratio is None:
+        raise WeightsError(f"{index}: boundary_ratio: needed with transformer_2")
+    return WanLayout(
+        folder=folder,
+        experts=(HIGH, LOW) if two else (HIGH,),
+        boundary=ratio * 1000 if two else None,
+        expand_timesteps=bool(spec.get("expand_timesteps")),
+    )
+
+
+def load_transformers(layout: WanLayout, dtype: torch.dtype = torch.float32) -> dict[str, WanTransformer3DModel]:
+    """The DiT expert(s) of a folder, by the noise they own."""
+    subfolders = {HIGH: "transformer", LOW: "transformer_2"}
+    return {
+        name: WanTransformer3DModel.from_pretrained(layout.folder, subfolder=subfolders[name], torch_dtype=dtype)
+        for name in layout.experts
+    }
+
+
+def load_vae(folder: str | Path, dtype: torch.dtype = torch.float32) -> AutoencoderKLWan:
+    return AutoencoderKLWan.from_pretrained(folder, subfolder="vae", torch_dtype=dtype).eval().requires_grad_(False)

@@ -1,0 +1,129 @@
+"""`sara stage2 precompute`: what the frozen encoders make of every clip, stored once.
+
+Layout of ``cache_dir``: ``shard-NNNNN.safetensors`` files holding, per clip ``r`` (its
+manifest record), the tensors ``r/latents``, ``r/text``, ``r/vfm`` and, when present,
+``r/saliency`` and ``r/mask_saliency`` (see :mod:`sara.stage2.encoders`); and
+``index.json`` — the settings that made the cache and the shard of each clip. A shard is
+written under a temporary name and renamed, then the index is replaced, so a killed run
+loses at most the clips of an unfinished shard and a rerun does only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from sara.config.stage2 import Stage2Config
+from sara.data.buckets import Bucket
+from sara.data.datasets import BadSamples, Stage2Dataset, collate
+from sara.data.manifest import load_manifest
+from sara.device import pick_device
+from sara.stage2.encoders import Stage2Encoders
+
+
+def fingerprint(config: Stage2Config) -> dict:
+    """The settings a cache depends on; a cache made with others is refused."""
+    models = config.models
+    return {
+        "wan": models.wan,
+        "vjepa2": models.vjepa2,
+        "aligner": models.aligner,
+        "text_length": models.text_length,
+        "frames": config.data.frames,
+        "size": config.data.size,
+    }
+
+
+def cache_dir(config: Stage2Config) -> Path:
+    return Path(config.precompute.cache_dir or Path(config.out_dir) / "cache")
+
+
+def _read_index(folder: Path, settings: dict) -> dict:
+    path = folder / "index.json"
+    if not path.is_file():
+        return {"settings": settings, "clips": {}}
+    index = json.loads(path.read_text())
+    if index["settings"] != settings:
+        changed = sorted(k for k in settings if index["settings"].get(k) != settings[k])
+        raise ValueError(f"{folder}: cache made with other settings ({', '.join(changed)}); choose another cache_dir")
+    return index
+
+
+def precompute(config: Stage2Config, progress: bool = True) -> Path:
+    """Encode every clip of ``data.train`` not yet in the cache; returns the cache folder."""
+    folder = cache_dir(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    index = _read_index(folder, fingerprint(config))
+    manifest = load_manifest(config.data.train)
+    todo = [i for i in range(len(manifest)) if str(i) not in index["clips"]]
+    encoders = Stage2Encoders(config).to(pick_device(config.device))
+    bad = BadSamples(config.data.max_bad_fraction)
+    size = config.data.size
+    clips = Stage2Dataset(manifest, [Bucket(config.data.frames, size, size)], union_masks=True)
+    dataset = torch.utils.data.Subset(clips, todo)
+    loader = DataLoader(
+        dataset, batch_size=config.precompute.batch_size, collate_fn=collate, num_workers=config.data.num_workers
+    )
+    pending: dict[str, Tensor] = {}
+    shard = len({name for name in index["clips"].values()})
+    for batch in tqdm(loader, desc="stage2 precompute", unit="batch", disable=not progress):
+        bad.update(batch)
+        if not batch["size"]:
+            continue
+        for record, clip in zip(batch["index"], encoders(batch["frames"], batch["caption"], list(batch["masks"]))):
+            pending |= {f"{record}/{key}": value.contiguous() for key, value in clip.items()}
+        if len({k.split("/")[0] for k in pending}) >= config.precompute.shard_size:
+            shard = _flush(folder, index, pending, shard)
+    if pending:
+        _flush(folder, index, pending, shard)
+    bad.end_epoch(0)
+    return folder
+
+
+def _flush(folder: Path, index: dict, tensors: dict[str, Tensor], shard: int) -> int:
+    """Write one shard atomically, then the index naming its clips; empties ``tensors``."""
+    name = f"shard-{shard:05d}.safetensors"
+    save_file(tensors, folder / f"{name}.tmp")
+    (folder / f"{name}.tmp").replace(folder / name)
+    for record in {k.split("/")[0] for k in tensors}:
+        index["clips"][record] = name
+    tmp = folder / "index.json.tmp"
+    tmp.write_text(json.dumps(index, indent=1))
+    tmp.replace(folder / "index.json")
+    tensors.clear()
+    return shard + 1
+
+
+class FeatureCache(torch.utils.data.Dataset):
+    """The clips of a cache folder, each a dict of its tensors (shards opened lazily)."""
+
+    def __init__(self, folder: str | Path, settings: dict | None = None):
+        self.folder = Path(folder)
+        if not (self.folder / "index.json").is_file():
+            raise ValueError(f"{self.folder}: no index.json (run `sara stage2 precompute` first)")
+        index = json.loads((self.folder / "index.json").read_text())
+        if settings is not None:
+            _read_index(self.folder, settings)
+        self.records = sorted(int(r) for r in index["clips"])
+        self.shard_of = {int(r): name for r, name in index["clips"].items()}
+        self._open: dict[str, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, position: int) -> dict[str, Tensor]:
+        record = self.records[position]
+        name = self.shard_of[record]
+        if name not in self._open:
+            self._open[name] = safe_open(self.folder / name, "pt")
+        handle = self._open[name]
+        prefix = f"{record}/"
+        clip = {k[len(prefix) :]: handle.get_tensor(k) for k in handle.keys() if k.startswith(prefix)}
+        return clip | {"index": record}

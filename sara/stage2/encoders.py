@@ -1,0 +1,94 @@
+"""The frozen models of Stage 2 and what they make of a clip: VAE latents, caption states,
+V-JEPA 2 tokens and saliency. `sara stage2 precompute` stores their outputs; training can
+also call them online — the same function, so both paths feed the DiT the same tensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import WanPipeline
+from torch import Tensor
+from transformers import AutoTokenizer, UMT5EncoderModel
+
+from sara.config.stage2 import Stage2Config
+from sara.data.masks import pool_to_grid
+from sara.models.presets import resolve
+from sara.models.vjepa2 import VideoEncoder
+from sara.models.wan import load_vae, wan_folder
+from sara.stage1.saliency import SaliencyModel
+from sara.stage2.align import VJEPA_FIRST_FRAME
+
+
+def trim_text(text: Tensor) -> Tensor:
+    """Drop the zero rows Wan pads a caption with: ``[L, D] -> [l, D]`` (at least one row)."""
+    used = (text.abs().amax(-1) > 0).nonzero()  # (l, 1) rows holding a token
+    return text[: int(used.max()) + 1] if len(used) else text[:1]
+
+
+def pad_text(texts: list[Tensor], length: int) -> Tensor:
+    """Stack trimmed caption states ``[l_i, D]`` zero-padded to ``[B, length, D]``, as Wan pads them."""
+    out = texts[0].new_zeros(len(texts), length, texts[0].shape[-1])
+    for row, text in enumerate(texts):
+        out[row, : min(length, len(text))] = text[:length]
+    return out
+
+
+class Stage2Encoders(torch.nn.Module):
+    """Wan's VAE and umT5, the V-JEPA 2 teacher and (optionally) the Stage 1 saliency model."""
+
+    def __init__(self, config: Stage2Config):
+        super().__init__()
+        models = config.models
+        self.config = config
+        folder = wan_folder(models.wan, models.tiny_root)
+        self.vae = load_vae(folder)
+        self.text = WanPipeline(
+            tokenizer=AutoTokenizer.from_pretrained(folder, subfolder="tokenizer"),
+            text_encoder=UMT5EncoderModel.from_pretrained(folder, subfolder="text_encoder").eval(),
+            vae=None,
+            scheduler=None,
+        )
+        self.text_encoder = self.text.text_encoder.requires_grad_(False)  # registered: moves with .to()
+        self.teacher_folder = resolve(models.vjepa2, "vjepa2", models.tiny_root)
+        self.teacher = VideoEncoder(self.teacher_folder)
+        self.saliency = SaliencyModel.from_run(models.aligner) if models.aligner else None
+        latents_mean = torch.tensor(self.vae.config.latents_mean).view(1, -1, 1, 1, 1)
+        self.register_buffer("latents_mean", latents_mean, persistent=False)
+        self.register_buffer(
+            "latents_std", torch.tensor(self.vae.config.latents_std).view(1, -1, 1, 1, 1), persistent=False
+        )
+
+    @torch.no_grad()
+    def forward(self, frames: Tensor, captions: list[str], masks: list[Tensor | None] | None = None) -> list[dict]:
+        """Per clip: ``latents`` ``[C, F', h, w]``, ``text`` ``[l, D_t]``, ``vfm`` ``[N_v, D_v]``,
+        ``saliency`` ``[N_v]`` (with an aligner) and ``mask_saliency`` ``[N_v]`` (with masks
+        ``[T, H, W]`` of the union of the clip's entities)."""
+        device = self.latents_mean.device
+        frames = frames.to(device)  # (B, T, 3, H, W) uint8
+        video = frames.permute(0, 2, 1, 3, 4).float() / 127.5 - 1  # (B, 3, T, H, W) in [-1, 1]
+        latents = (self.vae.encode(video).latent_dist.mode() - self.latents_mean) / self.latents_std
+        text = self.text.encode_prompt(
+            captions,
+            do_classifier_free_guidance=False,
+            max_sequence_length=self.config.models.text_length,
+            device=device,
+        )[0]
+        seen = frames[:, VJEPA_FIRST_FRAME:]  # (B, 4k, 3, H, W): the frames V-JEPA 2 reads
+        vfm = self.teacher(seen)  # (B, N_v, D_v)
+        out = [
+            {"latents": latents[i].cpu(), "text": trim_text(text[i]).cpu(), "vfm": vfm[i].cpu()}
+            for i in range(len(frames))
+        ]
+        if self.saliency is not None:
+            same = self.saliency.video_folder.resolve() == Path(self.teacher_folder).resolve()
+            tokens = vfm if same else self.saliency.tokens(seen)
+            logits = self.saliency(tokens, captions).saliency_logits  # (B, N_v)
+            for row, clip in zip(logits.float().sigmoid().cpu(), out):
+                clip["saliency"] = row
+        for mask, clip in zip(masks or [], out):
+            if mask is not None:
+                pooled = pool_to_grid(mask[VJEPA_FIRST_FRAME:], self.teacher.tubelet, self.teacher.patch)
+                clip["mask_saliency"] = pooled.flatten()
+        return out

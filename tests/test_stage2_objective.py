@@ -1,0 +1,172 @@
+"""The Stage 2 objective on tiny Wan presets: hook, projector, resampling, modes, experts."""
+
+import pytest
+import torch
+
+from sara.config.stage2 import Stage2ObjectiveConfig
+from sara.losses.flow import noisy_latents, shift_sigma, unshift_sigma
+from sara.models.presets import resolve
+from sara.models.wan import load_transformers, read_layout
+from sara.stage2.align import BlockHook, latent_frame_of, resample_to_vjepa
+from sara.stage2.objective import Stage2Model
+
+VFM_DIM, VFM_GRID, TUBELET = 24, (4, 4, 4), 2  # 8 video frames after the first, 64² pixels, patch 16
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {name: read_layout(resolve("tiny", name, root)) for name in ("wan", "wan-a14b")}
+
+
+def make_batch(batch=2, seed=0, channels=16):
+    g = torch.Generator().manual_seed(seed)
+    # 9 video frames of 64² → 3 latent frames of 8² → DiT grid (3, 4, 4)
+    return {
+        "latents": torch.randn(batch, channels, 3, 8, 8, generator=g),
+        "text": torch.randn(batch, 12, 64, generator=g),
+        "vfm": torch.randn(batch, 64, VFM_DIM, generator=g),
+        "saliency": (torch.rand(batch, 64, generator=g) > 0.5).float(),
+    }
+
+
+def build(layout, mode="sara", seed=0, **align):
+    config = Stage2ObjectiveConfig()
+    config.align.mode = mode
+    for key, value in align.items():
+        setattr(config.align, key, value)
+    torch.manual_seed(seed)
+    experts = load_transformers(layout)
+    return Stage2Model(experts, layout, config, VFM_DIM, VFM_GRID, TUBELET)
+
+
+def with_noise(model, batch, seed=1):
+    noise, sigma = model.draw(batch["latents"], torch.Generator().manual_seed(seed))
+    return {**batch, "noise": noise, "sigma": sigma}
+
+
+def test_flow_matching_interpolates_data_and_noise():
+    x0, noise = torch.randn(2, 3, 1, 2, 2), torch.randn(2, 3, 1, 2, 2)
+    xt, target = noisy_latents(x0, noise, torch.tensor([0.0, 1.0]))
+    assert torch.equal(xt[0], x0[0]) and torch.equal(xt[1], noise[1]) and torch.equal(target, noise - x0)
+    u = torch.linspace(0, 1, 11)
+    assert torch.allclose(unshift_sigma(shift_sigma(u, 3.0), 3.0), u, atol=1e-6)
+    assert (shift_sigma(u, 3.0) >= u).all()  # shift > 1 spends more steps at high noise
+
+
+def test_tubelets_fall_inside_one_latent_frame():
+    # video frames 1..8 → tubelets (1,2) (3,4) (5,6) (7,8); latent frames 1 = 1..4, 2 = 5..8
+    assert latent_frame_of(4, 2).tolist() == [1, 1, 2, 2]
+    assert latent_frame_of(2, 4).tolist() == [1, 2]
+    with pytest.raises(ValueError, match="straddles"):
+        latent_frame_of(2, 3)
+
+
+def test_resampling_keeps_values_on_the_tokens_they_cover():
+    # value = latent frame index; DiT grid (3, 4, 4) onto V-JEPA (4, 2, 2): area-averaged 2×2 cells
+    frames = torch.arange(3.0).view(1, 3, 1, 1, 1).expand(1, 3, 4, 4, 1).reshape(1, 48, 1)
+    out = resample_to_vjepa(frames, (3, 4, 4), (4, 2, 2), tubelet=2).view(4, 2, 2)
+    assert out[:, 0, 0].tolist() == [1.0, 1.0, 2.0, 2.0]
+    columns = torch.arange(4.0).view(1, 1, 1, 4, 1).expand(1, 3, 4, 4, 1).reshape(1, 48, 1)
+    assert resample_to_vjepa(columns, (3, 4, 4), (4, 2, 2), 2).view(4, 2, 2)[0, 0].tolist() == [0.5, 2.5]
+    up = resample_to_vjepa(columns, (3, 4, 4), (4, 8, 8), 2)  # a coarser DiT grid is upsampled
+    assert up.shape == (1, 256, 1)
+    with pytest.raises(ValueError, match="grid mismatch"):
+        resample_to_vjepa(frames, (3, 4, 4), (3, 2, 2), tubelet=2)
+
+
+def test_hook_leaves_the_dit_output_bit_identical(tiny):
+    dit = load_transformers(tiny["wan"])["high"].eval()
+    batch = make_batch()
+    args = dict(timestep=torch.tensor([500.0, 20.0]), encoder_hidden_states=batch["text"], return_dict=False)
+    plain = dit(batch["latents"], **args)[0]
+    hook = BlockHook(dit.blocks[1])
+    hooked = dit(batch["latents"], **args)[0]
+    assert torch.equal(plain, hooked) and hook.pop().shape == (2, 48, 64)
+    hook.remove()
+
+
+@pytest.mark.parametrize("mode", ["sft", "repa", "trd", "sara"])
+def test_each_mode_learns_a_fixed_batch(tiny, mode):
+    model = build(tiny["wan"], mode)
+    batch = with_noise(model, make_batch())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses, aligns = [], []
+    for _ in range(30):
+        loss, terms = model(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        aligns.append(terms["align"].item())
+    assert losses[-1] < 0.8 * losses[0]
+    if mode == "sft":
+        assert aligns == [0.0] * 30 and not list(model.projectors.parameters())
+    else:
+        assert aligns[-1] < aligns[0]
+
+
+def test_or_routing_sends_no_gradient_through_background_pairs(tiny):
+    model = build(tiny["wan"], "sara", routing="or", weight=1.0)
+    batch = with_noise(model, make_batch(batch=1))
+    batch["saliency"] = torch.zeros(1, 64)
+    batch["saliency"][0, :8] = 1.0  # 8 subject tokens: 8·8 + 2·8·56 pairs touch them, 56² do not
+    kept = {}
+    handle = model.projectors["high"].register_forward_hook(lambda module, args, out: kept.setdefault("proj", out))
+    loss, _ = model(batch)
+    handle.remove()
+    (grad,) = torch.autograd.grad(loss, kept["proj"])  # the flow term does not read the projector
+
+    def reference(include_background_pairs):
+        tokens = torch.nn.functional.normalize(resample_to_vjepa(kept["proj"], (3, 4, 4), VFM_GRID, TUBELET), dim=-1)
+        target = torch.nn.functional.normalize(batch["vfm"], dim=-1)
+        pairs = (tokens @ tokens.mT - target @ target.mT).abs().sub(0.1).relu()[0]  # (N, N) l_ij
+        fg = batch["saliency"][0].bool()
+        weights = (fg[:, None] | fg[None, :]).float()
+        if include_background_pairs:
+            weights = torch.ones_like(weights)
+        return torch.autograd.grad((weights * pairs).sum() / weights.sum(), kept["proj"], retain_graph=True)[0]
+
+    assert torch.allclose(grad, reference(False), atol=1e-6)
+    assert not torch.allclose(grad, reference(True), atol=1e-4)  # background pairs would have moved it
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny):
+    batch = with_noise(build(tiny["wan"]), make_batch())
+    results = []
+    for checkpointing in (False, True):
+        model = build(tiny["wan"], "sara")
+        if checkpointing:
+            model.experts["high"].enable_gradient_checkpointing()
+        loss, _ = model(batch)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[0][1], results[1][1]))
+
+
+def test_two_experts_each_take_the_timesteps_they_own(tiny):
+    layout = tiny["wan-a14b"]
+    assert layout.experts == ("high", "low") and layout.boundary == 875.0
+    assert layout.expert_of(torch.tensor([999.0, 875.0, 874.9, 10.0])).tolist() == [0, 0, 1, 1]
+    model = build(layout, "sara")
+    calls = []
+    for name, dit in model.experts.items():
+        dit.register_forward_hook(lambda module, args, out, name=name: calls.append((name, len(args[0]))))
+    batch = {**make_batch(batch=3), "noise": torch.randn(3, 16, 3, 8, 8), "sigma": torch.tensor([0.95, 0.5, 0.1])}
+    model(batch)
+    assert calls == [("high", 1), ("low", 2)]
+
+    only_low = Stage2Model(
+        {"low": load_transformers(layout)["low"]}, layout, Stage2ObjectiveConfig(), VFM_DIM, VFM_GRID, TUBELET
+    )
+    assert only_low.sigma_range() == (0.0, 0.875)
+    _, sigma = only_low.draw(torch.zeros(256, 1), torch.Generator().manual_seed(0))
+    assert (sigma < 0.875).all() and sigma.max() > 0.8
+    with pytest.raises(ValueError, match="belongs to the high expert, which does not train"):
+        only_low(batch)
+
+
+def test_bad_block_index_is_a_clear_error(tiny):
+    with pytest.raises(ValueError, match=r"align.block: 5 is out of range for a DiT of 2 blocks \(0 … 1\)"):
+        build(tiny["wan"], "trd", block=5)
