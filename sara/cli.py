@@ -141,6 +141,52 @@ def _stage1_infer(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} figures (PNG, GIF, MP4) to {written[0].parent.parent}")
 
 
+def _stage2_precompute(args: argparse.Namespace) -> None:
+    from sara.config import load_config
+    from sara.config.stage2 import Stage2Config
+    from sara.stage2.cache import FeatureCache, precompute
+
+    folder = precompute(load_config(Stage2Config, args.config, args.overrides))
+    print(f"cache {folder}: {len(FeatureCache(folder))} clips")
+
+
+def _stage2_train(args: argparse.Namespace) -> None:
+    from sara.config import load_config
+    from sara.config.stage2 import Stage2Config
+    from sara.stage2.train import train
+
+    run = train(load_config(Stage2Config, args.config, args.overrides), resume=args.resume)
+    print(f"run {run}; Diffusers-format pipeline in {run / 'pipeline'}")
+
+
+def _stage2_generate(args: argparse.Namespace) -> None:
+    from sara.data.manifest import load_manifest
+    from sara.stage2.generate import generate
+
+    prompts = list(args.prompt or [])
+    if args.manifest:
+        prompts += [r.prompt() for r in load_manifest(args.manifest).records]
+    if not prompts:
+        raise ValueError("give --prompt TEXT or --manifest FILE")
+    written = generate(
+        args.pipeline,
+        prompts,
+        args.out,
+        args.negative_prompt,
+        args.cfg,
+        args.steps,
+        args.scheduler,
+        args.shift,
+        args.seed,
+        args.frames,
+        args.height,
+        args.width,
+        args.fps,
+        args.device,
+    )
+    print(f"wrote {len(written)} videos (mp4 and GIF) to {args.out}")
+
+
 def _bench_trd(args: argparse.Namespace) -> None:
     import torch
 
@@ -253,6 +299,37 @@ def build_parser() -> argparse.ArgumentParser:
     s1_infer.add_argument("--fps", type=float, default=8.0, help="frame rate of the GIF and MP4")
     s1_infer.add_argument("--device", help="default: the run's device setting")
     s1_infer.set_defaults(handler=_stage1_infer)
+
+    stage2 = commands.add_parser("stage2", help="the DiT with flow matching + routed TRD: precompute, train, generate")
+    stage2_commands = stage2.add_subparsers(dest="stage2", required=True)
+    s2_pre = stage2_commands.add_parser(
+        "precompute", help="VAE latents, caption states, V-JEPA 2 tokens and saliency per clip, sharded"
+    )
+    s2_pre.add_argument("--config", help="YAML file, e.g. configs/stage2/tiny.yaml (default: built-in defaults)")
+    s2_pre.add_argument("overrides", nargs="*", help="key=value overrides, e.g. models.aligner=outputs/stage1/tiny")
+    s2_pre.set_defaults(handler=_stage2_precompute)
+    s2_train = stage2_commands.add_parser("train", help="continual training of the DiT; exports a Diffusers pipeline")
+    s2_train.add_argument("--config", help="YAML file, e.g. configs/stage2/tiny.yaml (default: built-in defaults)")
+    s2_train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    s2_train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. objective.align.mode=trd")
+    s2_train.set_defaults(handler=_stage2_train)
+    s2_gen = stage2_commands.add_parser("generate", help="text-to-video with WanPipeline; mp4 and GIF per prompt")
+    s2_gen.add_argument("--pipeline", required=True, help="Diffusers-format Wan folder, e.g. RUN_DIR/pipeline")
+    s2_gen.add_argument("--prompt", nargs="+", help="prompts")
+    s2_gen.add_argument("--manifest", help="also every caption of this manifest")
+    s2_gen.add_argument("--out", required=True, help="folder for the videos")
+    s2_gen.add_argument("--negative-prompt", default="", help="what classifier-free guidance steers away from")
+    s2_gen.add_argument("--cfg", type=float, default=5.0, help="guidance scale (1: no guidance)")
+    s2_gen.add_argument("--steps", type=int, default=30, help="denoising steps")
+    s2_gen.add_argument("--scheduler", choices=["unipc", "euler"], default="unipc", help="UniPC or flow-match Euler")
+    s2_gen.add_argument("--shift", type=float, default=3.0, help="flow shift of the sampler")
+    s2_gen.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
+    s2_gen.add_argument("--frames", type=int, default=17, help="4k + 1 frames")
+    s2_gen.add_argument("--height", type=int, default=128)
+    s2_gen.add_argument("--width", type=int, default=128)
+    s2_gen.add_argument("--fps", type=float, default=16.0, help="frame rate of the files")
+    s2_gen.add_argument("--device", default="auto")
+    s2_gen.set_defaults(handler=_stage2_generate)
 
     models = commands.add_parser("models", help="model presets")
     model_commands = models.add_subparsers(dest="models", required=True)

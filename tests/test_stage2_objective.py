@@ -16,14 +16,14 @@ VFM_DIM, VFM_GRID, TUBELET = 24, (4, 4, 4), 2  # 8 video frames after the first,
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {name: read_layout(resolve("tiny", name, root)) for name in ("wan", "wan-a14b")}
+    return {name: read_layout(resolve("tiny", name, root)) for name in ("wan", "wan-a14b", "wan-ti2v")}
 
 
-def make_batch(batch=2, seed=0, channels=16):
+def make_batch(batch=2, seed=0, channels=16, side=8):
     g = torch.Generator().manual_seed(seed)
-    # 9 video frames of 64² → 3 latent frames of 8² → DiT grid (3, 4, 4)
+    # 9 video frames of 64² → 3 latent frames of 8² → DiT grid (3, 4, 4) (TI2V's 16× VAE: 4², (3, 2, 2))
     return {
-        "latents": torch.randn(batch, channels, 3, 8, 8, generator=g),
+        "latents": torch.randn(batch, channels, 3, side, side, generator=g),
         "text": torch.randn(batch, 12, 64, generator=g),
         "vfm": torch.randn(batch, 64, VFM_DIM, generator=g),
         "saliency": (torch.rand(batch, 64, generator=g) > 0.5).float(),
@@ -170,3 +170,14 @@ def test_two_experts_each_take_the_timesteps_they_own(tiny):
 def test_bad_block_index_is_a_clear_error(tiny):
     with pytest.raises(ValueError, match=r"align.block: 5 is out of range for a DiT of 2 blocks \(0 … 1\)"):
         build(tiny["wan"], "trd", block=5)
+
+
+def test_per_token_timesteps_reach_the_dit(tiny):
+    model = build(tiny["wan-ti2v"], "sara")
+    seen = []
+    model.experts["high"].condition_embedder.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    batch = with_noise(model, make_batch(channels=48, side=4))
+    loss, terms = model(batch)
+    loss.backward()
+    assert seen == [torch.Size([2 * 12])]  # (B, 3·2·2 tokens) flattened by the DiT: one timestep per token
+    assert terms["align"] > 0 and model.projectors["high"].net[0].weight.grad is not None

@@ -61,6 +61,17 @@ class PrecomputeConfig:
 
 
 @dataclass
+class Stage2OptimConfig:
+    steps: int = option(200, ge=1)  # optimizer steps in all
+    batch_size: int = option(4, ge=1)  # clips per step
+    lr: float = option(1e-4, gt=0)  # AdamW learning rate after warm-up (then constant)
+    weight_decay: float = option(0.0, ge=0)
+    warmup_steps: int = option(10, ge=0)  # linear warm-up
+    grad_clip: float = option(1.0, gt=0)  # max global gradient norm
+    gradient_checkpointing: bool = False  # recompute DiT blocks in backward: less memory, more time
+
+
+@dataclass
 class Stage2Config:
     """``sara stage2``: continual training of a Wan2.2 DiT with flow matching + routed TRD."""
 
@@ -71,3 +82,7 @@ class Stage2Config:
     models: Stage2ModelsConfig = field(default_factory=Stage2ModelsConfig)
     objective: Stage2ObjectiveConfig = field(default_factory=Stage2ObjectiveConfig)
     precompute: PrecomputeConfig = field(default_factory=PrecomputeConfig)
+    optim: Stage2OptimConfig = field(default_factory=Stage2OptimConfig)
+    online: bool = False  # run the frozen encoders every step instead of reading the cache
+    log_every: int = option(10, ge=1)  # steps between log points (history.json, TensorBoard, bar)
+    save_every: int = option(100, ge=1)  # steps between checkpoints (and one at the end)

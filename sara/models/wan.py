@@ -162,10 +162,10 @@ def load_transformers(layout: WanLayout, dtype: torch.dtype = torch.float32) -> 
     """The DiT expert(s) of a folder, by the noise they own."""
     subfolders = {HIGH: "transformer", LOW: "transformer_2"}
     return {
-        name: WanTransformer3DModel.from_pretrained(layout.folder, subfolder=subfolders[name], torch_dtype=dtype)
+        name: WanTransformer3DModel.from_pretrained(layout.folder, subfolder=subfolders[name], dtype=dtype)
         for name in layout.experts
     }
 
 
 def load_vae(folder: str | Path, dtype: torch.dtype = torch.float32) -> AutoencoderKLWan:
-    return AutoencoderKLWan.from_pretrained(folder, subfolder="vae", torch_dtype=dtype).eval().requires_grad_(False)
+    return AutoencoderKLWan.from_pretrained(folder, subfolder="vae", dtype=dtype).eval().requires_grad_(False)

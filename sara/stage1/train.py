@@ -9,7 +9,6 @@ uninterrupted one would have seen.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from sara.models.vjepa2 import VideoEncoder
 from sara.stage1.evaluate import evaluate, format_metrics
 from sara.stage1.features import Stage1Features, compute_features
 from sara.stage1.objective import gather, stage1_loss
+from sara.training import batch_samples, load_history, lr_factor, save_history
 
 
 def load_features(config: Stage1Config, splits: tuple[str, ...], progress: bool = True) -> dict[str, Stage1Features]:
@@ -71,25 +71,6 @@ def build_aligner(config: Stage1Config, features: Stage1Features) -> SemanticAli
     )
 
 
-def _schedule(config: Stage1Config):
-    warmup, total = config.optim.warmup_steps, config.optim.steps
-
-    def factor(step: int) -> float:  # linear warm-up, then cosine to zero
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    return factor
-
-
-def batch_samples(step: int, num_samples: int, batch_size: int, seed: int) -> torch.Tensor:
-    """Samples of step ``step``: slice of the permutation of its epoch (last partial batch dropped)."""
-    per_epoch = max(1, num_samples // batch_size)
-    epoch, position = divmod(step, per_epoch)
-    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    return order[position * batch_size : (position + 1) * batch_size]
-
-
 def train(config: Stage1Config, resume: bool = False, progress: bool = True) -> Path:
     """Train the aligner; returns the run folder (checkpoints, ``eval.json``, TensorBoard logs)."""
     run = Path(config.out_dir)
@@ -107,14 +88,14 @@ def train(config: Stage1Config, resume: bool = False, progress: bool = True) -> 
         f"{len(train_set)} train / {len(heldout)} held-out samples on the {train_set.grid} grid"
     )
     optimizer = torch.optim.AdamW(aligner.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.optim.warmup_steps, config.optim.steps))
     start = 0
     if resume and (checkpoint := latest_checkpoint(run)) is not None:
         start = load_checkpoint(checkpoint, aligner, optimizer, scheduler)
         print(f"resumed from {checkpoint} at step {start}")
     batch_size = min(config.optim.batch_size, len(train_set))
     writer = SummaryWriter(run / "tensorboard")
-    history = _load_history(run, start)
+    history = load_history(run, start)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     aligner.train()
     bar = tqdm(
@@ -143,7 +124,7 @@ def train(config: Stage1Config, resume: bool = False, progress: bool = True) -> 
                 writer.add_scalar(f"eval/{key}", value, done)
             tqdm.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         if done % config.save_every == 0 or done == config.optim.steps:
-            _save_history(run, history)  # first: rows past a checkpoint are dropped on resume
+            save_history(run, history)  # first: rows past a checkpoint are dropped on resume
             save_checkpoint(run, done, aligner, optimizer, scheduler, config)
     writer.close()
     metrics = evaluate(aligner, heldout, device)
@@ -159,16 +140,3 @@ def _log(row: dict, history: list[dict], writer: SummaryWriter, bar: tqdm) -> No
         if key != "step":
             writer.add_scalar(f"train/{key}", value, row["step"])
     bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", "bce", "dice", "infonce")})
-
-
-def _load_history(run: Path, start: int) -> list[dict]:
-    """Logged rows up to ``start`` (a resumed run continues the same curve)."""
-    path = run / "history.json"
-    rows = json.loads(path.read_text()) if path.is_file() else []
-    return [r for r in rows if r["step"] <= start]
-
-
-def _save_history(run: Path, rows: list[dict]) -> None:
-    tmp = run / "history.json.tmp"
-    tmp.write_text(json.dumps(rows))
-    tmp.replace(run / "history.json")

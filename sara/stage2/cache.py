@@ -25,7 +25,7 @@ from sara.data.buckets import Bucket
 from sara.data.datasets import BadSamples, Stage2Dataset, collate
 from sara.data.manifest import load_manifest
 from sara.device import pick_device
-from sara.stage2.encoders import Stage2Encoders
+from sara.stage2.encoders import Stage2Encoders, teacher_grid
 
 
 def fingerprint(config: Stage2Config) -> dict:
@@ -58,6 +58,7 @@ def _read_index(folder: Path, settings: dict) -> dict:
 
 def precompute(config: Stage2Config, progress: bool = True) -> Path:
     """Encode every clip of ``data.train`` not yet in the cache; returns the cache folder."""
+    teacher_grid(config)  # frames and size must suit the VAE and V-JEPA 2
     folder = cache_dir(config)
     folder.mkdir(parents=True, exist_ok=True)
     index = _read_index(folder, fingerprint(config))
@@ -118,12 +119,18 @@ class FeatureCache(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, position: int) -> dict[str, Tensor]:
-        record = self.records[position]
+    def _shard(self, record: int):
         name = self.shard_of[record]
         if name not in self._open:
             self._open[name] = safe_open(self.folder / name, "pt")
-        handle = self._open[name]
-        prefix = f"{record}/"
-        clip = {k[len(prefix) :]: handle.get_tensor(k) for k in handle.keys() if k.startswith(prefix)}
-        return clip | {"index": record}
+        return self._open[name]
+
+    def keys(self, position: int) -> set[str]:
+        """Names of the tensors of the clip at ``position``, read from the shard's header."""
+        prefix = f"{self.records[position]}/"
+        return {k[len(prefix) :] for k in self._shard(self.records[position]).keys() if k.startswith(prefix)}
+
+    def __getitem__(self, position: int) -> dict[str, Tensor]:
+        record = self.records[position]
+        handle = self._shard(record)
+        return {key: handle.get_tensor(f"{record}/{key}") for key in self.keys(position)} | {"index": record}

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from diffusers import WanPipeline
 from torch import Tensor
-from transformers import AutoTokenizer, UMT5EncoderModel
+from transformers import AutoTokenizer, UMT5EncoderModel, VJEPA2Config
 
 from sara.config.stage2 import Stage2Config
 from sara.data.masks import pool_to_grid
@@ -19,6 +19,19 @@ from sara.models.vjepa2 import VideoEncoder
 from sara.models.wan import load_vae, wan_folder
 from sara.stage1.saliency import SaliencyModel
 from sara.stage2.align import VJEPA_FIRST_FRAME
+
+
+def teacher_grid(config: Stage2Config) -> tuple[int, tuple[int, int, int], int]:
+    """``(width, token grid, tubelet)`` of the V-JEPA 2 teacher on this config's clips."""
+    vjepa = VJEPA2Config.from_pretrained(resolve(config.models.vjepa2, "vjepa2", config.models.tiny_root))
+    frames, size = config.data.frames - VJEPA_FIRST_FRAME, config.data.size
+    if (config.data.frames - 1) % 4 or frames % vjepa.tubelet_size or size % 32:
+        raise ValueError(
+            f"data.frames / data.size: {config.data.frames} frames of {size}² must be 4k + 1 frames "
+            f"(Wan's causal VAE) with 4k a multiple of the tubelet {vjepa.tubelet_size}, and a size multiple of 32"
+        )
+    grid = (frames // vjepa.tubelet_size, size // vjepa.patch_size, size // vjepa.patch_size)
+    return vjepa.hidden_size, grid, vjepa.tubelet_size
 
 
 def trim_text(text: Tensor) -> Tensor:

@@ -1,0 +1,81 @@
+"""Where Stage 2 batches come from: the precomputed cache, or the frozen encoders run online.
+
+Both give the same batch for the same step — the clips are chosen by position among the
+usable clips with :func:`sara.training.batch_samples`, and the tensors come from the same
+encoder code — so a cache-fed run reproduces an online one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+from sara.config.stage2 import Stage2Config
+from sara.data.buckets import Bucket
+from sara.data.datasets import Skipped, Stage2Dataset, collate
+from sara.data.manifest import load_manifest
+from sara.stage2.cache import FeatureCache, cache_dir, fingerprint
+from sara.stage2.encoders import Stage2Encoders, pad_text
+
+log = logging.getLogger(__name__)
+
+
+def _stack(clips: list[dict], config: Stage2Config, device: torch.device) -> dict[str, Tensor]:
+    batch = {
+        "latents": torch.stack([c["latents"] for c in clips]),  # (B, C, F, h, w)
+        "text": pad_text([c["text"] for c in clips], config.models.text_length),  # (B, L, D_t)
+    }
+    if config.objective.align.mode != "sft":
+        batch["vfm"] = torch.stack([c["vfm"] for c in clips])  # (B, N_v, D_v)
+    if config.objective.align.mode == "sara":
+        batch["saliency"] = torch.stack([c[_saliency_key(config)] for c in clips])  # (B, N_v)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _saliency_key(config: Stage2Config) -> str:
+    return "saliency" if config.objective.align.saliency == "aligner" else "mask_saliency"
+
+
+class CachedClips:
+    """Clips of the precomputed cache that carry what the objective reads."""
+
+    def __init__(self, config: Stage2Config):
+        self.config = config
+        self.cache = FeatureCache(cache_dir(config), fingerprint(config))
+        needed = _saliency_key(config) if config.objective.align.mode == "sara" else None
+        self.positions = [p for p in range(len(self.cache)) if needed is None or needed in self.cache.keys(p)]
+        if missing := len(self.cache) - len(self.positions):
+            log.warning("%d of %d cached clips have no %s and are left out", missing, len(self.cache), needed)
+        if not self.positions:
+            raise ValueError(f"{self.cache.folder}: no cached clip has {needed} (models.aligner or entity masks)")
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def batch(self, rows: Tensor, device: torch.device) -> dict[str, Tensor]:
+        return _stack([self.cache[self.positions[r]] for r in rows.tolist()], self.config, device)
+
+
+class OnlineClips:
+    """Clips decoded and encoded every step, by the encoders `precompute` uses."""
+
+    def __init__(self, config: Stage2Config, device: torch.device):
+        self.config = config
+        size = config.data.size
+        manifest = load_manifest(config.data.train)
+        self.dataset = Stage2Dataset(manifest, [Bucket(config.data.frames, size, size)], union_masks=True)
+        self.encoders = Stage2Encoders(config).to(device)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batch(self, rows: Tensor, device: torch.device) -> dict[str, Tensor]:
+        items = [self.dataset[r] for r in rows.tolist()]
+        for item in items:
+            if isinstance(item, Skipped):
+                raise ValueError(f"{item.where}: {item.reason} (online training needs every clip readable)")
+        clips = collate(items)
+        encoded = self.encoders(clips["frames"], clips["caption"], list(clips["masks"]))
+        return _stack(encoded, self.config, device)

@@ -1,0 +1,128 @@
+"""`sara stage2 train`: continual training of the Wan DiT with flow matching + ``λ ·`` alignment.
+
+The step is ``Stage2Model(batch)``: the batch of step ``k`` (clips chosen by ``(seed, k)``)
+carries the noise and σ drawn from a generator seeded by ``(seed, k)``, so a resumed run
+replays exactly what an uninterrupted one computes. At the end the trained expert(s) are
+written with the rest of the Wan folder as a Diffusers-format pipeline (``RUN_DIR/pipeline``)
+that `WanPipeline.from_pretrained` and `sara stage2 generate` load.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from sara.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from sara.config import save_config
+from sara.config.stage2 import Stage2Config
+from sara.device import pick_device
+from sara.models.aligner import parameter_count
+from sara.models.wan import WanLayout, load_transformers, read_layout, wan_folder
+from sara.stage2.clips import CachedClips, OnlineClips
+from sara.stage2.encoders import teacher_grid
+from sara.stage2.objective import Stage2Model
+from sara.training import batch_samples, load_history, lr_factor, save_history
+
+SUBFOLDER = {"high": "transformer", "low": "transformer_2"}
+
+
+def build_model(config: Stage2Config, layout: WanLayout) -> Stage2Model:
+    """The trainable experts of the folder and their projectors."""
+    names = [n for n in layout.experts if len(layout.experts) == 1 or n in config.objective.experts]
+    if not names:
+        raise ValueError(f"objective.experts: {config.objective.experts} names none of {', '.join(layout.experts)}")
+    experts = {n: m for n, m in load_transformers(layout).items() if n in names}
+    width, grid, tubelet = teacher_grid(config)
+    model = Stage2Model(experts, layout, config.objective, width, grid, tubelet)
+    if config.optim.gradient_checkpointing:
+        for dit in model.experts.values():
+            dit.enable_gradient_checkpointing()
+    return model
+
+
+def noise_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def train(config: Stage2Config, resume: bool = False, progress: bool = True) -> Path:
+    """Train; returns the run folder (checkpoints, history, TensorBoard, ``pipeline/``)."""
+    run = Path(config.out_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    save_config(config, run)
+    device = pick_device(config.device)
+    layout = read_layout(wan_folder(config.models.wan, config.models.tiny_root))
+    clips = OnlineClips(config, device) if config.online else CachedClips(config)
+    torch.manual_seed(config.seed)
+    model = build_model(config, layout).to(device)
+    print(
+        f"stage2 {config.objective.align.mode}: experts {', '.join(model.experts)} "
+        f"({parameter_count(model.experts) / 1e6:.2f} M parameters), projectors "
+        f"{parameter_count(model.projectors) / 1e6:.2f} M; {len(clips)} clips"
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(config.optim.warmup_steps, config.optim.steps, "constant")
+    )
+    start = 0
+    if resume and (checkpoint := latest_checkpoint(run)) is not None:
+        start = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        print(f"resumed from {checkpoint} at step {start}")
+    batch_size = min(config.optim.batch_size, len(clips))
+    writer = SummaryWriter(run / "tensorboard")
+    history = load_history(run, start)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    model.train()
+    steps = config.optim.steps
+    bar = tqdm(range(start, steps), desc="stage2", initial=start, total=steps, disable=not progress)
+    tick = time.perf_counter()
+    for step in bar:
+        batch = clips.batch(batch_samples(step, len(clips), batch_size, config.seed), device)
+        noise, sigma = model.draw(batch["latents"], noise_generator(config.seed, step))
+        with autocast:
+            loss, terms = model(batch | {"noise": noise, "sigma": sigma})
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        done = step + 1
+        if done % config.log_every == 0 or done == steps:
+            seconds = (time.perf_counter() - tick) / config.log_every
+            row = {"step": done, "loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+            row |= {"grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0], "s_per_step": seconds}
+            if device.type == "cuda":
+                row["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+            history.append(row)
+            for key, value in row.items():
+                if key != "step":
+                    writer.add_scalar(f"train/{key}", value, done)
+            bar.set_postfix({k: f"{row[k]:.4f}" for k in ("loss", "flow", "align")})
+            tick = time.perf_counter()
+        if done % config.save_every == 0 or done == steps:
+            save_history(run, history)  # first: rows past a checkpoint are dropped on resume
+            save_checkpoint(run, done, model, optimizer, scheduler, config)
+    writer.close()
+    export_pipeline(model, layout, run / "pipeline")
+    return run
+
+
+def export_pipeline(model: Stage2Model, layout: WanLayout, out: Path) -> Path:
+    """The Wan folder with the trained expert(s) in place, in Diffusers format (atomically)."""
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    trained = {SUBFOLDER[name] for name in model.experts}
+    shutil.copytree(
+        layout.folder,
+        partial,
+        ignore=lambda folder, names: trained & set(names) if folder == str(layout.folder) else set(),
+    )
+    for name, dit in model.experts.items():
+        dit.save_pretrained(partial / SUBFOLDER[name])
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    return out

@@ -1,0 +1,49 @@
+"""What the trainers of both stages share: the learning-rate shape, stateless batch order, the
+logged history."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def lr_factor(warmup: int, total: int, decay: str = "cosine") -> Callable[[int], float]:
+    """Linear warm-up over ``warmup`` steps, then ``cosine`` decay to zero at ``total`` or ``constant``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if decay == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return factor
+
+
+def batch_samples(step: int, num_samples: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Samples of step ``step``: slice of the permutation of its epoch (last partial batch dropped).
+
+    A pure function of its arguments, so a resumed run replays exactly the batches an
+    uninterrupted one would have seen.
+    """
+    per_epoch = max(1, num_samples // batch_size)
+    epoch, position = divmod(step, per_epoch)
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return order[position * batch_size : (position + 1) * batch_size]
+
+
+def load_history(run: Path, start: int) -> list[dict]:
+    """Logged rows up to ``start`` (a resumed run continues the same curve)."""
+    path = run / "history.json"
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    return [r for r in rows if r["step"] <= start]
+
+
+def save_history(run: Path, rows: list[dict]) -> None:
+    tmp = run / "history.json.tmp"
+    tmp.write_text(json.dumps(rows))
+    tmp.replace(run / "history.json")

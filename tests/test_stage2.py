@@ -1,0 +1,153 @@
+"""Stage 2 end to end on tiny presets: precompute, train, resume, export, generate, through the real CLI."""
+
+import json
+
+import pytest
+import torch
+from diffusers import WanPipeline
+from safetensors.torch import load_file
+
+from sara.checkpoint import latest_checkpoint, save_checkpoint
+from sara.cli import main
+from sara.data.synthetic import SynthSpec, synthesize
+from sara.data.video import decode_clip
+from sara.stage2 import train as stage2_train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    synthesize(SynthSpec(num=6, seed=5, frames=9, size=64, heldout_fraction=0.0), root, workers=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    return tmp_path_factory.mktemp("shared")
+
+
+def overrides(world, shared, out, steps=4, **more):
+    base = {
+        "out_dir": out,
+        "data.train": world / "train.jsonl",
+        "data.frames": 9,
+        "data.size": 64,
+        "models.tiny_root": shared / "models",
+        "models.text_length": 32,
+        "precompute.cache_dir": shared / "cache",
+        "precompute.shard_size": 4,
+        "objective.align.saliency": "masks",
+        "optim.steps": steps,
+        "optim.batch_size": 2,
+        "optim.warmup_steps": 1,
+        "log_every": 1,
+        "save_every": 2,
+        **more,
+    }
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def test_precompute_is_sharded_and_resumable(world, shared, tmp_path, capsys):
+    args = overrides(world, shared, tmp_path / "run", **{"precompute.cache_dir": tmp_path / "cache"})
+    assert main(["stage2", "precompute", *args]) == 0
+    index = json.loads((tmp_path / "cache" / "index.json").read_text())
+    assert sorted(map(int, index["clips"])) == list(range(6))
+    assert sorted(set(index["clips"].values())) == ["shard-00000.safetensors", "shard-00001.safetensors"]
+    shard = load_file(tmp_path / "cache" / "shard-00000.safetensors")
+    assert shard["0/latents"].shape == (16, 3, 8, 8)  # 9 frames of 64² → 3 latent frames of 8²
+    assert shard["0/vfm"].shape == (64, 192) and shard["0/mask_saliency"].shape == (64,)  # V-JEPA (4, 4, 4)
+    assert shard["0/text"].shape[0] <= 32 and shard["0/text"].abs().amax(-1)[-1] > 0  # trailing padding trimmed
+
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("shard-*")}
+    (tmp_path / "cache" / "shard-00001.safetensors").unlink()  # as if killed before the last shard
+    index["clips"] = {r: s for r, s in index["clips"].items() if s != "shard-00001.safetensors"}
+    (tmp_path / "cache" / "index.json").write_text(json.dumps(index))
+    assert main(["stage2", "precompute", *args]) == 0
+    after = json.loads((tmp_path / "cache" / "index.json").read_text())
+    assert sorted(map(int, after["clips"])) == list(range(6))
+    assert (tmp_path / "cache" / "shard-00000.safetensors").stat().st_mtime_ns == before["shard-00000.safetensors"]
+
+    changed = overrides(
+        world, shared, tmp_path / "run", **{"precompute.cache_dir": tmp_path / "cache", "data.size": 128}
+    )
+    assert main(["stage2", "precompute", *changed]) == 2
+    assert "cache made with other settings (size)" in capsys.readouterr().err
+
+
+def test_train_resume_is_exact_and_exports_a_pipeline(world, shared, tmp_path, monkeypatch):
+    assert main(["stage2", "precompute", *overrides(world, shared, tmp_path / "x")]) == 0
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(["stage2", "train", *overrides(world, shared, straight)]) == 0
+
+    def crash_after_step_2(run, step, *args, **kwargs):
+        folder = save_checkpoint(run, step, *args, **kwargs)
+        if step == 2:
+            raise KeyboardInterrupt
+        return folder
+
+    monkeypatch.setattr(stage2_train, "save_checkpoint", crash_after_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        main(["stage2", "train", *overrides(world, shared, split)])
+    monkeypatch.undo()
+    assert main(["stage2", "train", "--resume", *overrides(world, shared, split)]) == 0
+    curves = [json.loads((run / "history.json").read_text()) for run in (straight, split)]
+    assert [r["step"] for r in curves[1]] == [1, 2, 3, 4]
+    assert [r["loss"] for r in curves[0]] == [r["loss"] for r in curves[1]]
+    assert all(r["align"] > 0 for r in curves[0])
+    weights = [load_file(latest_checkpoint(run) / "model.safetensors") for run in (straight, split)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+    pipe = WanPipeline.from_pretrained(straight / "pipeline")
+    trained = {k.removeprefix("experts.high."): v for k, v in weights[0].items() if k.startswith("experts.high.")}
+    assert all(torch.equal(pipe.transformer.state_dict()[k], v) for k, v in trained.items())
+
+
+def test_cache_fed_and_online_training_give_the_same_losses(world, shared, tmp_path):
+    assert main(["stage2", "precompute", *overrides(world, shared, tmp_path / "x")]) == 0
+    runs = {}
+    for online in (False, True):
+        out = tmp_path / f"online-{online}"
+        assert main(["stage2", "train", *overrides(world, shared, out, steps=2, online=online)]) == 0
+        runs[online] = [r["loss"] for r in json.loads((out / "history.json").read_text())]
+    assert runs[False] == pytest.approx(runs[True], rel=1e-5)
+
+
+def test_generate_writes_videos_of_the_requested_frames_and_size(world, shared, tmp_path):
+    assert main(["stage2", "precompute", *overrides(world, shared, tmp_path / "x")]) == 0
+    assert (
+        main(
+            ["stage2", "train", *overrides(world, shared, tmp_path / "run", steps=1, **{"objective.align.mode": "sft"})]
+        )
+        == 0
+    )
+    out = tmp_path / "videos"
+    args = ["stage2", "generate", "--pipeline", str(tmp_path / "run" / "pipeline"), "--out", str(out)]
+    args += ["--prompt", "a red circle", "--frames", "9", "--height", "64", "--width", "96", "--steps", "2"]
+    assert main([*args, "--scheduler", "euler"]) == 0
+    video = decode_clip(out / "00-a-red-circle.mp4", None, None)
+    assert video.frames.shape == (9, 3, 64, 96)
+    assert (out / "00-a-red-circle.gif").stat().st_size > 0
+
+
+def test_bad_stage2_config_gives_one_line_errors(world, shared, tmp_path, capsys):
+    assert main(["stage2", "train", *overrides(world, shared, tmp_path / "a", **{"objective.align.mode": "rep"})]) == 2
+    assert "objective.align.mode: must be one of sft, repa, trd, sara" in capsys.readouterr().err
+    assert main(["stage2", "train", *overrides(world, shared, tmp_path / "b", **{"objective.align.block": 7})]) == 2
+    assert "align.block: 7 is out of range for a DiT of 2 blocks" in capsys.readouterr().err
+    assert main(["stage2", "precompute", *overrides(world, shared, tmp_path / "c", **{"data.frames": 8})]) == 2
+    assert "must be 4k + 1 frames" in capsys.readouterr().err
+
+
+def test_precompute_stores_the_aligner_saliency_of_the_full_caption(world, shared, tmp_path):
+    stage1 = ["out_dir=" + str(tmp_path / "stage1"), f"data.train={world / 'train.jsonl'}"]
+    stage1 += [f"data.heldout={world / 'train.jsonl'}", "data.frames=8", "data.size=64"]
+    stage1 += [f"models.tiny_root={shared / 'models'}", "optim.steps=1", "optim.batch_size=4", "optim.warmup_steps=1"]
+    assert main(["stage1", "train", *stage1]) == 0
+    args = overrides(world, shared, tmp_path / "run", **{"precompute.cache_dir": tmp_path / "cache"})
+    assert main(["stage2", "precompute", *args, f"models.aligner={tmp_path / 'stage1'}"]) == 0
+    shard = load_file(tmp_path / "cache" / "shard-00000.safetensors")
+    saliency = shard["0/saliency"]
+    assert saliency.shape == (64,) and 0 <= saliency.min() and saliency.max() <= 1
+    assert main(["stage2", "train", *args, f"models.aligner={tmp_path / 'stage1'}", "objective.align.saliency=aligner"]) == 0
