@@ -150,4 +150,7 @@ def test_precompute_stores_the_aligner_saliency_of_the_full_caption(world, share
     shard = load_file(tmp_path / "cache" / "shard-00000.safetensors")
     saliency = shard["0/saliency"]
     assert saliency.shape == (64,) and 0 <= saliency.min() and saliency.max() <= 1
-    assert main(["stage2", "train", *args, f"models.aligner={tmp_path / 'stage1'}", "objective.align.saliency=aligner"]) == 0
+    assert (
+        main(["stage2", "train", *args, f"models.aligner={tmp_path / 'stage1'}", "objective.align.saliency=aligner"])
+        == 0
+    )
