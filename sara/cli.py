@@ -218,6 +218,36 @@ def _bench_trd(args: argparse.Namespace) -> None:
     print(format_rows(rows))
 
 
+def _bench_step(args: argparse.Namespace) -> None:
+    import torch
+
+    from sara.bench.step import bench_step, format_step
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device: CUDA is not available on this machine")
+    results = bench_step(
+        args.modes,
+        args.batch,
+        args.frames,
+        args.size,
+        args.device,
+        args.warmup,
+        args.steps,
+        online=not args.no_online,
+        wan=args.wan,
+        workdir=args.workdir,
+        progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(
+        f"Stage 2 step (forward, backward, AdamW) of the {args.wan} Wan DiT, batch {args.batch} of {args.frames} frames "
+        f"at {args.size}² on {args.device} ({torch.get_num_threads()} CPU threads); median of {args.steps} steps"
+    )
+    print(format_step(results))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sara", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -354,6 +384,19 @@ def build_parser() -> argparse.ArgumentParser:
     trd.add_argument("--min-seconds", type=float, default=2.0, help="time each case for at least this long; median")
     trd.add_argument("--json", action="store_true", help="print the rows as JSON")
     trd.set_defaults(handler=_bench_trd)
+    step = benches.add_parser("step", help="Stage 2 step time and peak memory per mode, as ratios to sft")
+    step.add_argument("--modes", nargs="+", choices=["sft", "repa", "trd", "sara"], default=["sft", "trd", "sara"])
+    step.add_argument("--batch", type=int, default=2, help="clips per step")
+    step.add_argument("--frames", type=int, default=17, help="4k + 1 frames per clip")
+    step.add_argument("--size", type=int, default=128, help="square frame size")
+    step.add_argument("--device", default="cpu")
+    step.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    step.add_argument("--steps", type=int, default=20, help="timed steps; the median is reported")
+    step.add_argument("--no-online", action="store_true", help="skip the online-encoder variant")
+    step.add_argument("--wan", default="tiny", help="tiny | tiny-a14b | tiny-ti2v, or a Diffusers-format Wan folder")
+    step.add_argument("--workdir", help="where the world, presets and cache go (default: a new temporary folder)")
+    step.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    step.set_defaults(handler=_bench_step)
     return parser
 
 

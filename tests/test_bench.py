@@ -1,8 +1,12 @@
 """The TRD benchmark's bookkeeping (its timings are printed, never asserted)."""
 
+import json
+
+import pytest
 import torch
 
 from sara.bench.trd import Case, _flops, dense_fits, format_rows
+from sara.cli import main
 
 
 def case(path="blockwise", tokens=64, mode="none", chunk=16):
@@ -43,3 +47,15 @@ def test_table_notes_a_skipped_dense_run():
     assert lines[2].endswith("50%")
     assert lines[3].split()[:6] == ["65536", "or", "|", "—", "2.000", "—"]
     assert lines[-1] == "N=65536 or: dense skipped, its N×N buffers would not fit in free memory"
+
+
+@pytest.mark.slow
+def test_bench_step_prints_each_mode_as_a_ratio_to_sft(tmp_path, capsys):
+    args = ["bench", "step", "--json", "--frames", "9", "--size", "64", "--warmup", "1", "--steps", "2"]
+    assert main([*args, "--workdir", str(tmp_path)]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert list(results) == ["sft", "trd", "sara", "sara_online"]
+    for row in results.values():
+        assert set(row) == {"step_s", "peak_mib", "ratio_to_sft"} and row["step_s"] > 0
+        assert row["ratio_to_sft"] == pytest.approx(row["step_s"] / results["sft"]["step_s"])
+    assert results["sft"]["ratio_to_sft"] == 1.0

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from sara.bench.memory import PeakMemory, sync
 from sara.losses import trd_loss, trd_loss_dense
 from sara.losses.trd import visited_panels
 
@@ -39,40 +40,6 @@ class Case:
     repeats: int  # least number of timed runs
     min_seconds: float  # ... and as many more as it takes to fill this long: short cases are noisy
     seed: int = 0
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-class _PeakMemory:
-    """Peak bytes allocated above the level at ``start()``."""
-
-    def __init__(self, device: str):
-        self.device = device
-
-    def start(self) -> None:
-        if self.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            self.base = _status_mib("VmRSS") * 2**20
-            with open("/proc/self/clear_refs", "w") as clear:
-                clear.write("5")  # resets VmHWM to the current RSS
-
-    def extra_bytes(self) -> float:
-        if self.device.startswith("cuda"):
-            return torch.cuda.max_memory_allocated() - self.base
-        return _status_mib("VmHWM") * 2**20 - self.base
 
 
 def _inputs(case: Case):
@@ -127,17 +94,17 @@ def measure(case: Case) -> dict:
     """Median forward + backward seconds, peak extra memory and FLOP/s of one case."""
     pred, target, saliency = _inputs(case)
     step = _step(case, pred, target, saliency)
-    _sync(case.device)
-    peak = _PeakMemory(case.device)
+    sync(case.device)
+    peak = PeakMemory(case.device)
     peak.start()
     step()  # the first call also warms up; its peak is the one reported
-    _sync(case.device)
+    sync(case.device)
     extra = peak.extra_bytes()
     times = []
     while len(times) < case.repeats or sum(times) < case.min_seconds:
         start = time.perf_counter()
         step()
-        _sync(case.device)
+        sync(case.device)
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
     flops = _flops(case, saliency)

@@ -49,6 +49,25 @@ def noise_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
+def train_step(
+    model: Stage2Model,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    generator: torch.Generator,
+    config: Stage2Config,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """One optimizer step on ``batch`` with noise from ``generator``: ``(loss, terms, grad norm)``."""
+    latents = batch["latents"]
+    noise, sigma = model.draw(latents, generator)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=latents.device.type == "cuda"):
+        loss, terms = model(batch | {"noise": noise, "sigma": sigma})
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+    optimizer.step()
+    return loss, terms, grad_norm
+
+
 def train(config: Stage2Config, resume: bool = False, progress: bool = True) -> Path:
     """Train; returns the run folder (checkpoints, history, TensorBoard, ``pipeline/``)."""
     run = Path(config.out_dir)
@@ -75,20 +94,13 @@ def train(config: Stage2Config, resume: bool = False, progress: bool = True) -> 
     batch_size = min(config.optim.batch_size, len(clips))
     writer = SummaryWriter(run / "tensorboard")
     history = load_history(run, start)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     model.train()
     steps = config.optim.steps
     bar = tqdm(range(start, steps), desc="stage2", initial=start, total=steps, disable=not progress)
     tick = time.perf_counter()
     for step in bar:
         batch = clips.batch(batch_samples(step, len(clips), batch_size, config.seed), device)
-        noise, sigma = model.draw(batch["latents"], noise_generator(config.seed, step))
-        with autocast:
-            loss, terms = model(batch | {"noise": noise, "sigma": sigma})
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-        optimizer.step()
+        loss, terms, grad_norm = train_step(model, optimizer, batch, noise_generator(config.seed, step), config)
         scheduler.step()
         done = step + 1
         if done % config.log_every == 0 or done == steps:

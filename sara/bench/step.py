@@ -1,0 +1,136 @@
+"""``sara bench step``: one Stage 2 optimizer step per mode — time and peak memory as ratios to ``sft``.
+
+A small shapes world is synthesised and precomputed once; then each case (``sft``,
+``trd``, ``sara`` from the cache, and ``sara`` with the frozen encoders run online) trains
+the tiny DiT in a fresh process, so that no case's allocations hide in another's peak.
+The first ``warmup`` steps are not timed (their peak is the one reported); the step time
+is the median of the timed steps. The ``sara`` cases read ground-truth-mask saliency: the
+cost of a step does not depend on where its saliency came from.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sara.bench.memory import PeakMemory, sync
+from sara.config import load_config
+from sara.config.stage2 import Stage2Config
+from sara.data.synthetic import SynthSpec, synthesize
+from sara.stage2.cache import precompute
+from sara.stage2.clips import CachedClips, OnlineClips
+from sara.stage2.train import build_model, noise_generator, train_step
+from sara.training import batch_samples
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class StepCase:
+    name: str  # row label: the mode, with "_online" for the online-encoder variant
+    overrides: tuple[str, ...]  # the Stage 2 config of the case, as key=value
+    warmup: int
+    steps: int
+
+
+def _measure(case: StepCase) -> dict:
+    """Median step seconds and peak extra MiB of one case (runs in its own process)."""
+    config = load_config(Stage2Config, None, case.overrides)
+    device = torch.device(config.device)
+    clips = OnlineClips(config, device) if config.online else CachedClips(config)
+    torch.manual_seed(config.seed)
+    model = build_model(config, _layout(config)).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr)
+    size = min(config.optim.batch_size, len(clips))
+    peak = PeakMemory(config.device)
+    peak.start()
+    times = []
+    for step in range(case.warmup + case.steps):
+        sync(config.device)
+        start = time.perf_counter()
+        batch = clips.batch(batch_samples(step, len(clips), size, config.seed), device)
+        train_step(model, optimizer, batch, noise_generator(config.seed, step), config)
+        sync(config.device)
+        if step >= case.warmup:
+            times.append(time.perf_counter() - start)
+        if step == case.warmup - 1:
+            extra = peak.extra_bytes()
+    return {"step_s": statistics.median(times), "peak_mib": extra / MIB}
+
+
+def _layout(config: Stage2Config):
+    from sara.models.wan import read_layout, wan_folder
+
+    return read_layout(wan_folder(config.models.wan, config.models.tiny_root))
+
+
+def bench_step(
+    modes: list[str],
+    batch: int,
+    frames: int,
+    size: int,
+    device: str,
+    warmup: int,
+    steps: int,
+    online: bool = True,
+    wan: str = "tiny",
+    workdir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """``{case: {step_s, peak_mib, ratio_to_sft}}`` for each mode (and ``sara_online``)."""
+    from tqdm import tqdm
+
+    if "sft" not in modes:
+        modes = ["sft", *modes]  # every ratio is to sft
+    root = Path(workdir or tempfile.mkdtemp(prefix="sara-bench-step-"))
+    world = root / "world"
+    if not (world / "train.jsonl").is_file():
+        synthesize(
+            SynthSpec(num=max(8, 2 * batch), seed=0, frames=frames, size=size, heldout_fraction=0.0),
+            world,
+            workers=1,
+            progress=False,
+        )
+    overrides = [
+        f"out_dir={root / 'run'}",
+        f"device={device}",
+        f"data.train={world / 'train.jsonl'}",
+        f"data.frames={frames}",
+        f"data.size={size}",
+        f"models.wan={wan}",
+        f"models.tiny_root={root / 'models'}",
+        f"precompute.cache_dir={root / 'cache'}",
+        "objective.align.saliency=masks",
+        f"optim.batch_size={batch}",
+    ]
+    precompute(load_config(Stage2Config, None, overrides), progress=False)
+    cases = [StepCase(m, (*overrides, f"objective.align.mode={m}"), warmup, steps) for m in dict.fromkeys(modes)]
+    if online:
+        cases.append(StepCase("sara_online", (*overrides, "objective.align.mode=sara", "online=true"), warmup, steps))
+    context = multiprocessing.get_context("spawn")
+    results = {}
+    for case in tqdm(cases, desc="bench step", disable=not progress):
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            results[case.name] = pool.submit(_measure, case).result()
+    for row in results.values():
+        row["ratio_to_sft"] = row["step_s"] / results["sft"]["step_s"]
+    return results
+
+
+def format_step(results: dict[str, dict]) -> str:
+    header = f"{'case':>12} | {'step s':>8} {'× sft':>6} | {'peak MiB':>9} {'× sft':>6}"
+    lines = [header, "-" * len(header)]
+    sft = results["sft"]
+    for name, row in results.items():
+        lines.append(
+            f"{name:>12} | {row['step_s']:>8.4f} {row['ratio_to_sft']:>6.2f} | "
+            f"{row['peak_mib']:>9.1f} {row['peak_mib'] / max(sft['peak_mib'], 1e-9):>6.2f}"
+        )
+    return "\n".join(lines)
