@@ -44,8 +44,13 @@ def save_checkpoint(
     scheduler: Any,
     config: Any,
     keep: int = 2,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the checkpoint of ``step``; keeps the newest ``keep``. Returns its folder."""
+    """Write the checkpoint of ``step``; keeps the newest ``keep``. Returns its folder.
+
+    ``extra`` maps names to objects with ``state_dict()`` (e.g. an EMA of the weights) whose
+    states are saved too and restored by :func:`load_checkpoint`.
+    """
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step:07d}"
     partial = root / f"step-{step:07d}.partial"
@@ -57,6 +62,7 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": _rng_state(),
+        "extra": {name: obj.state_dict() for name, obj in (extra or {}).items()},
     }
     torch.save(state, partial / "state.pt")
     (partial / "config.yaml").write_text(config_to_yaml(config))
@@ -84,12 +90,18 @@ def load_weights(checkpoint: str | Path, model: torch.nn.Module) -> None:
 
 
 def load_checkpoint(
-    checkpoint: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+    checkpoint: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    extra: dict[str, Any] | None = None,
 ) -> int:
-    """Restore weights, optimizer, scheduler and RNG states; returns the step to continue from."""
+    """Restore weights, optimizer, scheduler, ``extra`` and RNG states; returns the step to continue from."""
     load_weights(checkpoint, model)
     state = torch.load(Path(checkpoint) / "state.pt", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    for name, obj in (extra or {}).items():
+        obj.load_state_dict(state["extra"][name])
     _set_rng_state(state["rng"])
     return state["step"]

@@ -161,29 +161,25 @@ def _stage2_train(args: argparse.Namespace) -> None:
 
 def _stage2_generate(args: argparse.Namespace) -> None:
     from sara.data.manifest import load_manifest
-    from sara.stage2.generate import generate
+    from sara.stage2.generate import Sampling, generate
 
     prompts = list(args.prompt or [])
     if args.manifest:
         prompts += [r.prompt() for r in load_manifest(args.manifest).records]
     if not prompts:
         raise ValueError("give --prompt TEXT or --manifest FILE")
-    written = generate(
-        args.pipeline,
-        prompts,
-        args.out,
+    sampling = Sampling(
         args.negative_prompt,
         args.cfg,
         args.steps,
-        args.scheduler,
-        args.shift,
         args.seed,
         args.frames,
         args.height,
         args.width,
         args.fps,
-        args.device,
+        args.text_length,
     )
+    written = generate(args.pipeline, prompts, args.out, sampling, args.scheduler, args.shift, args.device)
     print(f"wrote {len(written)} videos (mp4 and GIF) to {args.out}")
 
 
@@ -358,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     s2_gen.add_argument("--height", type=int, default=128)
     s2_gen.add_argument("--width", type=int, default=128)
     s2_gen.add_argument("--fps", type=float, default=16.0, help="frame rate of the files")
+    s2_gen.add_argument(
+        "--text-length", type=int, default=512, help="caption tokens, as in training (models.text_length)"
+    )
     s2_gen.add_argument("--device", default="auto")
     s2_gen.set_defaults(handler=_stage2_generate)
 

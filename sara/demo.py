@@ -30,6 +30,7 @@ from sara.models.sam3 import Sam3Segmenter
 from sara.report import Section, image, paragraph, preformatted, table, text_table, write_report
 from sara.routing import MODES, pair_budget
 from sara.stage1.report import stage1_part
+from sara.stage2.report import stage2_part
 
 
 def data_part(config: DemoConfig, out: Path) -> Section:
@@ -178,7 +179,8 @@ def run_demo(config: DemoConfig) -> Path:
     torch.manual_seed(config.seed)
     data_sections = [data_part(config, out), masks_part(config, out)]
     budget_section, saliencies = budget_part(config, out)
-    sections = [*data_sections, stage1_part(config, out), budget_section, objective_part(config, saliencies)]
+    stages = [stage1_part(config, out), stage2_part(config, out)]
+    sections = [*data_sections, *stages, budget_section, objective_part(config, saliencies)]
     report = write_report(out / "report.html", "SARA demo", sections)
     print(f"report: {report}")
     return report

@@ -76,10 +76,12 @@ def test_precompute_is_sharded_and_resumable(world, shared, tmp_path, capsys):
     assert "cache made with other settings (size)" in capsys.readouterr().err
 
 
-def test_train_resume_is_exact_and_exports_a_pipeline(world, shared, tmp_path, monkeypatch):
+@pytest.mark.parametrize("ema", [None, 0.5])
+def test_train_resume_is_exact_and_exports_a_pipeline(world, shared, tmp_path, monkeypatch, ema):
     assert main(["stage2", "precompute", *overrides(world, shared, tmp_path / "x")]) == 0
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert main(["stage2", "train", *overrides(world, shared, straight)]) == 0
+    more = {"optim.ema_decay": "null" if ema is None else ema}
+    assert main(["stage2", "train", *overrides(world, shared, straight, **more)]) == 0
 
     def crash_after_step_2(run, step, *args, **kwargs):
         folder = save_checkpoint(run, step, *args, **kwargs)
@@ -89,9 +91,9 @@ def test_train_resume_is_exact_and_exports_a_pipeline(world, shared, tmp_path, m
 
     monkeypatch.setattr(stage2_train, "save_checkpoint", crash_after_step_2)
     with pytest.raises(KeyboardInterrupt):
-        main(["stage2", "train", *overrides(world, shared, split)])
+        main(["stage2", "train", *overrides(world, shared, split, **more)])
     monkeypatch.undo()
-    assert main(["stage2", "train", "--resume", *overrides(world, shared, split)]) == 0
+    assert main(["stage2", "train", "--resume", *overrides(world, shared, split, **more)]) == 0
     curves = [json.loads((run / "history.json").read_text()) for run in (straight, split)]
     assert [r["step"] for r in curves[1]] == [1, 2, 3, 4]
     assert [r["loss"] for r in curves[0]] == [r["loss"] for r in curves[1]]
@@ -99,9 +101,11 @@ def test_train_resume_is_exact_and_exports_a_pipeline(world, shared, tmp_path, m
     weights = [load_file(latest_checkpoint(run) / "model.safetensors") for run in (straight, split)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
-    pipe = WanPipeline.from_pretrained(straight / "pipeline")
+    pipes = [WanPipeline.from_pretrained(run / "pipeline").transformer.state_dict() for run in (straight, split)]
+    assert all(torch.equal(pipes[0][k], pipes[1][k]) for k in pipes[0])  # the EMA, too, resumes exactly
     trained = {k.removeprefix("experts.high."): v for k, v in weights[0].items() if k.startswith("experts.high.")}
-    assert all(torch.equal(pipe.transformer.state_dict()[k], v) for k, v in trained.items())
+    same = [torch.equal(pipes[0][k], v) for k, v in trained.items()]
+    assert all(same) if ema is None else not all(same)  # with an EMA the pipeline holds the average
 
 
 def test_cache_fed_and_online_training_give_the_same_losses(world, shared, tmp_path):
@@ -154,3 +158,17 @@ def test_precompute_stores_the_aligner_saliency_of_the_full_caption(world, share
         main(["stage2", "train", *args, f"models.aligner={tmp_path / 'stage1'}", "objective.align.saliency=aligner"])
         == 0
     )
+
+
+def test_two_expert_model_trains_only_the_chosen_expert(world, shared, tmp_path):
+    more = {"models.wan": "tiny-a14b", "precompute.cache_dir": tmp_path / "cache", "objective.experts": "[low]"}
+    args = overrides(world, shared, tmp_path / "run", steps=2, **more)
+    assert main(["stage2", "precompute", *args]) == 0
+    assert main(["stage2", "train", *args]) == 0
+    original = WanPipeline.from_pretrained(shared / "models" / "tiny-wan-a14b-seed0")
+    trained = WanPipeline.from_pretrained(tmp_path / "run" / "pipeline")
+    assert trained.config.boundary_ratio == 0.875
+    high = [original.transformer.state_dict(), trained.transformer.state_dict()]
+    low = [original.transformer_2.state_dict(), trained.transformer_2.state_dict()]
+    assert all(torch.equal(high[0][k], high[1][k]) for k in high[0])  # the high-noise expert did not train
+    assert not all(torch.equal(low[0][k], low[1][k]) for k in low[0])

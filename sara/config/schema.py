@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from sara.config.loader import option
 from sara.config.stage1 import Stage1Config, Stage1DataConfig, Stage1ModelsConfig
+from sara.config.stage2 import Stage2Config, Stage2DataConfig, Stage2ModelsConfig, Stage2OptimConfig
 from sara.routing import MODES
 
 
@@ -64,6 +65,24 @@ class DemoConfig:
         default_factory=lambda: SynthConfig(num=1000, frames=16, size=128, heldout_fraction=0.1)
     )
     stage1: Stage1Config = field(default_factory=lambda: _demo_stage1())
+    stage2_world: SynthConfig = field(  # 4k + 1-frame clips for the DiT (Wan's causal VAE)
+        default_factory=lambda: SynthConfig(num=200, frames=17, size=128, heldout_fraction=0.1)
+    )
+    stage2: Stage2Config = field(default_factory=lambda: _demo_stage2())
+    generate_steps: int = option(20, ge=1)  # denoising steps of the demo's videos
+    bench_steps: int = option(10, ge=1)  # timed steps per case of the demo's `sara bench step`
+
+
+def _demo_stage2() -> Stage2Config:
+    """Stage 2 on the demo's 17-frame world, saliency from the demo's Stage 1 run."""
+    return Stage2Config(
+        out_dir="${out_dir}/stage2",
+        data=Stage2DataConfig(train="${out_dir}/shapes17/train.jsonl"),
+        models=Stage2ModelsConfig(aligner="${out_dir}/stage1", tiny_root="${out_dir}/models"),
+        optim=Stage2OptimConfig(steps=1000, batch_size=4),
+        log_every=20,
+        save_every=500,
+    )
 
 
 def _demo_stage1() -> Stage1Config:

@@ -69,6 +69,15 @@ class Stage2OptimConfig:
     warmup_steps: int = option(10, ge=0)  # linear warm-up
     grad_clip: float = option(1.0, gt=0)  # max global gradient norm
     gradient_checkpointing: bool = False  # recompute DiT blocks in backward: less memory, more time
+    ema_decay: float | None = option(None, gt=0, lt=1)  # EMA of the trained weights (e.g. 0.999); exported if set
+
+
+@dataclass
+class ValidationConfig:
+    every: int = option(0, ge=0)  # steps between validation videos (RUN_DIR/samples/step-N); 0: none
+    prompts: list[str] = field(default_factory=list)  # empty: the first two captions of data.train
+    steps: int = option(20, ge=1)  # denoising steps (UniPC)
+    guidance_scale: float = option(5.0, ge=1)
 
 
 @dataclass
@@ -86,3 +95,4 @@ class Stage2Config:
     online: bool = False  # run the frozen encoders every step instead of reading the cache
     log_every: int = option(10, ge=1)  # steps between log points (history.json, TensorBoard, bar)
     save_every: int = option(100, ge=1)  # steps between checkpoints (and one at the end)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)

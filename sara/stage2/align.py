@@ -45,6 +45,10 @@ class BlockHook:
         hidden, self.hidden = self.hidden, None
         return hidden
 
+    def clear(self) -> None:
+        """Forget the states of a forward no loss will read (e.g. sampling)."""
+        self.hidden = None
+
     def remove(self) -> None:
         self._handle.remove()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,42 +37,56 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "prompt"
 
 
-def generate(
-    folder: str | Path,
-    prompts: list[str],
-    out: str | Path,
-    negative_prompt: str = "",
-    guidance_scale: float = 5.0,
-    steps: int = 30,
-    scheduler: str = "unipc",
-    shift: float = 3.0,
-    seed: int = 0,
-    frames: int = 17,
-    height: int = 128,
-    width: int = 128,
-    fps: float = 16.0,
-    device: str = "auto",
-    progress: bool = True,
+@dataclass
+class Sampling:
+    """How each video is sampled and written."""
+
+    negative_prompt: str = ""
+    guidance_scale: float = 5.0  # classifier-free guidance; 1 turns it off
+    steps: int = 30  # denoising steps
+    seed: int = 0  # prompt i uses seed + i
+    frames: int = 17  # 4k + 1
+    height: int = 128
+    width: int = 128
+    fps: float = 16.0
+    text_length: int = 512  # caption tokens, zero-padded: as the DiT was trained
+
+
+def render(
+    pipe: WanPipeline, prompts: list[str], out: str | Path, sampling: Sampling, progress: bool = True
 ) -> list[Path]:
-    """One video per prompt (seed ``seed + i``), as ``NN-<prompt>.mp4`` and ``.gif``; returns the mp4 paths."""
-    target = pick_device(device)
-    pipe = load_pipeline(folder, scheduler, shift, target)
+    """One video per prompt as ``NN-<prompt>.mp4`` and ``.gif`` in ``out``; returns the mp4 paths."""
     pipe.set_progress_bar_config(disable=not progress)
     written = []
     for number, prompt in enumerate(prompts):
         video = pipe(
             prompt=prompt,
-            negative_prompt=negative_prompt,
-            height=height,
-            width=width,
-            num_frames=frames,
-            num_inference_steps=steps,
-            guidance_scale=guidance_scale,
-            generator=torch.Generator().manual_seed(seed + number),
+            negative_prompt=sampling.negative_prompt,
+            height=sampling.height,
+            width=sampling.width,
+            num_frames=sampling.frames,
+            num_inference_steps=sampling.steps,
+            guidance_scale=sampling.guidance_scale,
+            generator=torch.Generator().manual_seed(sampling.seed + number),
+            max_sequence_length=sampling.text_length,
             output_type="np",
         ).frames[0]  # (T, H, W, 3) floats in [0, 1]
         array = (torch.from_numpy(video) * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 3, 1, 2)
         stem = Path(out) / f"{number:02d}-{_slug(prompt)}"
-        written.append(write_video(stem.with_suffix(".mp4"), array, fps))
-        write_gif(stem.with_suffix(".gif"), array, fps)
+        written.append(write_video(stem.with_suffix(".mp4"), array, sampling.fps))
+        write_gif(stem.with_suffix(".gif"), array, sampling.fps)
     return written
+
+
+def generate(
+    folder: str | Path,
+    prompts: list[str],
+    out: str | Path,
+    sampling: Sampling,
+    scheduler: str = "unipc",
+    shift: float = 3.0,
+    device: str = "auto",
+    progress: bool = True,
+) -> list[Path]:
+    """Videos of ``prompts`` from a Diffusers-format Wan folder (e.g. ``RUN_DIR/pipeline``)."""
+    return render(load_pipeline(folder, scheduler, shift, pick_device(device)), prompts, out, sampling, progress)

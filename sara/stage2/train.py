@@ -14,17 +14,21 @@ import time
 from pathlib import Path
 
 import torch
+from diffusers import WanPipeline
+from diffusers.training_utils import EMAModel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from sara.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from sara.config import save_config
 from sara.config.stage2 import Stage2Config
+from sara.data.manifest import load_manifest
 from sara.device import pick_device
 from sara.models.aligner import parameter_count
 from sara.models.wan import WanLayout, load_transformers, read_layout, wan_folder
 from sara.stage2.clips import CachedClips, OnlineClips
 from sara.stage2.encoders import teacher_grid
+from sara.stage2.generate import Sampling, render
 from sara.stage2.objective import Stage2Model
 from sara.training import batch_samples, load_history, lr_factor, save_history
 
@@ -63,7 +67,9 @@ def train_step(
         loss, terms = model(batch | {"noise": noise, "sigma": sigma})
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        [p for p in model.parameters() if p.grad is not None], config.optim.grad_clip
+    )
     optimizer.step()
     return loss, terms, grad_norm
 
@@ -83,18 +89,21 @@ def train(config: Stage2Config, resume: bool = False, progress: bool = True) -> 
         f"({parameter_count(model.experts) / 1e6:.2f} M parameters), projectors "
         f"{parameter_count(model.projectors) / 1e6:.2f} M; {len(clips)} clips"
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(config.optim.warmup_steps, config.optim.steps, "constant")
     )
+    ema = {"ema": EMAModel(trained, decay=config.optim.ema_decay)} if config.optim.ema_decay else {}
     start = 0
     if resume and (checkpoint := latest_checkpoint(run)) is not None:
-        start = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        start = load_checkpoint(checkpoint, model, optimizer, scheduler, ema)
         print(f"resumed from {checkpoint} at step {start}")
     batch_size = min(config.optim.batch_size, len(clips))
     writer = SummaryWriter(run / "tensorboard")
     history = load_history(run, start)
     model.train()
+    validator = None
     steps = config.optim.steps
     bar = tqdm(range(start, steps), desc="stage2", initial=start, total=steps, disable=not progress)
     tick = time.perf_counter()
@@ -102,6 +111,8 @@ def train(config: Stage2Config, resume: bool = False, progress: bool = True) -> 
         batch = clips.batch(batch_samples(step, len(clips), batch_size, config.seed), device)
         loss, terms, grad_norm = train_step(model, optimizer, batch, noise_generator(config.seed, step), config)
         scheduler.step()
+        if ema:
+            ema["ema"].step(trained)
         done = step + 1
         if done % config.log_every == 0 or done == steps:
             seconds = (time.perf_counter() - tick) / config.log_every
@@ -115,12 +126,49 @@ def train(config: Stage2Config, resume: bool = False, progress: bool = True) -> 
                     writer.add_scalar(f"train/{key}", value, done)
             bar.set_postfix({k: f"{row[k]:.4f}" for k in ("loss", "flow", "align")})
             tick = time.perf_counter()
+        if config.validation.every and done % config.validation.every == 0:
+            validator = validator or Validator(config, layout, model)
+            validator(run / "samples" / f"step-{done:07d}")
         if done % config.save_every == 0 or done == steps:
             save_history(run, history)  # first: rows past a checkpoint are dropped on resume
-            save_checkpoint(run, done, model, optimizer, scheduler, config)
+            save_checkpoint(run, done, model, optimizer, scheduler, config, extra=ema)
     writer.close()
+    if ema:  # the pipeline gets the averaged weights
+        ema["ema"].copy_to(trained)
     export_pipeline(model, layout, run / "pipeline")
     return run
+
+
+class Validator:
+    """Videos of the validation prompts from the live expert(s), sampled with `WanPipeline`;
+    the frozen parts of the pipeline are loaded once."""
+
+    def __init__(self, config: Stage2Config, layout: WanLayout, model: Stage2Model):
+        validation, data = config.validation, config.data
+        self.model = model
+        self.prompts = validation.prompts or [r.prompt() for r in load_manifest(data.train).records[:2]]
+        live = {SUBFOLDER[name]: dit for name, dit in model.experts.items()}
+        device = next(model.parameters()).device
+        self.pipe = WanPipeline.from_pretrained(layout.folder, **live).to(device)
+        self.sampling = Sampling(
+            guidance_scale=validation.guidance_scale,
+            steps=validation.steps,
+            seed=config.seed,
+            frames=data.frames,
+            height=data.size,
+            width=data.size,
+            text_length=config.models.text_length,
+        )
+
+    @torch.no_grad()
+    def __call__(self, out: Path) -> list[Path]:
+        self.model.eval()
+        try:
+            return render(self.pipe, self.prompts, out, self.sampling, progress=False)
+        finally:
+            self.model.train()
+            for hook in self.model.hooks.values():
+                hook.clear()  # sampling ran the hooked blocks
 
 
 def export_pipeline(model: Stage2Model, layout: WanLayout, out: Path) -> Path:
