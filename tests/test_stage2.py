@@ -172,3 +172,18 @@ def test_two_expert_model_trains_only_the_chosen_expert(world, shared, tmp_path)
     low = [original.transformer_2.state_dict(), trained.transformer_2.state_dict()]
     assert all(torch.equal(high[0][k], high[1][k]) for k in high[0])  # the high-noise expert did not train
     assert not all(torch.equal(low[0][k], low[1][k]) for k in low[0])
+
+
+def test_lora_trains_adapters_and_exports_merged_weights(world, shared, tmp_path):
+    args = overrides(world, shared, tmp_path / "run", steps=3, **{"optim.lora_rank": 4, "optim.lr": 1e-2})
+    assert main(["stage2", "precompute", *args]) == 0
+    assert main(["stage2", "train", *args]) == 0
+    saved = load_file(latest_checkpoint(tmp_path / "run") / "model.safetensors")
+    original = WanPipeline.from_pretrained(shared / "models" / "tiny-wan-seed0").transformer.state_dict()
+    base = {k.removeprefix("experts.high."): v for k, v in saved.items() if "lora" not in k and "experts" in k}
+    base = {k.replace(".base_layer", ""): v for k, v in base.items()}
+    assert all(torch.equal(original[k], v) for k, v in base.items())  # the base weights stayed frozen
+    assert any("lora_A" in k for k in saved) and any(k.startswith("projectors.") for k in saved)
+    exported = WanPipeline.from_pretrained(tmp_path / "run" / "pipeline").transformer.state_dict()
+    assert exported.keys() == original.keys()  # plain Wan weights, LoRA merged in
+    assert not torch.equal(exported["blocks.0.attn1.to_q.weight"], original["blocks.0.attn1.to_q.weight"])

@@ -69,6 +69,10 @@ class Stage2OptimConfig:
     warmup_steps: int = option(10, ge=0)  # linear warm-up
     grad_clip: float = option(1.0, gt=0)  # max global gradient norm
     gradient_checkpointing: bool = False  # recompute DiT blocks in backward: less memory, more time
+    lora_rank: int = option(
+        0, ge=0
+    )  # > 0: train LoRA adapters of this rank on the DiT attention (peft); 0: all weights
+    lora_alpha: float | None = None  # LoRA scale numerator; null: the rank
     ema_decay: float | None = option(None, gt=0, lt=1)  # EMA of the trained weights (e.g. 0.999); exported if set
 
 

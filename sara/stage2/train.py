@@ -9,6 +9,7 @@ that `WanPipeline.from_pretrained` and `sara stage2 generate` load.
 
 from __future__ import annotations
 
+import copy
 import shutil
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 from diffusers import WanPipeline
 from diffusers.training_utils import EMAModel
+from peft import LoraConfig
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -33,6 +35,7 @@ from sara.stage2.objective import Stage2Model
 from sara.training import batch_samples, load_history, lr_factor, save_history
 
 SUBFOLDER = {"high": "transformer", "low": "transformer_2"}
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the attention projections of every Wan block
 
 
 def build_model(config: Stage2Config, layout: WanLayout) -> Stage2Model:
@@ -41,6 +44,17 @@ def build_model(config: Stage2Config, layout: WanLayout) -> Stage2Model:
     if not names:
         raise ValueError(f"objective.experts: {config.objective.experts} names none of {', '.join(layout.experts)}")
     experts = {n: m for n, m in load_transformers(layout).items() if n in names}
+    if config.optim.lora_rank:
+        for dit in experts.values():
+            dit.requires_grad_(False)  # the adapters alone train; the projectors stay fully trainable
+            dit.add_adapter(
+                LoraConfig(
+                    r=config.optim.lora_rank,
+                    lora_alpha=config.optim.lora_alpha or config.optim.lora_rank,
+                    target_modules=LORA_TARGETS,
+                    init_lora_weights=True,
+                )
+            )
     width, grid, tubelet = teacher_grid(config)
     model = Stage2Model(experts, layout, config.objective, width, grid, tubelet)
     if config.optim.gradient_checkpointing:
@@ -182,6 +196,10 @@ def export_pipeline(model: Stage2Model, layout: WanLayout, out: Path) -> Path:
         ignore=lambda folder, names: trained & set(names) if folder == str(layout.folder) else set(),
     )
     for name, dit in model.experts.items():
+        if getattr(dit, "peft_config", None):  # LoRA: merged into a copy, saved as plain weights
+            dit = copy.deepcopy(dit)
+            dit.fuse_lora()
+            dit.unload_lora()
         dit.save_pretrained(partial / SUBFOLDER[name])
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
