@@ -84,6 +84,18 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return pointer.parent / pointer.read_text().strip()
 
 
+def resume_point(run_dir: str | Path, resume: str | None) -> Path | None:
+    """The checkpoint a ``--resume`` value names: ``latest`` (none yet: start afresh, so one
+    command serves a first start and every restart), a checkpoint folder, or ``None``."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        return latest_checkpoint(run_dir)
+    if not (Path(resume) / "model.safetensors").is_file():
+        raise ValueError(f"--resume: {resume} is not a checkpoint folder (no model.safetensors)")
+    return Path(resume)
+
+
 def load_weights(checkpoint: str | Path, model: torch.nn.Module) -> None:
     """Load a checkpoint's weights into ``model`` (every key must match)."""
     model.load_state_dict(load_file(Path(checkpoint) / "model.safetensors"))

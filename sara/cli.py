@@ -119,11 +119,19 @@ def _models_tiny(args: argparse.Namespace) -> None:
     print(f"wrote tiny {args.name} to {TINY[args.name](args.out, seed=args.seed)}")
 
 
+def _resume(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """``--resume``'s value and the overrides: ``--resume key=value …`` means ``--resume latest key=value …``."""
+    if args.resume is not None and "=" in args.resume:
+        return "latest", [args.resume, *args.overrides]
+    return args.resume, args.overrides
+
+
 def _stage1_train(args: argparse.Namespace) -> None:
     from sara.config import Stage1Config, load_config
     from sara.stage1.train import train
 
-    train(load_config(Stage1Config, args.config, args.overrides), resume=args.resume)
+    resume, overrides = _resume(args)
+    train(load_config(Stage1Config, args.config, overrides), resume=resume)
 
 
 def _stage1_eval(args: argparse.Namespace) -> None:
@@ -155,7 +163,8 @@ def _stage2_train(args: argparse.Namespace) -> None:
     from sara.config.stage2 import Stage2Config
     from sara.stage2.train import train
 
-    run = train(load_config(Stage2Config, args.config, args.overrides), resume=args.resume)
+    resume, overrides = _resume(args)
+    run = train(load_config(Stage2Config, args.config, overrides), resume=resume)
     print(f"run {run}; Diffusers-format pipeline in {run / 'pipeline'}")
 
 
@@ -299,7 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     stage1_commands = stage1.add_subparsers(dest="stage1", required=True)
     s1_train = stage1_commands.add_parser("train", help="train the aligner on frozen V-JEPA 2 features")
     s1_train.add_argument("--config", help="YAML file, e.g. configs/stage1/tiny.yaml (default: built-in defaults)")
-    s1_train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    s1_train.add_argument(
+        "--resume", nargs="?", const="latest", help="continue from a checkpoint: latest (the default) or its folder"
+    )
     s1_train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.steps=100")
     s1_train.set_defaults(handler=_stage1_train)
     s1_eval = stage1_commands.add_parser("eval", help="held-out figures of a run; writes RUN_DIR/eval.json")
@@ -336,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     s2_pre.set_defaults(handler=_stage2_precompute)
     s2_train = stage2_commands.add_parser("train", help="continual training of the DiT; exports a Diffusers pipeline")
     s2_train.add_argument("--config", help="YAML file, e.g. configs/stage2/tiny.yaml (default: built-in defaults)")
-    s2_train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    s2_train.add_argument(
+        "--resume", nargs="?", const="latest", help="continue from a checkpoint: latest (the default) or its folder"
+    )
     s2_train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. objective.align.mode=trd")
     s2_train.set_defaults(handler=_stage2_train)
     s2_gen = stage2_commands.add_parser("generate", help="text-to-video with WanPipeline; mp4 and GIF per prompt")

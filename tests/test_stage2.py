@@ -93,7 +93,7 @@ def test_train_resume_is_exact_and_exports_a_pipeline(world, shared, tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         main(["stage2", "train", *overrides(world, shared, split, **more)])
     monkeypatch.undo()
-    assert main(["stage2", "train", "--resume", *overrides(world, shared, split, **more)]) == 0
+    assert main(["stage2", "train", *overrides(world, shared, split, **more), "--resume", "latest"]) == 0
     curves = [json.loads((run / "history.json").read_text()) for run in (straight, split)]
     assert [r["step"] for r in curves[1]] == [1, 2, 3, 4]
     assert [r["loss"] for r in curves[0]] == [r["loss"] for r in curves[1]]
@@ -136,6 +136,8 @@ def test_generate_writes_videos_of_the_requested_frames_and_size(world, shared, 
 
 
 def test_bad_stage2_config_gives_one_line_errors(world, shared, tmp_path, capsys):
+    assert main(["stage2", "train", *overrides(world, shared, tmp_path / "r"), "--resume", str(tmp_path)]) == 2
+    assert "is not a checkpoint folder (no model.safetensors)" in capsys.readouterr().err
     assert main(["stage2", "train", *overrides(world, shared, tmp_path / "a", **{"objective.align.mode": "rep"})]) == 2
     assert "objective.align.mode: must be one of sft, repa, trd, sara" in capsys.readouterr().err
     assert main(["stage2", "train", *overrides(world, shared, tmp_path / "b", **{"objective.align.block": 7})]) == 2

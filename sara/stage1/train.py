@@ -16,7 +16,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from sara.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from sara.checkpoint import load_checkpoint, resume_point, save_checkpoint
 from sara.config import save_config
 from sara.config.stage1 import Stage1Config
 from sara.data.datasets import BadSamples
@@ -71,7 +71,7 @@ def build_aligner(config: Stage1Config, features: Stage1Features) -> SemanticAli
     )
 
 
-def train(config: Stage1Config, resume: bool = False, progress: bool = True) -> Path:
+def train(config: Stage1Config, resume: str | None = None, progress: bool = True) -> Path:
     """Train the aligner; returns the run folder (checkpoints, ``eval.json``, TensorBoard logs)."""
     run = Path(config.out_dir)
     run.mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,7 @@ def train(config: Stage1Config, resume: bool = False, progress: bool = True) -> 
     optimizer = torch.optim.AdamW(aligner.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.optim.warmup_steps, config.optim.steps))
     start = 0
-    if resume and (checkpoint := latest_checkpoint(run)) is not None:
+    if (checkpoint := resume_point(run, resume)) is not None:
         start = load_checkpoint(checkpoint, aligner, optimizer, scheduler)
         print(f"resumed from {checkpoint} at step {start}")
     batch_size = min(config.optim.batch_size, len(train_set))

@@ -21,7 +21,7 @@ from peft import LoraConfig
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from sara.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from sara.checkpoint import load_checkpoint, resume_point, save_checkpoint
 from sara.config import save_config
 from sara.config.stage2 import Stage2Config
 from sara.data.manifest import load_manifest
@@ -88,7 +88,7 @@ def train_step(
     return loss, terms, grad_norm
 
 
-def train(config: Stage2Config, resume: bool = False, progress: bool = True) -> Path:
+def train(config: Stage2Config, resume: str | None = None, progress: bool = True) -> Path:
     """Train; returns the run folder (checkpoints, history, TensorBoard, ``pipeline/``)."""
     run = Path(config.out_dir)
     run.mkdir(parents=True, exist_ok=True)
@@ -110,7 +110,7 @@ def train(config: Stage2Config, resume: bool = False, progress: bool = True) -> 
     )
     ema = {"ema": EMAModel(trained, decay=config.optim.ema_decay)} if config.optim.ema_decay else {}
     start = 0
-    if resume and (checkpoint := latest_checkpoint(run)) is not None:
+    if (checkpoint := resume_point(run, resume)) is not None:
         start = load_checkpoint(checkpoint, model, optimizer, scheduler, ema)
         print(f"resumed from {checkpoint} at step {start}")
     batch_size = min(config.optim.batch_size, len(clips))
