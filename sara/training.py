@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+
+from sara.data.buckets import BucketBatchSampler
 
 
 def lr_factor(warmup: int, total: int, decay: str = "cosine") -> Callable[[int], float]:
@@ -34,6 +36,25 @@ def batch_samples(step: int, num_samples: int, batch_size: int, seed: int) -> to
     epoch, position = divmod(step, per_epoch)
     order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
     return order[position * batch_size : (position + 1) * batch_size]
+
+
+class BucketSteps:
+    """The samples of each step, drawn from one shape bucket at a time: a pure function of
+    ``(seed, step)`` like :func:`batch_samples`, built on :class:`BucketBatchSampler`."""
+
+    def __init__(self, bucket_of: Sequence[int], batch_size: int, seed: int):
+        self.sampler = BucketBatchSampler(bucket_of, batch_size, seed)
+        self.per_epoch = len(self.sampler)
+        if self.per_epoch == 0:
+            raise ValueError(f"optim.batch_size: no shape bucket holds {batch_size} clips")
+        self._epoch, self._batches = -1, []
+
+    def __call__(self, step: int) -> list[int]:
+        epoch, position = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            self.sampler.set_epoch(epoch)
+            self._epoch, self._batches = epoch, list(self.sampler)
+        return self._batches[position]
 
 
 def load_history(run: Path, start: int) -> list[dict]:

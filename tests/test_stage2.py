@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from sara.checkpoint import latest_checkpoint, save_checkpoint
 from sara.cli import main
 from sara.data.synthetic import SynthSpec, synthesize
-from sara.data.video import decode_clip
+from sara.data.video import decode_clip, write_video
 from sara.stage2 import train as stage2_train
 
 pytestmark = pytest.mark.slow
@@ -73,7 +73,7 @@ def test_precompute_is_sharded_and_resumable(world, shared, tmp_path, capsys):
         world, shared, tmp_path / "run", **{"precompute.cache_dir": tmp_path / "cache", "data.size": 128}
     )
     assert main(["stage2", "precompute", *changed]) == 2
-    assert "cache made with other settings (size)" in capsys.readouterr().err
+    assert "cache made with other settings (sizes)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("ema", [None, 0.5])
@@ -189,3 +189,28 @@ def test_lora_trains_adapters_and_exports_merged_weights(world, shared, tmp_path
     exported = WanPipeline.from_pretrained(tmp_path / "run" / "pipeline").transformer.state_dict()
     assert exported.keys() == original.keys()  # plain Wan weights, LoRA merged in
     assert not torch.equal(exported["blocks.0.attn1.to_q.weight"], original["blocks.0.attn1.to_q.weight"])
+
+
+def test_clips_of_two_shapes_train_in_same_shape_batches(world, shared, tmp_path):
+    records = [json.loads(line) for line in (world / "train.jsonl").read_text().splitlines()]
+    for record in records:
+        record["video"] = str(world / record["video"])
+        record.pop("entities")
+    generator = torch.Generator().manual_seed(0)
+    for number in range(4):  # wide clips beside the square ones
+        frames = torch.randint(0, 255, (9, 3, 64, 96), generator=generator, dtype=torch.uint8)
+        records.append({"video": str(write_video(tmp_path / f"wide{number}.mp4", frames, 8)), "caption": "noise"})
+    manifest = tmp_path / "mixed.jsonl"
+    manifest.write_text("\n".join(map(json.dumps, records)) + "\n")
+    more = {"data.train": manifest, "data.buckets": "[[64,64],[64,96]]", "precompute.cache_dir": tmp_path / "cache"}
+    args = overrides(world, shared, tmp_path / "run", steps=6, **more, **{"objective.align.mode": "trd"})
+    assert main(["stage2", "precompute", *args]) == 0
+    shapes = {
+        tuple(v.shape) for k, v in load_file(tmp_path / "cache" / "shard-00001.safetensors").items() if "latents" in k
+    }
+    shapes |= {
+        tuple(v.shape) for k, v in load_file(tmp_path / "cache" / "shard-00000.safetensors").items() if "latents" in k
+    }
+    assert shapes == {(16, 3, 8, 8), (16, 3, 8, 12)}
+    assert main(["stage2", "train", *args]) == 0  # every batch stacks: one shape per batch
+    assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 6

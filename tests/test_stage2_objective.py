@@ -10,7 +10,8 @@ from sara.models.wan import load_transformers, read_layout
 from sara.stage2.align import BlockHook, latent_frame_of, resample_to_vjepa
 from sara.stage2.objective import Stage2Model
 
-VFM_DIM, VFM_GRID, TUBELET = 24, (4, 4, 4), 2  # 8 video frames after the first, 64² pixels, patch 16
+VFM_DIM, TUBELET, PATCH = 24, 2, 16
+VFM_GRID = (4, 4, 4)  # V-JEPA 2 on video frames 1…8 of 64²
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def build(layout, mode="sara", seed=0, **align):
         setattr(config.align, key, value)
     torch.manual_seed(seed)
     experts = load_transformers(layout)
-    return Stage2Model(experts, layout, config, VFM_DIM, VFM_GRID, TUBELET)
+    return Stage2Model(experts, layout, config, VFM_DIM, TUBELET, PATCH)
 
 
 def with_noise(model, batch, seed=1):
@@ -73,6 +74,12 @@ def test_resampling_keeps_values_on_the_tokens_they_cover():
     assert up.shape == (1, 256, 1)
     with pytest.raises(ValueError, match="grid mismatch"):
         resample_to_vjepa(frames, (3, 4, 4), (3, 2, 2), tubelet=2)
+
+
+def test_the_vjepa_grid_follows_the_latents(tiny):
+    assert build(tiny["wan"]).vfm_grid((3, 8, 8)) == VFM_GRID  # 8× VAE: 64² pixels
+    assert build(tiny["wan-ti2v"]).vfm_grid((3, 4, 4)) == VFM_GRID  # 16× VAE: the same 64² pixels
+    assert build(tiny["wan"]).vfm_grid((5, 8, 12)) == (8, 4, 6)  # 17 frames of 64 × 96
 
 
 def test_hook_leaves_the_dit_output_bit_identical(tiny):
@@ -158,7 +165,7 @@ def test_two_experts_each_take_the_timesteps_they_own(tiny):
     assert calls == [("high", 1), ("low", 2)]
 
     only_low = Stage2Model(
-        {"low": load_transformers(layout)["low"]}, layout, Stage2ObjectiveConfig(), VFM_DIM, VFM_GRID, TUBELET
+        {"low": load_transformers(layout)["low"]}, layout, Stage2ObjectiveConfig(), VFM_DIM, TUBELET, PATCH
     )
     assert only_low.sigma_range() == (0.0, 0.875)
     _, sigma = only_low.draw(torch.zeros(256, 1), torch.Generator().manual_seed(0))

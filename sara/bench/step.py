@@ -27,7 +27,7 @@ from sara.data.synthetic import SynthSpec, synthesize
 from sara.stage2.cache import precompute
 from sara.stage2.clips import CachedClips, OnlineClips
 from sara.stage2.train import build_model, noise_generator, train_step
-from sara.training import batch_samples
+from sara.training import BucketSteps
 
 MIB = 2**20
 
@@ -48,14 +48,14 @@ def _measure(case: StepCase) -> dict:
     torch.manual_seed(config.seed)
     model = build_model(config, _layout(config)).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr)
-    size = min(config.optim.batch_size, len(clips))
+    steps_of = BucketSteps(clips.bucket_of, min(config.optim.batch_size, len(clips)), config.seed)
     peak = PeakMemory(config.device)
     peak.start()
     times = []
     for step in range(case.warmup + case.steps):
         sync(config.device)
         start = time.perf_counter()
-        batch = clips.batch(batch_samples(step, len(clips), size, config.seed), device)
+        batch = clips.batch(steps_of(step), device)
         train_step(model, optimizer, batch, noise_generator(config.seed, step), config)
         sync(config.device)
         if step >= case.warmup:

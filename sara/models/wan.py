@@ -125,6 +125,8 @@ class WanLayout:
     experts: tuple[str, ...]  # ("high",) or ("high", "low")
     boundary: float | None  # boundary timestep between the experts (t >= boundary: high)
     expand_timesteps: bool
+    vae_temporal: int = 4  # video frames per latent frame (after the first)
+    vae_spatial: int = 8  # pixels per latent side
 
     def expert_of(self, timesteps: torch.Tensor) -> torch.Tensor:
         """Index into ``experts`` of each timestep ``[B]``: 0 (high noise) or 1 (low noise)."""
@@ -150,11 +152,14 @@ def read_layout(folder: str | Path) -> WanLayout:
     ratio = spec.get("boundary_ratio")
     if two and ratio is None:
         raise WeightsError(f"{index}: boundary_ratio: needed with transformer_2")
+    vae = json.loads((folder / "vae" / "config.json").read_text()) if (folder / "vae" / "config.json").is_file() else {}
     return WanLayout(
         folder=folder,
         experts=(HIGH, LOW) if two else (HIGH,),
         boundary=ratio * 1000 if two else None,
         expand_timesteps=bool(spec.get("expand_timesteps")),
+        vae_temporal=vae.get("scale_factor_temporal") or 4,
+        vae_spatial=vae.get("scale_factor_spatial") or 8,
     )
 
 

@@ -21,11 +21,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from sara.config.stage2 import Stage2Config
-from sara.data.buckets import Bucket
 from sara.data.datasets import BadSamples, Stage2Dataset, collate
 from sara.data.manifest import load_manifest
 from sara.device import pick_device
-from sara.stage2.encoders import Stage2Encoders, teacher_grid
+from sara.stage2.encoders import Stage2Encoders, buckets, teacher
 
 
 def fingerprint(config: Stage2Config) -> dict:
@@ -37,7 +36,7 @@ def fingerprint(config: Stage2Config) -> dict:
         "aligner": models.aligner,
         "text_length": models.text_length,
         "frames": config.data.frames,
-        "size": config.data.size,
+        "sizes": config.data.buckets or [[config.data.size, config.data.size]],
     }
 
 
@@ -58,7 +57,7 @@ def _read_index(folder: Path, settings: dict) -> dict:
 
 def precompute(config: Stage2Config, progress: bool = True) -> Path:
     """Encode every clip of ``data.train`` not yet in the cache; returns the cache folder."""
-    teacher_grid(config)  # frames and size must suit the VAE and V-JEPA 2
+    teacher(config)  # frames and sizes must suit the VAE and V-JEPA 2
     folder = cache_dir(config)
     folder.mkdir(parents=True, exist_ok=True)
     index = _read_index(folder, fingerprint(config))
@@ -66,12 +65,13 @@ def precompute(config: Stage2Config, progress: bool = True) -> Path:
     todo = [i for i in range(len(manifest)) if str(i) not in index["clips"]]
     encoders = Stage2Encoders(config).to(pick_device(config.device))
     bad = BadSamples(config.data.max_bad_fraction)
-    size = config.data.size
-    clips = Stage2Dataset(manifest, [Bucket(config.data.frames, size, size)], union_masks=True)
-    dataset = torch.utils.data.Subset(clips, todo)
-    loader = DataLoader(
-        dataset, batch_size=config.precompute.batch_size, collate_fn=collate, num_workers=config.data.num_workers
-    )
+    clips = Stage2Dataset(manifest, buckets(config), union_masks=True)
+    size = config.precompute.batch_size
+    groups: dict[int, list[int]] = {}
+    for record in todo:  # a batch holds clips of one bucket: they stack
+        groups.setdefault(clips.bucket_of[record], []).append(record)
+    batches = [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
+    loader = DataLoader(clips, batch_sampler=batches, collate_fn=collate, num_workers=config.data.num_workers)
     pending: dict[str, Tensor] = {}
     shard = len({name for name in index["clips"].values()})
     for batch in tqdm(loader, desc="stage2 precompute", unit="batch", disable=not progress):
@@ -124,6 +124,11 @@ class FeatureCache(torch.utils.data.Dataset):
         if name not in self._open:
             self._open[name] = safe_open(self.folder / name, "pt")
         return self._open[name]
+
+    def shape(self, position: int, key: str) -> tuple[int, ...]:
+        """Shape of one tensor of the clip at ``position``, from the shard's header."""
+        record = self.records[position]
+        return tuple(self._shard(record).get_slice(f"{record}/{key}").get_shape())
 
     def keys(self, position: int) -> set[str]:
         """Names of the tensors of the clip at ``position``, read from the shard's header."""

@@ -1,8 +1,8 @@
 """Where Stage 2 batches come from: the precomputed cache, or the frozen encoders run online.
 
 Both give the same batch for the same step — the clips are chosen by position among the
-usable clips with :func:`sara.training.batch_samples`, and the tensors come from the same
-encoder code — so a cache-fed run reproduces an online one.
+usable clips with :class:`sara.training.BucketSteps` (clips of one shape per batch), and
+the tensors come from the same encoder code — so a cache-fed run reproduces an online one.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ import torch
 from torch import Tensor
 
 from sara.config.stage2 import Stage2Config
-from sara.data.buckets import Bucket
 from sara.data.datasets import Skipped, Stage2Dataset, collate
 from sara.data.manifest import load_manifest
 from sara.stage2.cache import FeatureCache, cache_dir, fingerprint
-from sara.stage2.encoders import Stage2Encoders, pad_text
+from sara.stage2.encoders import Stage2Encoders, buckets, pad_text
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +53,13 @@ class CachedClips:
     def __len__(self) -> int:
         return len(self.positions)
 
-    def batch(self, rows: Tensor, device: torch.device) -> dict[str, Tensor]:
-        return _stack([self.cache[self.positions[r]] for r in rows.tolist()], self.config, device)
+    @property
+    def bucket_of(self) -> list[tuple[int, ...]]:
+        """The latent shape of each clip: clips of one shape stack into a batch."""
+        return [self.cache.shape(p, "latents") for p in self.positions]
+
+    def batch(self, rows: list[int], device: torch.device) -> dict[str, Tensor]:
+        return _stack([self.cache[self.positions[r]] for r in rows], self.config, device)
 
 
 class OnlineClips:
@@ -63,16 +67,19 @@ class OnlineClips:
 
     def __init__(self, config: Stage2Config, device: torch.device):
         self.config = config
-        size = config.data.size
         manifest = load_manifest(config.data.train)
-        self.dataset = Stage2Dataset(manifest, [Bucket(config.data.frames, size, size)], union_masks=True)
+        self.dataset = Stage2Dataset(manifest, buckets(config), union_masks=True)
         self.encoders = Stage2Encoders(config).to(device)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def batch(self, rows: Tensor, device: torch.device) -> dict[str, Tensor]:
-        items = [self.dataset[r] for r in rows.tolist()]
+    @property
+    def bucket_of(self) -> list[int]:
+        return self.dataset.bucket_of
+
+    def batch(self, rows: list[int], device: torch.device) -> dict[str, Tensor]:
+        items = [self.dataset[r] for r in rows]
         for item in items:
             if isinstance(item, Skipped):
                 raise ValueError(f"{item.where}: {item.reason} (online training needs every clip readable)")

@@ -13,6 +13,7 @@ from torch import Tensor
 from transformers import AutoTokenizer, UMT5EncoderModel, VJEPA2Config
 
 from sara.config.stage2 import Stage2Config
+from sara.data.buckets import Bucket
 from sara.data.masks import pool_to_grid
 from sara.models.presets import resolve
 from sara.models.vjepa2 import VideoEncoder
@@ -21,17 +22,26 @@ from sara.stage1.saliency import SaliencyModel
 from sara.stage2.align import VJEPA_FIRST_FRAME
 
 
-def teacher_grid(config: Stage2Config) -> tuple[int, tuple[int, int, int], int]:
-    """``(width, token grid, tubelet)`` of the V-JEPA 2 teacher on this config's clips."""
+def buckets(config: Stage2Config) -> list[Bucket]:
+    """The clip shapes of a run: ``data.buckets`` as ``(frames, H, W)``, or one square bucket."""
+    sizes = config.data.buckets or [[config.data.size, config.data.size]]
+    for size in sizes:
+        if len(size) != 2 or any(side % 32 for side in size):
+            raise ValueError(f"data.buckets: {size} must be [H, W] with both sides multiples of 32")
+    return [Bucket(config.data.frames, height, width) for height, width in sizes]
+
+
+def teacher(config: Stage2Config) -> tuple[int, int, int]:
+    """``(width, tubelet, patch)`` of the V-JEPA 2 teacher; checks that the clips suit it and Wan's VAE."""
     vjepa = VJEPA2Config.from_pretrained(resolve(config.models.vjepa2, "vjepa2", config.models.tiny_root))
-    frames, size = config.data.frames - VJEPA_FIRST_FRAME, config.data.size
-    if (config.data.frames - 1) % 4 or frames % vjepa.tubelet_size or size % 32:
+    frames = config.data.frames
+    if (frames - 1) % 4 or (frames - VJEPA_FIRST_FRAME) % vjepa.tubelet_size:
         raise ValueError(
-            f"data.frames / data.size: {config.data.frames} frames of {size}² must be 4k + 1 frames "
-            f"(Wan's causal VAE) with 4k a multiple of the tubelet {vjepa.tubelet_size}, and a size multiple of 32"
+            f"data.frames: {frames} must be 4k + 1 frames (Wan's causal VAE) with 4k a multiple of the "
+            f"tubelet {vjepa.tubelet_size}"
         )
-    grid = (frames // vjepa.tubelet_size, size // vjepa.patch_size, size // vjepa.patch_size)
-    return vjepa.hidden_size, grid, vjepa.tubelet_size
+    buckets(config)
+    return vjepa.hidden_size, vjepa.tubelet_size, vjepa.patch_size
 
 
 def trim_text(text: Tensor) -> Tensor:

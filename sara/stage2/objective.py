@@ -9,7 +9,7 @@ cache-fed and online features meet the same noise.
 Batch keys: ``latents`` ``[B, C, F, H, W]`` (normalised VAE latents), ``text``
 ``[B, L, D_t]`` (umT5 states, zero past the caption as Wan pads them), ``noise`` like
 ``latents``, ``sigma`` ``[B]``, and for the alignment modes ``vfm`` ``[B, N_v, D_v]``
-(V-JEPA 2 tokens on ``vfm_grid``) and for ``sara`` ``saliency`` ``[B, N_v]``.
+(V-JEPA 2 tokens of frames ``1 … 4k``, on the grid :meth:`Stage2Model.vfm_grid` gives) and for ``sara`` ``saliency`` ``[B, N_v]``.
 
 Two-expert models (A14B): each sample goes to the expert that owns its timestep
 (``t >= boundary``: high noise); an expert that does not train is not in the model, and
@@ -36,14 +36,13 @@ class Stage2Model(nn.Module):
         layout: WanLayout,
         config: Stage2ObjectiveConfig,
         vfm_dim: int,
-        vfm_grid: tuple[int, int, int],
         tubelet: int,
-        temporal_factor: int = 4,
+        patch: int,
     ):
         super().__init__()
         self.experts = nn.ModuleDict(experts)
         self.layout, self.config = layout, config
-        self.vfm_grid, self.tubelet, self.temporal_factor = vfm_grid, tubelet, temporal_factor
+        self.tubelet, self.patch = tubelet, patch
         align = config.align
         self.projectors = nn.ModuleDict()
         self.hooks: dict[str, BlockHook] = {}
@@ -58,6 +57,14 @@ class Stage2Model(nn.Module):
             width = dit.config.num_attention_heads * dit.config.attention_head_dim
             self.projectors[name] = Projector(width, vfm_dim, align.projector_dim)
             self.hooks[name] = BlockHook(dit.blocks[align.block])
+
+    def vfm_grid(self, latent_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """V-JEPA 2 grid of the clip whose latents are ``(F, h, w)``: frames ``1 … 4(F − 1)`` of
+        ``h·s × w·s`` pixels (``s`` the VAE's spatial factor)."""
+        frames, height, width = latent_shape
+        spatial = self.layout.vae_spatial
+        video_frames = (frames - 1) * self.layout.vae_temporal
+        return video_frames // self.tubelet, height * spatial // self.patch, width * spatial // self.patch
 
     def sigma_range(self) -> tuple[float, float]:
         """The σ interval owned by the experts that train (all of [0, 1] for one expert)."""
@@ -111,8 +118,9 @@ class Stage2Model(nn.Module):
         p_t, p_h, p_w = dit.config.patch_size
         grid = (latent_shape[0] // p_t, latent_shape[1] // p_h, latent_shape[2] // p_w)
         hidden = self.hooks[name].pop()  # (b, N_dit, D)
+        vfm_grid = self.vfm_grid(tuple(latent_shape))
         tokens = resample_to_vjepa(
-            self.projectors[name](hidden), grid, self.vfm_grid, self.tubelet, self.temporal_factor
+            self.projectors[name](hidden), grid, vfm_grid, self.tubelet, self.layout.vae_temporal
         )  # (b, N_v, D_v)
         target = batch["vfm"][rows]
         mode = self.config.align

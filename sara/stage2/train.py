@@ -29,10 +29,10 @@ from sara.device import pick_device
 from sara.models.aligner import parameter_count
 from sara.models.wan import WanLayout, load_transformers, read_layout, wan_folder
 from sara.stage2.clips import CachedClips, OnlineClips
-from sara.stage2.encoders import teacher_grid
+from sara.stage2.encoders import teacher
 from sara.stage2.generate import Sampling, render
 from sara.stage2.objective import Stage2Model
-from sara.training import batch_samples, load_history, lr_factor, save_history
+from sara.training import BucketSteps, load_history, lr_factor, save_history
 
 SUBFOLDER = {"high": "transformer", "low": "transformer_2"}
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the attention projections of every Wan block
@@ -55,8 +55,7 @@ def build_model(config: Stage2Config, layout: WanLayout) -> Stage2Model:
                     init_lora_weights=True,
                 )
             )
-    width, grid, tubelet = teacher_grid(config)
-    model = Stage2Model(experts, layout, config.objective, width, grid, tubelet)
+    model = Stage2Model(experts, layout, config.objective, *teacher(config))
     if config.optim.gradient_checkpointing:
         for dit in model.experts.values():
             dit.enable_gradient_checkpointing()
@@ -113,7 +112,7 @@ def train(config: Stage2Config, resume: str | None = None, progress: bool = True
     if (checkpoint := resume_point(run, resume)) is not None:
         start = load_checkpoint(checkpoint, model, optimizer, scheduler, ema)
         print(f"resumed from {checkpoint} at step {start}")
-    batch_size = min(config.optim.batch_size, len(clips))
+    steps_of = BucketSteps(clips.bucket_of, min(config.optim.batch_size, len(clips)), config.seed)
     writer = SummaryWriter(run / "tensorboard")
     history = load_history(run, start)
     model.train()
@@ -122,7 +121,7 @@ def train(config: Stage2Config, resume: str | None = None, progress: bool = True
     bar = tqdm(range(start, steps), desc="stage2", initial=start, total=steps, disable=not progress)
     tick = time.perf_counter()
     for step in bar:
-        batch = clips.batch(batch_samples(step, len(clips), batch_size, config.seed), device)
+        batch = clips.batch(steps_of(step), device)
         loss, terms, grad_norm = train_step(model, optimizer, batch, noise_generator(config.seed, step), config)
         scheduler.step()
         if ema:
