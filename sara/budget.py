@@ -13,19 +13,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sara.plots import pyplot
 from sara.routing import CATEGORIES, MODES, check_saliency
 
 CATEGORY_NAMES = {"fg_fg": "FG–FG", "fg_bg": "FG–BG", "bg_bg": "BG–BG"}
-
-
-def _pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (no display here or in CI)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def load_saliency(path: str | Path) -> Tensor:
@@ -86,7 +77,7 @@ def format_budget(budget: dict, title: str = "") -> str:
 
 def plot_budget(budgets: dict[str, dict], path: str | Path) -> Path:
     """Stacked bars: each mode's share of weight mass per pair category, one panel per saliency."""
-    plt = _pyplot()
+    plt = pyplot()
     colours = {"fg_fg": "#d62728", "fg_bg": "#ff7f0e", "bg_bg": "#7f7f7f"}
     fig, axes = plt.subplots(1, len(budgets), figsize=(4.6 * len(budgets), 3.6), squeeze=False)
     for ax, (name, budget) in zip(axes[0], budgets.items()):
@@ -141,7 +132,7 @@ def example_saliency(grid: tuple[int, int, int], fg_fraction: float, seed: int) 
 
 def saliency_grid_figure(saliency: Tensor, grid: tuple[int, int, int], path: str | Path, title: str) -> Path:
     """The saliency of one sample as one heat map per frame of the token grid."""
-    plt = _pyplot()
+    plt = pyplot()
     frames = saliency.reshape(grid).numpy()
     columns = min(frames.shape[0], 8)
     rows = math.ceil(frames.shape[0] / columns)

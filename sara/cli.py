@@ -192,13 +192,19 @@ def _stage2_generate(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} videos (mp4 and GIF) to {args.out}")
 
 
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device: CUDA is not available on this machine")
+
+
 def _bench_trd(args: argparse.Namespace) -> None:
     import torch
 
     from sara.bench.trd import bench_trd, format_rows
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device: CUDA is not available on this machine")
+    _check_device(args.device)
     rows = bench_trd(
         args.tokens,
         args.dim,
@@ -228,8 +234,7 @@ def _bench_step(args: argparse.Namespace) -> None:
 
     from sara.bench.step import bench_step, format_step
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device: CUDA is not available on this machine")
+    _check_device(args.device)
     results = bench_step(
         args.modes,
         args.batch,

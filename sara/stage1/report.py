@@ -8,30 +8,17 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from sara.budget import _pyplot, format_budget, plot_budget
+from sara.budget import format_budget, plot_budget
 from sara.config.schema import DemoConfig
 from sara.data.synthetic import SynthSpec, synthesize
 from sara.device import pick_device
+from sara.plots import loss_curves
 from sara.report import Section, image, paragraph, preformatted, table
 from sara.routing import pair_budget
 from sara.stage1.evaluate import predict
 from sara.stage1.infer import infer
 from sara.stage1.run import load_run
 from sara.stage1.train import train
-
-
-def _loss_curve(history: list[dict], path: Path) -> Path:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3))
-    steps = [r["step"] for r in history]
-    for key in ("loss", "bce", "dice", "infonce"):
-        ax.plot(steps, [r[key] for r in history], label=key)
-    ax.set_xlabel("step")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def stage1_part(config: DemoConfig, out: Path) -> Section:
@@ -56,7 +43,7 @@ def stage1_part(config: DemoConfig, out: Path) -> Section:
     text = "\n\n".join(format_budget(b, title=f"held-out clips, {name}") for name, b in budgets.items())
     print(text)
     chart = plot_budget(budgets, out / "stage1_budget.png")
-    curve = _loss_curve(history, out / "stage1_loss.png")
+    curve = loss_curves(history, ("loss", "bce", "dice", "infonce"), out / "stage1_loss.png")
     figures = infer(run, config.stage1.data.heldout, [0], out=out / "stage1_figures", progress=False)
     rows = [[name, f"{value:.3f}"] for name, value in metrics.items()]
     body = "".join(

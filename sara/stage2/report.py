@@ -12,30 +12,16 @@ from pathlib import Path
 import numpy as np
 
 from sara.bench.step import bench_step, format_step
-from sara.budget import _pyplot
 from sara.config.schema import DemoConfig
 from sara.data.manifest import load_manifest
 from sara.data.synthetic import SynthSpec, synthesize
 from sara.data.video import decode_clip
 from sara.data.visualize import save_png, strip
+from sara.plots import loss_curves
 from sara.report import Section, image, paragraph, preformatted, table
 from sara.stage2.cache import FeatureCache, precompute
 from sara.stage2.generate import Sampling, generate
 from sara.stage2.train import train
-
-
-def _loss_curve(history: list[dict], path: Path) -> Path:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3))
-    steps = [r["step"] for r in history]
-    for key in ("loss", "flow", "align"):
-        ax.plot(steps, [r[key] for r in history], label=key)
-    ax.set_xlabel("step")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def stage2_part(config: DemoConfig, out: Path) -> Section:
@@ -78,7 +64,7 @@ def stage2_part(config: DemoConfig, out: Path) -> Section:
     bench_text = format_step(timing)
     print(bench_text)
     history = json.loads((run / "history.json").read_text())
-    curve = _loss_curve(history, out / "stage2_loss.png")
+    curve = loss_curves(history, ("loss", "flow", "align"), out / "stage2_loss.png")
     rows = [strip(decode_clip(v, None, None).frames.permute(0, 2, 3, 1).numpy(), count=8) for v in videos]
     frames = save_png(out / "stage2_samples.png", np.concatenate(rows))
     clips = len(FeatureCache(cache))
