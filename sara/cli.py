@@ -410,7 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     step.add_argument("--steps", type=int, default=20, help="timed steps; the median is reported")
     step.add_argument("--no-online", action="store_true", help="skip the online-encoder variant")
-    step.add_argument("--wan", default="tiny", help="tiny | tiny-a14b | tiny-ti2v, or a Diffusers-format Wan folder")
+    step.add_argument(
+        "--wan", default="tiny", help="tiny | tiny-a14b | tiny-ti2v | small, or a Diffusers-format Wan folder"
+    )
     step.add_argument("--workdir", help="where the world, presets and cache go (default: a new temporary folder)")
     step.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     step.set_defaults(handler=_bench_step)

@@ -79,7 +79,7 @@ def _demo_stage2() -> Stage2Config:
         out_dir="${out_dir}/stage2",
         data=Stage2DataConfig(train="${out_dir}/shapes17/train.jsonl"),
         models=Stage2ModelsConfig(aligner="${out_dir}/stage1", tiny_root="${out_dir}/models"),
-        optim=Stage2OptimConfig(steps=1000, batch_size=4),
+        optim=Stage2OptimConfig(steps=2500, batch_size=4),
         log_every=20,
         save_every=500,
     )

@@ -22,6 +22,7 @@ TINY: dict[str, Callable[..., Path]] = {
     "wan": partial(wan.save_tiny_wan, variant="tiny"),
     "wan-a14b": partial(wan.save_tiny_wan, variant="tiny-a14b"),
     "wan-ti2v": partial(wan.save_tiny_wan, variant="tiny-ti2v"),
+    "wan-small": partial(wan.save_tiny_wan, variant="small"),
 }
 
 

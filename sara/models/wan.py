@@ -38,30 +38,39 @@ class TinyWan:
     expand_timesteps: bool  # one timestep per token (TI2V-5B)
     z_dim: int  # latent channels
     residual_vae: bool  # Wan2.2 VAE: residual blocks and 2×2 pixel patches (16× spatial)
+    layers: int = 2  # DiT blocks
+    heads: int = 4  # attention heads of 16 channels: the DiT width is 16·heads
 
 
 TINY_WAN = {
     "tiny": TinyWan(experts=1, expand_timesteps=False, z_dim=16, residual_vae=False),
     "tiny-a14b": TinyWan(experts=2, expand_timesteps=False, z_dim=16, residual_vae=False),
     "tiny-ti2v": TinyWan(experts=1, expand_timesteps=True, z_dim=48, residual_vae=True),
+    # a wider, deeper DiT (12 M parameters) for benchmarks: how the alignment's cost compares as the DiT grows
+    "small": TinyWan(experts=1, expand_timesteps=False, z_dim=16, residual_vae=False, layers=6, heads=24),
 }
-PRESET_OF = {"tiny": "wan", "tiny-a14b": "wan-a14b", "tiny-ti2v": "wan-ti2v"}  # names in sara.models.presets
+PRESET_OF = {
+    "tiny": "wan",
+    "tiny-a14b": "wan-a14b",
+    "tiny-ti2v": "wan-ti2v",
+    "small": "wan-small",
+}  # names in sara.models.presets
 BOUNDARY_RATIO = 0.875  # Wan2.2 T2V-A14B: t >= 875 is high noise
 FLOW_SHIFT = 3.0  # the sampling shift Wan uses at 480p
 
 
-def tiny_transformer(z_dim: int, text_dim: int) -> WanTransformer3DModel:
-    """Two blocks of width 64 (4 heads of 16): a DiT that trains in seconds on a CPU."""
+def tiny_transformer(z_dim: int, text_dim: int, layers: int = 2, heads: int = 4) -> WanTransformer3DModel:
+    """``layers`` blocks of ``heads`` heads of 16 channels (default: width 64, trains in seconds on a CPU)."""
     return WanTransformer3DModel(
         patch_size=(1, 2, 2),
-        num_attention_heads=4,
+        num_attention_heads=heads,
         attention_head_dim=16,
         in_channels=z_dim,
         out_channels=z_dim,
         text_dim=text_dim,
         freq_dim=32,
-        ffn_dim=128,
-        num_layers=2,
+        ffn_dim=2 * 16 * heads,
+        num_layers=layers,
         rope_max_seq_len=64,
     )
 
@@ -93,7 +102,7 @@ def save_tiny_wan(out_dir: str | Path, seed: int = 0, variant: str = "tiny") -> 
     torch.manual_seed(seed)
     text_encoder = UMT5EncoderModel(tiny_umt5_config(tokenizer))
     width = text_encoder.config.d_model
-    experts = [tiny_transformer(spec.z_dim, width) for _ in range(spec.experts)]
+    experts = [tiny_transformer(spec.z_dim, width, spec.layers, spec.heads) for _ in range(spec.experts)]
     pipeline = WanPipeline(
         tokenizer=tokenizer,
         text_encoder=text_encoder,

@@ -85,8 +85,8 @@ def stage2_part(config: DemoConfig, out: Path) -> Section:
             image(curve, "stage 2 loss terms"),
             paragraph(
                 "Generated frames (8 of each video), one row per held-out caption — a DiT of 0.15 M "
-                "parameters trained for minutes on CPU: this shows the path from training to video, not "
-                "quality. Captions: " + " | ".join(prompts)
+                "parameters trained for minutes on CPU, decoded by the tiny VAE's random weights: this "
+                "shows the path from training to video, not quality. Captions: " + " | ".join(prompts)
             ),
             image(frames, "generated frames"),
             image(videos[0].with_suffix(".gif"), "first generated video"),
