@@ -69,6 +69,11 @@ def test_precompute_is_sharded_and_resumable(world, shared, tmp_path, capsys):
     assert sorted(map(int, after["clips"])) == list(range(6))
     assert (tmp_path / "cache" / "shard-00000.safetensors").stat().st_mtime_ns == before["shard-00000.safetensors"]
 
+    half = {"precompute.cache_dir": tmp_path / "half", "precompute.dtype": "bfloat16"}
+    assert main(["stage2", "precompute", *overrides(world, shared, tmp_path / "run", **half)]) == 0
+    assert load_file(tmp_path / "half" / "shard-00000.safetensors")["0/vfm"].dtype == torch.bfloat16
+    assert main(["stage2", "train", *overrides(world, shared, tmp_path / "half-run", steps=1, **half)]) == 0
+
     changed = overrides(
         world, shared, tmp_path / "run", **{"precompute.cache_dir": tmp_path / "cache", "data.size": 128}
     )

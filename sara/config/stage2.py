@@ -59,6 +59,7 @@ class PrecomputeConfig:
     cache_dir: str | None = None  # latents, text, V-JEPA tokens, saliency; null: <out_dir>/cache
     shard_size: int = option(64, ge=1)  # clips per safetensors shard
     batch_size: int = option(4, ge=1)  # clips per encoder pass
+    dtype: str = option("float32", choices=("float32", "bfloat16"))  # stored precision; bfloat16 halves the cache
 
 
 @dataclass

@@ -35,6 +35,7 @@ def fingerprint(config: Stage2Config) -> dict:
         "vjepa2": models.vjepa2,
         "aligner": models.aligner,
         "text_length": models.text_length,
+        "dtype": config.precompute.dtype,
         "frames": config.data.frames,
         "sizes": config.data.buckets or [[config.data.size, config.data.size]],
     }
@@ -72,6 +73,7 @@ def precompute(config: Stage2Config, progress: bool = True) -> Path:
         groups.setdefault(clips.bucket_of[record], []).append(record)
     batches = [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
     loader = DataLoader(clips, batch_sampler=batches, collate_fn=collate, num_workers=config.data.num_workers)
+    dtype = getattr(torch, config.precompute.dtype)
     pending: dict[str, Tensor] = {}
     shard = len({name for name in index["clips"].values()})
     for batch in tqdm(loader, desc="stage2 precompute", unit="batch", disable=not progress):
@@ -79,7 +81,7 @@ def precompute(config: Stage2Config, progress: bool = True) -> Path:
         if not batch["size"]:
             continue
         for record, clip in zip(batch["index"], encoders(batch["frames"], batch["caption"], list(batch["masks"]))):
-            pending |= {f"{record}/{key}": value.contiguous() for key, value in clip.items()}
+            pending |= {f"{record}/{key}": value.to(dtype).contiguous() for key, value in clip.items()}
         if len({k.split("/")[0] for k in pending}) >= config.precompute.shard_size:
             shard = _flush(folder, index, pending, shard)
     if pending:

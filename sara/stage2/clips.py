@@ -30,7 +30,7 @@ def _stack(clips: list[dict], config: Stage2Config, device: torch.device) -> dic
         batch["vfm"] = torch.stack([c["vfm"] for c in clips])  # (B, N_v, D_v)
     if config.objective.align.mode == "sara":
         batch["saliency"] = torch.stack([c[_saliency_key(config)] for c in clips])  # (B, N_v)
-    return {k: v.to(device) for k, v in batch.items()}
+    return {k: v.to(device, torch.float32) for k, v in batch.items()}  # a bfloat16 cache trains in fp32
 
 
 def _saliency_key(config: Stage2Config) -> str:

@@ -10,6 +10,8 @@ that `WanPipeline.from_pretrained` and `sara stage2 generate` load.
 from __future__ import annotations
 
 import copy
+import os
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -131,8 +133,7 @@ def train(config: Stage2Config, resume: str | None = None, progress: bool = True
             seconds = (time.perf_counter() - tick) / config.log_every
             row = {"step": done, "loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
             row |= {"grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0], "s_per_step": seconds}
-            if device.type == "cuda":
-                row["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+            row["peak_mib"] = _peak_mib(device)
             history.append(row)
             for key, value in row.items():
                 if key != "step":
@@ -150,6 +151,21 @@ def train(config: Stage2Config, resume: str | None = None, progress: bool = True
         ema["ema"].copy_to(trained)
     export_pipeline(model, layout, run / "pipeline")
     return run
+
+
+def _peak_mib(device: torch.device) -> float:
+    """Peak memory so far: allocated on CUDA, the process's resident set on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """Unchanged weights are hard-linked where the file system allows (a Wan folder is tens of GB)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 class Validator:
@@ -193,6 +209,7 @@ def export_pipeline(model: Stage2Model, layout: WanLayout, out: Path) -> Path:
         layout.folder,
         partial,
         ignore=lambda folder, names: trained & set(names) if folder == str(layout.folder) else set(),
+        copy_function=_link_or_copy,
     )
     for name, dit in model.experts.items():
         if getattr(dit, "peft_config", None):  # LoRA: merged into a copy, saved as plain weights
