@@ -69,6 +69,12 @@ def test_precompute_is_sharded_and_resumable(world, shared, tmp_path, capsys):
     assert sorted(map(int, after["clips"])) == list(range(6))
     assert (tmp_path / "cache" / "shard-00000.safetensors").stat().st_mtime_ns == before["shard-00000.safetensors"]
 
+    view = {"precompute.cache_dir": tmp_path / "view", "models.vjepa2_stride": 2, "models.vjepa2_short_side": 32}
+    assert main(["stage2", "precompute", *overrides(world, shared, tmp_path / "run", **view)]) == 0
+    shard = load_file(tmp_path / "view" / "shard-00000.safetensors")
+    assert shard["0/vfm"].shape == (8, 192) and shard["0/mask_saliency"].shape == (8,)  # frames 1, 3, 5, 7 at 32²
+    assert main(["stage2", "train", *overrides(world, shared, tmp_path / "view-run", steps=1, **view)]) == 0
+
     half = {"precompute.cache_dir": tmp_path / "half", "precompute.dtype": "bfloat16"}
     assert main(["stage2", "precompute", *overrides(world, shared, tmp_path / "run", **half)]) == 0
     assert load_file(tmp_path / "half" / "shard-00000.safetensors")["0/vfm"].dtype == torch.bfloat16

@@ -7,10 +7,10 @@ from sara.config.stage2 import Stage2ObjectiveConfig
 from sara.losses.flow import noisy_latents, shift_sigma, unshift_sigma
 from sara.models.presets import resolve
 from sara.models.wan import load_transformers, read_layout
-from sara.stage2.align import BlockHook, latent_frame_of, resample_to_vjepa
+from sara.stage2.align import BlockHook, VfmView, resample_to_vjepa
 from sara.stage2.objective import Stage2Model
 
-VFM_DIM, TUBELET, PATCH = 24, 2, 16
+VFM_DIM, VIEW = 24, VfmView(tubelet=2, patch=16)
 VFM_GRID = (4, 4, 4)  # V-JEPA 2 on video frames 1…8 of 64²
 
 
@@ -38,7 +38,7 @@ def build(layout, mode="sara", seed=0, **align):
         setattr(config.align, key, value)
     torch.manual_seed(seed)
     experts = load_transformers(layout)
-    return Stage2Model(experts, layout, config, VFM_DIM, TUBELET, PATCH)
+    return Stage2Model(experts, layout, config, VFM_DIM, VIEW)
 
 
 def with_noise(model, batch, seed=1):
@@ -57,29 +57,32 @@ def test_flow_matching_interpolates_data_and_noise():
 
 def test_tubelets_fall_inside_one_latent_frame():
     # video frames 1..8 → tubelets (1,2) (3,4) (5,6) (7,8); latent frames 1 = 1..4, 2 = 5..8
-    assert latent_frame_of(4, 2).tolist() == [1, 1, 2, 2]
-    assert latent_frame_of(2, 4).tolist() == [1, 2]
+    assert VfmView(2, 16).latent_frame_of(4).tolist() == [1, 1, 2, 2]
+    assert VfmView(4, 16).latent_frame_of(2).tolist() == [1, 2]
+    assert VfmView(2, 16, stride=2).latent_frame_of(2).tolist() == [1, 2]  # frames (1, 3) and (5, 7)
     with pytest.raises(ValueError, match="straddles"):
-        latent_frame_of(2, 3)
+        VfmView(3, 16).latent_frame_of(2)  # frames (4, 5, 6) span latent frames 1 and 2
 
 
 def test_resampling_keeps_values_on_the_tokens_they_cover():
     # value = latent frame index; DiT grid (3, 4, 4) onto V-JEPA (4, 2, 2): area-averaged 2×2 cells
     frames = torch.arange(3.0).view(1, 3, 1, 1, 1).expand(1, 3, 4, 4, 1).reshape(1, 48, 1)
-    out = resample_to_vjepa(frames, (3, 4, 4), (4, 2, 2), tubelet=2).view(4, 2, 2)
+    out = resample_to_vjepa(frames, (3, 4, 4), (4, 2, 2), VIEW).view(4, 2, 2)
     assert out[:, 0, 0].tolist() == [1.0, 1.0, 2.0, 2.0]
     columns = torch.arange(4.0).view(1, 1, 1, 4, 1).expand(1, 3, 4, 4, 1).reshape(1, 48, 1)
-    assert resample_to_vjepa(columns, (3, 4, 4), (4, 2, 2), 2).view(4, 2, 2)[0, 0].tolist() == [0.5, 2.5]
-    up = resample_to_vjepa(columns, (3, 4, 4), (4, 8, 8), 2)  # a coarser DiT grid is upsampled
+    assert resample_to_vjepa(columns, (3, 4, 4), (4, 2, 2), VIEW).view(4, 2, 2)[0, 0].tolist() == [0.5, 2.5]
+    up = resample_to_vjepa(columns, (3, 4, 4), (4, 8, 8), VIEW)  # a coarser DiT grid is upsampled
     assert up.shape == (1, 256, 1)
     with pytest.raises(ValueError, match="grid mismatch"):
-        resample_to_vjepa(frames, (3, 4, 4), (3, 2, 2), tubelet=2)
+        resample_to_vjepa(frames, (3, 4, 4), (3, 2, 2), VIEW)
 
 
 def test_the_vjepa_grid_follows_the_latents(tiny):
     assert build(tiny["wan"]).vfm_grid((3, 8, 8)) == VFM_GRID  # 8× VAE: 64² pixels
     assert build(tiny["wan-ti2v"]).vfm_grid((3, 4, 4)) == VFM_GRID  # 16× VAE: the same 64² pixels
     assert build(tiny["wan"]).vfm_grid((5, 8, 12)) == (8, 4, 6)  # 17 frames of 64 × 96
+    half = Stage2Model({}, tiny["wan"], Stage2ObjectiveConfig(), VFM_DIM, VfmView(2, 16, stride=2, short_side=32))
+    assert half.vfm_grid((5, 8, 12)) == (4, 2, 3)  # frames 1, 3, …, 15 at 32 × 48
 
 
 def test_hook_leaves_the_dit_output_bit_identical(tiny):
@@ -125,7 +128,7 @@ def test_or_routing_sends_no_gradient_through_background_pairs(tiny):
     (grad,) = torch.autograd.grad(loss, kept["proj"])  # the flow term does not read the projector
 
     def reference(include_background_pairs):
-        tokens = torch.nn.functional.normalize(resample_to_vjepa(kept["proj"], (3, 4, 4), VFM_GRID, TUBELET), dim=-1)
+        tokens = torch.nn.functional.normalize(resample_to_vjepa(kept["proj"], (3, 4, 4), VFM_GRID, VIEW), dim=-1)
         target = torch.nn.functional.normalize(batch["vfm"], dim=-1)
         pairs = (tokens @ tokens.mT - target @ target.mT).abs().sub(0.1).relu()[0]  # (N, N) l_ij
         fg = batch["saliency"][0].bool()
@@ -164,9 +167,7 @@ def test_two_experts_each_take_the_timesteps_they_own(tiny):
     model(batch)
     assert calls == [("high", 1), ("low", 2)]
 
-    only_low = Stage2Model(
-        {"low": load_transformers(layout)["low"]}, layout, Stage2ObjectiveConfig(), VFM_DIM, TUBELET, PATCH
-    )
+    only_low = Stage2Model({"low": load_transformers(layout)["low"]}, layout, Stage2ObjectiveConfig(), VFM_DIM, VIEW)
     assert only_low.sigma_range() == (0.0, 0.875)
     _, sigma = only_low.draw(torch.zeros(256, 1), torch.Generator().manual_seed(0))
     assert (sigma < 0.875).all() and sigma.max() > 0.8

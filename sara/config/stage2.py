@@ -26,6 +26,8 @@ class Stage2DataConfig:
 class Stage2ModelsConfig:
     wan: str = "tiny"  # Diffusers-format Wan folder, or tiny | tiny-a14b | tiny-ti2v
     vjepa2: str = "tiny"  # the TRD teacher: V-JEPA 2 folder, or tiny
+    vjepa2_stride: int = option(1, choices=(1, 2))  # V-JEPA 2 reads every n-th frame from frame 1
+    vjepa2_short_side: int | None = option(None, ge=16)  # V-JEPA 2's input short side; null: the clip's size
     text_length: int = option(512, ge=1)  # caption tokens the DiT reads, zero-padded (Wan: 512)
     aligner: str | None = None  # Stage 1 run folder (or checkpoint): the saliency of mode sara, saliency=aligner
     tiny_root: str = "${oc.env:SARA_OUTPUT_ROOT,outputs}/models"  # where tiny presets are written once

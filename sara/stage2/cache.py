@@ -33,6 +33,7 @@ def fingerprint(config: Stage2Config) -> dict:
     return {
         "wan": models.wan,
         "vjepa2": models.vjepa2,
+        "vjepa2_view": [models.vjepa2_stride, models.vjepa2_short_side],
         "aligner": models.aligner,
         "text_length": models.text_length,
         "dtype": config.precompute.dtype,

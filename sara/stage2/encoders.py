@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from diffusers import WanPipeline
 from torch import Tensor
 from transformers import AutoTokenizer, UMT5EncoderModel, VJEPA2Config
@@ -19,7 +20,7 @@ from sara.models.presets import resolve
 from sara.models.vjepa2 import VideoEncoder
 from sara.models.wan import load_vae, wan_folder
 from sara.stage1.saliency import SaliencyModel
-from sara.stage2.align import VJEPA_FIRST_FRAME
+from sara.stage2.align import VJEPA_FIRST_FRAME, VfmView
 
 
 def buckets(config: Stage2Config) -> list[Bucket]:
@@ -31,17 +32,20 @@ def buckets(config: Stage2Config) -> list[Bucket]:
     return [Bucket(config.data.frames, height, width) for height, width in sizes]
 
 
-def teacher(config: Stage2Config) -> tuple[int, int, int]:
-    """``(width, tubelet, patch)`` of the V-JEPA 2 teacher; checks that the clips suit it and Wan's VAE."""
-    vjepa = VJEPA2Config.from_pretrained(resolve(config.models.vjepa2, "vjepa2", config.models.tiny_root))
+def teacher(config: Stage2Config) -> tuple[int, VfmView]:
+    """``(width, view)`` of the V-JEPA 2 teacher; checks that the clips suit it and Wan's VAE."""
+    models = config.models
+    vjepa = VJEPA2Config.from_pretrained(resolve(models.vjepa2, "vjepa2", models.tiny_root))
+    view = VfmView(vjepa.tubelet_size, vjepa.patch_size, models.vjepa2_stride, models.vjepa2_short_side)
     frames = config.data.frames
-    if (frames - 1) % 4 or (frames - VJEPA_FIRST_FRAME) % vjepa.tubelet_size:
+    if (frames - 1) % 4 or (frames - VJEPA_FIRST_FRAME) % (view.tubelet * view.stride):
         raise ValueError(
-            f"data.frames: {frames} must be 4k + 1 frames (Wan's causal VAE) with 4k a multiple of the "
-            f"tubelet {vjepa.tubelet_size}"
+            f"data.frames: {frames} must be 4k + 1 frames (Wan's causal VAE) with 4k a multiple of "
+            f"tubelet × stride ({view.tubelet} × {view.stride})"
         )
     buckets(config)
-    return vjepa.hidden_size, vjepa.tubelet_size, vjepa.patch_size
+    view.latent_frame_of(1)  # a tubelet must not straddle latent frames
+    return vjepa.hidden_size, view
 
 
 def trim_text(text: Tensor) -> Tensor:
@@ -76,6 +80,7 @@ class Stage2Encoders(torch.nn.Module):
         self.text_encoder = self.text.text_encoder.requires_grad_(False)  # registered: moves with .to()
         self.teacher_folder = resolve(models.vjepa2, "vjepa2", models.tiny_root)
         self.teacher = VideoEncoder(self.teacher_folder)
+        self.view = teacher(config)[1]
         self.saliency = SaliencyModel.from_run(models.aligner) if models.aligner else None
         latents_mean = torch.tensor(self.vae.config.latents_mean).view(1, -1, 1, 1, 1)
         self.register_buffer("latents_mean", latents_mean, persistent=False)
@@ -98,7 +103,7 @@ class Stage2Encoders(torch.nn.Module):
             max_sequence_length=self.config.models.text_length,
             device=device,
         )[0]
-        seen = frames[:, VJEPA_FIRST_FRAME:]  # (B, 4k, 3, H, W): the frames V-JEPA 2 reads
+        seen = self._vfm_input(frames)  # (B, 4k / stride, 3, h, w): what V-JEPA 2 reads
         vfm = self.teacher(seen)  # (B, N_v, D_v)
         out = [
             {"latents": latents[i].cpu(), "text": trim_text(text[i]).cpu(), "vfm": vfm[i].cpu()}
@@ -112,6 +117,19 @@ class Stage2Encoders(torch.nn.Module):
                 clip["saliency"] = row
         for mask, clip in zip(masks or [], out):
             if mask is not None:
-                pooled = pool_to_grid(mask[VJEPA_FIRST_FRAME:], self.teacher.tubelet, self.teacher.patch)
+                seen_mask = self._vfm_input(mask[None, :, None].float())[0, :, 0]  # (T_v·tubelet, h, w)
+                pooled = pool_to_grid(seen_mask, self.teacher.tubelet, self.teacher.patch)
                 clip["mask_saliency"] = pooled.flatten()
         return out
+
+    def _vfm_input(self, frames: Tensor) -> Tensor:
+        """The frames V-JEPA 2 reads, at its input size: ``[B, T, C, H, W] -> [B, T', C, h, w]``
+        (uint8 stays uint8; masks stay fractions)."""
+        seen = frames[:, self.view.frame_indices(frames.shape[1])]
+        size = self.view.size(*frames.shape[-2:])
+        if size == tuple(frames.shape[-2:]):
+            return seen
+        batch, count = seen.shape[:2]
+        resized = F.interpolate(seen.flatten(0, 1).float(), size=size, mode="bilinear", antialias=True)
+        resized = resized.unflatten(0, (batch, count))
+        return resized.round().clamp(0, 255).to(torch.uint8) if frames.dtype == torch.uint8 else resized.clamp(0, 1)

@@ -26,7 +26,7 @@ from sara.config.stage2 import Stage2ObjectiveConfig
 from sara.losses import repa_loss, trd_loss
 from sara.losses.flow import flow_matching_loss, noisy_latents, shift_sigma, unshift_sigma
 from sara.models.wan import HIGH, WanLayout
-from sara.stage2.align import BlockHook, Projector, resample_to_vjepa
+from sara.stage2.align import BlockHook, Projector, VfmView, resample_to_vjepa
 
 
 class Stage2Model(nn.Module):
@@ -36,13 +36,12 @@ class Stage2Model(nn.Module):
         layout: WanLayout,
         config: Stage2ObjectiveConfig,
         vfm_dim: int,
-        tubelet: int,
-        patch: int,
+        view: VfmView,
     ):
         super().__init__()
         self.experts = nn.ModuleDict(experts)
         self.layout, self.config = layout, config
-        self.tubelet, self.patch = tubelet, patch
+        self.view = view
         align = config.align
         self.projectors = nn.ModuleDict()
         self.hooks: dict[str, BlockHook] = {}
@@ -59,12 +58,11 @@ class Stage2Model(nn.Module):
             self.hooks[name] = BlockHook(dit.blocks[align.block])
 
     def vfm_grid(self, latent_shape: tuple[int, int, int]) -> tuple[int, int, int]:
-        """V-JEPA 2 grid of the clip whose latents are ``(F, h, w)``: frames ``1 … 4(F − 1)`` of
-        ``h·s × w·s`` pixels (``s`` the VAE's spatial factor)."""
+        """V-JEPA 2 grid of the clip whose latents are ``(F, h, w)``: ``4(F − 1) + 1`` frames of
+        ``h·s × w·s`` pixels (``s`` the VAE's spatial factor), seen as :class:`VfmView` says."""
         frames, height, width = latent_shape
         spatial = self.layout.vae_spatial
-        video_frames = (frames - 1) * self.layout.vae_temporal
-        return video_frames // self.tubelet, height * spatial // self.patch, width * spatial // self.patch
+        return self.view.grid((frames - 1) * self.layout.vae_temporal + 1, height * spatial, width * spatial)
 
     def sigma_range(self) -> tuple[float, float]:
         """The σ interval owned by the experts that train (all of [0, 1] for one expert)."""
@@ -120,7 +118,7 @@ class Stage2Model(nn.Module):
         hidden = self.hooks[name].pop()  # (b, N_dit, D)
         vfm_grid = self.vfm_grid(tuple(latent_shape))
         tokens = resample_to_vjepa(
-            self.projectors[name](hidden), grid, vfm_grid, self.tubelet, self.layout.vae_temporal
+            self.projectors[name](hidden), grid, vfm_grid, self.view, self.layout.vae_temporal
         )  # (b, N_v, D_v)
         target = batch["vfm"][rows]
         mode = self.config.align
