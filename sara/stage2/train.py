@@ -31,7 +31,7 @@ from sara.device import pick_device
 from sara.models.aligner import parameter_count
 from sara.models.wan import WanLayout, load_transformers, read_layout, wan_folder
 from sara.stage2.clips import CachedClips, OnlineClips
-from sara.stage2.encoders import teacher
+from sara.stage2.encoders import buckets, teacher
 from sara.stage2.generate import Sampling, render
 from sara.stage2.objective import Stage2Model
 from sara.training import BucketSteps, load_history, lr_factor, save_history
@@ -179,13 +179,14 @@ class Validator:
         live = {SUBFOLDER[name]: dit for name, dit in model.experts.items()}
         device = next(model.parameters()).device
         self.pipe = WanPipeline.from_pretrained(layout.folder, **live).to(device)
+        shape = buckets(config)[0]  # validation videos take the first bucket's size
         self.sampling = Sampling(
             guidance_scale=validation.guidance_scale,
             steps=validation.steps,
             seed=config.seed,
             frames=data.frames,
-            height=data.size,
-            width=data.size,
+            height=shape.height,
+            width=shape.width,
             text_length=config.models.text_length,
         )
 
