@@ -16,6 +16,7 @@ TINY_NAMES = (
     "wan",
     "wan-a14b",
     "wan-ti2v",
+    "wan-small",
 )  # kept here so that `--help` does not import transformers
 
 
