@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,11 @@ def strip(images: np.ndarray, count: int = 8, gap: int = 2) -> np.ndarray:
     for slot, index in enumerate(picks):
         canvas[:, slot * (width + gap) : slot * (width + gap) + width] = images[index]
     return canvas
+
+
+def slug(text: str, length: int = 48) -> str:
+    """A file-name stem for a prompt: lower-case words joined by dashes, at most ``length`` characters."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:length] or "prompt"
 
 
 def save_png(path: str | Path, image: np.ndarray) -> Path:

@@ -30,6 +30,7 @@ from sara.models.tokenizer import tiny_tokenizer
 from sara.models.weights import WeightsError
 
 HIGH, LOW = "high", "low"  # the experts of a two-expert model, by the noise they own
+SUBFOLDER = {HIGH: "transformer", LOW: "transformer_2"}  # where each expert lives in a Wan folder
 
 
 @dataclass(frozen=True)
@@ -174,9 +175,8 @@ def read_layout(folder: str | Path) -> WanLayout:
 
 def load_transformers(layout: WanLayout, dtype: torch.dtype = torch.float32) -> dict[str, WanTransformer3DModel]:
     """The DiT expert(s) of a folder, by the noise they own."""
-    subfolders = {HIGH: "transformer", LOW: "transformer_2"}
     return {
-        name: WanTransformer3DModel.from_pretrained(layout.folder, subfolder=subfolders[name], dtype=dtype)
+        name: WanTransformer3DModel.from_pretrained(layout.folder, subfolder=SUBFOLDER[name], dtype=dtype)
         for name in layout.experts
     }
 

@@ -17,7 +17,6 @@ resolution.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from tqdm import tqdm
 from sara.data.manifest import Manifest, Record, load_manifest
 from sara.data.masks import MaskError, load_mask
 from sara.data.video import Clip, VideoError, decode_clip, transform_masks, write_gif, write_video
-from sara.data.visualize import grid_to_pixels, heatmap, save_png, spotlight, strip, titled
+from sara.data.visualize import grid_to_pixels, heatmap, save_png, slug, spotlight, strip, titled
 from sara.device import pick_device
 from sara.stage1.saliency import SaliencyModel
 
@@ -103,10 +102,6 @@ def draw(
     )
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "prompt"
-
-
 def _entity_masks(manifest: Manifest, index: int, clip: Clip) -> list[Tensor | None]:
     """Each entity's mask on the clip's frames (``None`` where the manifest has none)."""
     masks = []
@@ -173,7 +168,7 @@ def infer(
         result = model(tokens, [*names, record.prompt()])
         grid = model.video.grid(config.data.frames, config.data.size)
         folder = out / str((record.model_extra or {}).get("id") or f"record-{index:05d}")
-        files = [f"entity-{k}-{_slug(name)}" for k, name in enumerate(names)] + ["caption"]
+        files = [f"entity-{k}-{slug(name, 40)}" for k, name in enumerate(names)] + ["caption"]
         for k, (name, mask, stem) in enumerate(zip([*names, record.prompt()], [*masks, union], files)):
             saliency = result.saliency_logits[k].float().sigmoid().cpu()  # (N,)
             figure = draw(

@@ -51,10 +51,14 @@ def _read_index(folder: Path, settings: dict) -> dict:
     if not path.is_file():
         return {"settings": settings, "clips": {}}
     index = json.loads(path.read_text())
+    _check_settings(folder, index, settings)
+    return index
+
+
+def _check_settings(folder: Path, index: dict, settings: dict) -> None:
     if index["settings"] != settings:
         changed = sorted(k for k in settings if index["settings"].get(k) != settings[k])
         raise ValueError(f"{folder}: cache made with other settings ({', '.join(changed)}); choose another cache_dir")
-    return index
 
 
 def precompute(config: Stage2Config, progress: bool = True) -> Path:
@@ -114,7 +118,7 @@ class FeatureCache(torch.utils.data.Dataset):
             raise ValueError(f"{self.folder}: no index.json (run `sara stage2 precompute` first)")
         index = json.loads((self.folder / "index.json").read_text())
         if settings is not None:
-            _read_index(self.folder, settings)
+            _check_settings(self.folder, index, settings)
         self.records = sorted(int(r) for r in index["clips"])
         self.shard_of = {int(r): name for r, name in index["clips"].items()}
         self._open: dict[str, object] = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import torch
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
 
 from sara.data.video import write_gif, write_video
+from sara.data.visualize import slug
 from sara.device import pick_device
 
 SCHEDULERS = ("unipc", "euler")
@@ -31,10 +31,6 @@ def load_pipeline(folder: str | Path, scheduler: str, shift: float, device: torc
     else:
         raise ValueError(f"--scheduler: {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
     return pipe.to(device)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "prompt"
 
 
 @dataclass
@@ -72,7 +68,7 @@ def render(
             output_type="np",
         ).frames[0]  # (T, H, W, 3) floats in [0, 1]
         array = (torch.from_numpy(video) * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 3, 1, 2)
-        stem = Path(out) / f"{number:02d}-{_slug(prompt)}"
+        stem = Path(out) / f"{number:02d}-{slug(prompt)}"
         written.append(write_video(stem.with_suffix(".mp4"), array, sampling.fps))
         write_gif(stem.with_suffix(".gif"), array, sampling.fps)
     return written

@@ -29,14 +29,13 @@ from sara.config.stage2 import Stage2Config
 from sara.data.manifest import load_manifest
 from sara.device import pick_device
 from sara.models.aligner import parameter_count
-from sara.models.wan import WanLayout, load_transformers, read_layout, wan_folder
+from sara.models.wan import SUBFOLDER, WanLayout, load_transformers, read_layout, wan_folder
 from sara.stage2.clips import CachedClips, OnlineClips
 from sara.stage2.encoders import buckets, teacher
 from sara.stage2.generate import Sampling, render
 from sara.stage2.objective import Stage2Model
 from sara.training import BucketSteps, load_history, lr_factor, save_history
 
-SUBFOLDER = {"high": "transformer", "low": "transformer_2"}
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the attention projections of every Wan block
 
 
