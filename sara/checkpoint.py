@@ -2,13 +2,16 @@
 
 A checkpoint is a folder ``<run>/checkpoints/step-NNNNNNN/`` holding the trainable weights
 (``model.safetensors``), everything else a resume needs (``state.pt``: optimizer,
-scheduler, step, RNG states) and the resolved config. It is written under a ``.partial``
-name and renamed when complete, and ``checkpoints/latest`` is replaced atomically after
-it, so a crash at any moment leaves the previous checkpoint whole and pointed to.
+scheduler, step, RNG states) and the resolved config. ``state.pt`` holds tensors and plain
+values only and is loaded with ``weights_only=True``: a checkpoint someone hands you cannot
+run code. A checkpoint is written under a ``.partial`` name and renamed when complete, and
+``checkpoints/latest`` is replaced atomically after it, so a crash at any moment leaves the
+previous checkpoint whole and pointed to.
 """
 
 from __future__ import annotations
 
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -22,7 +25,11 @@ from sara.config import config_to_yaml
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG's state as tensors and plain Python values: what ``weights_only`` loading accepts."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    numpy = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position)}
+    numpy |= {"has_gauss": int(has_gauss), "gauss": float(gauss)}
+    state = {"torch": torch.get_rng_state(), "numpy": numpy, "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -30,7 +37,9 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    numpy = state["numpy"]
+    keys = numpy["keys"].numpy().astype(np.uint32)
+    np.random.set_state((numpy["name"], keys, numpy["position"], numpy["has_gauss"], numpy["gauss"]))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -110,7 +119,12 @@ def load_checkpoint(
 ) -> int:
     """Restore weights, optimizer, scheduler, ``extra`` and RNG states; returns the step to continue from."""
     load_weights(checkpoint, model)
-    state = torch.load(Path(checkpoint) / "state.pt", weights_only=False)
+    path = Path(checkpoint) / "state.pt"
+    try:
+        state = torch.load(path, weights_only=True)  # tensors and plain values: runs no code
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else "not tensors and plain values"
+        raise ValueError(f"{path}: refused, it holds more than tensors and plain values ({reason})") from None
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     for name, obj in (extra or {}).items():

@@ -41,7 +41,8 @@ def data_part(config: DemoConfig, out: Path) -> Section:
     report = check_manifest(manifest, progress=False)
     print("\n".join([*report.problems, report.summary()]))
     grid = config.grid
-    saliency, _ = mask_saliency(manifest, grid.frames, grid.size, grid.tubelet, grid.patch, progress=False)
+    size = (grid.size, grid.size)
+    saliency, _ = mask_saliency(manifest, grid.frames, size, grid.tubelet, grid.patch, grid, progress=False)
     budget = pair_budget(saliency, config.budget.threshold)
     text = format_budget(budget, title="ground-truth masks of the training clips on the V-JEPA grid")
     print(text)
@@ -49,7 +50,7 @@ def data_part(config: DemoConfig, out: Path) -> Section:
     chart = plot_budget({"ground-truth masks": budget}, out / "data_budget.png")
     rows = []
     for record in manifest.records[:3]:
-        clip = decode_clip(manifest.resolve(record.video), 8, (grid.size, grid.size))
+        clip = decode_clip(manifest.resolve(record.video), 8, size, where="uniform")  # frames spread over the clip
         masks = [
             transform_masks(load_mask(manifest.resolve(e.mask)), clip, clip.frames.shape[-2:]) for e in record.entities
         ]
@@ -61,7 +62,8 @@ def data_part(config: DemoConfig, out: Path) -> Section:
         [
             paragraph(
                 f"`sara data synth`: {clips} clips of {spec.frames} frames at {spec.size}×{spec.size}, "
-                f"mean FG share of the token grid {summary['fg_fraction']:.3f}. "
+                f"mean FG share of the token grid {summary['fg_fraction']:.3f}; every entity shows at least "
+                f"{summary['least_visible']:.2f} of its area in every frame (rule: {spec.min_visible}). "
                 f"`sara data check`: {report.summary()}."
             ),
             paragraph("Frames of the first training clips; below each, every entity's mask tinted (red, green, blue):"),

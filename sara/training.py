@@ -12,9 +12,13 @@ import torch
 
 from sara.data.buckets import BucketBatchSampler
 
+DECAYS = ("cosine", "constant")
+
 
 def lr_factor(warmup: int, total: int, decay: str = "cosine") -> Callable[[int], float]:
     """Linear warm-up over ``warmup`` steps, then ``cosine`` decay to zero at ``total`` or ``constant``."""
+    if decay not in DECAYS:
+        raise ValueError(f"decay: {decay!r}; choose one of {', '.join(DECAYS)}")
 
     def factor(step: int) -> float:
         if step < warmup:

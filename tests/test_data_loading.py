@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from sara.cli import main
+from sara.config.clips import ClipTiming
 from sara.data.buckets import Bucket, BucketBatchSampler, assign_bucket
 from sara.data.check import check_manifest
 from sara.data.datasets import BadSamples, Skipped, Stage1Dataset, Stage2Dataset, TooManyBadSamples, collate
@@ -16,6 +17,7 @@ from sara.data.masks import load_mask, save_mask
 from sara.data.synthetic import SynthSpec, synthesize
 
 BUCKETS = [Bucket(8, 32, 32), Bucket(8, 32, 48)]
+TIMING = ClipTiming(fps=16, window="centre")  # the world's own rate
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +71,7 @@ def test_sampler_same_bucket_deterministic_and_disjoint_across_ranks():
 def test_stage1_samples_are_clip_entity_pairs(world):
     root, _ = world
     manifest = load_manifest(root / "train.jsonl")
-    dataset = Stage1Dataset(manifest, BUCKETS)
+    dataset = Stage1Dataset(manifest, BUCKETS, TIMING)
     assert len(dataset) == sum(len(r.entities) for r in manifest.records)
     item = dataset[0]
     assert item["frames"].shape == (8, 3, 32, 32) and item["frames"].dtype == torch.uint8
@@ -81,7 +83,7 @@ def test_stage1_samples_are_clip_entity_pairs(world):
 def test_loader_with_workers_skips_bad_samples_and_counts_them(world, caplog):
     root, good = world
     manifest = load_manifest(root / "mixed.jsonl")
-    dataset = Stage2Dataset(manifest, BUCKETS)
+    dataset = Stage2Dataset(manifest, BUCKETS, TIMING)
     sampler = BucketBatchSampler(dataset.bucket_of, batch_size=3, seed=0)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=2, collate_fn=collate)
     tracker = BadSamples(max_fraction=0.6, min_seen=1)
@@ -103,7 +105,7 @@ def test_loader_with_workers_skips_bad_samples_and_counts_them(world, caplog):
 def test_each_bad_record_gives_its_reason(world):
     root, good = world
     manifest = load_manifest(root / "mixed.jsonl")
-    stage2, stage1 = Stage2Dataset(manifest, BUCKETS), Stage1Dataset(manifest, BUCKETS)
+    stage2, stage1 = Stage2Dataset(manifest, BUCKETS, TIMING), Stage1Dataset(manifest, BUCKETS, TIMING)
     reasons = [stage2[good + i].reason for i in (0, 1, 2, 3, 6)]
     assert reasons[0] == "video: video file not found"
     assert reasons[1] == "video: video file is empty"
@@ -112,8 +114,11 @@ def test_each_bad_record_gives_its_reason(world):
     by_record = {stage1.samples[i][0]: stage1[i] for i in range(len(stage1))}
     assert by_record[good + 4].reason == "entities.0.mask: mask file not found"
     assert by_record[good + 5].reason.startswith("entities.0.mask: mask shape (5, 32, 32) does not match")
-    too_long = Stage2Dataset(manifest, [Bucket(12, 32, 32)])[0]
-    assert isinstance(too_long, Skipped) and "fewer than the 12 asked for" in too_long.reason
+    too_long = Stage2Dataset(manifest, [Bucket(12, 32, 32)], TIMING)[0]
+    assert (
+        isinstance(too_long, Skipped)
+        and too_long.reason == "video: has 9 frames at 16 fps in range, fewer than the 12 asked for"
+    )
 
 
 def test_too_many_bad_samples_stop_the_run():
@@ -137,6 +142,22 @@ def test_data_check_reports_every_problem(world, capsys):
     assert any("(broken_0): video: video file not found" in line for line in out)
     assert any("(broken_5): entities.0.mask: shape (5, 32, 32) does not match" in line for line in out)
     assert main(["data", "check", str(root / "train.jsonl")]) == 0
+    capsys.readouterr()
+    assert main(["data", "check", str(root / "train.jsonl"), "--frames", "12", "--fps", "16"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("video: has 9 frames at 16 fps in range, fewer than the window of 12")
+    assert out[-1].endswith("10 problem(s) in 10 record(s), 10 too short for the window")
+    assert main(["data", "check", str(root / "train.jsonl"), "--frames", "9", "--fps", "16"]) == 0
+
+
+def test_records_without_an_id_are_named_by_their_video(world, capsys):
+    root, _ = world
+    records = [json.loads(line) for line in (root / "mixed.jsonl").read_text().splitlines()]
+    anonymous = [{k: v for k, v in r.items() if k != "id"} for r in records]
+    (root / "anonymous.jsonl").write_text("".join(json.dumps(r) + "\n" for r in anonymous))
+    assert main(["data", "check", str(root / "anonymous.jsonl")]) == 1
+    out = capsys.readouterr().out
+    assert "anonymous.jsonl: record 10 (videos/missing.mp4): video: video file not found" in out
 
 
 def test_budget_of_a_manifest_pools_ground_truth_masks(world, capsys):

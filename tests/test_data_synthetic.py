@@ -1,46 +1,109 @@
-"""The synthetic shapes world: determinism, masks, captions, foreground share, files."""
+"""The synthetic shapes world: determinism, distinct kinds, visible entities, captions,
+foreground share, renderer facts, files."""
 
 import json
+import math
 
 import numpy as np
+import pytest
 import torch
 
+from sara.data import shapes
 from sara.data.manifest import load_manifest
 from sara.data.masks import load_mask, pool_to_grid
 from sara.data.synthetic import SynthSpec, render_clip, synthesize
 from sara.data.video import decode_clip, transform_masks
+from sara.vocabulary import MOTIONS, SHAPES
 
 SPEC = SynthSpec(num=6, seed=3, frames=9, size=64, heldout_fraction=0.34)
 
 
 def test_render_is_a_function_of_seed_and_index():
     first, again, other = render_clip(SPEC, 2), render_clip(SPEC, 2), render_clip(SPEC, 3)
-    assert np.array_equal(first[0], again[0]) and first[2] == again[2]
-    assert not np.array_equal(first[0], other[0])
+    assert np.array_equal(first.video, again.video) and first.caption == again.caption
+    assert first.facts == again.facts
+    assert not np.array_equal(first.video, other.video)
+
+
+def test_no_two_kinds_draw_the_same_mask_at_any_rotation():
+    """At equal area, the best IoU between two kinds over every pair of rotations stays well
+    below 1 (a square turned by 45° used to be the diamond: IoU 1.0)."""
+    size, area = 96, 0.1 * 96 * 96
+    angles = np.linspace(0, 2 * math.pi, 48, endpoint=False)
+    drawn = {
+        kind: np.stack([shapes.draw(kind, 48, 48, math.sqrt(area / shapes.area(kind)), a, size) for a in angles])
+        for kind in SHAPES
+    }
+    for i, a in enumerate(SHAPES):
+        for b in SHAPES[i + 1 :]:
+            x, y = drawn[a][:, None], drawn[b][None, :]  # every rotation of a against every rotation of b
+            best = ((x & y).sum((-1, -2)) / (x | y).sum((-1, -2))).max()
+            assert best < 0.86, f"{a} and {b} overlap at IoU {best:.3f}"
+
+
+def test_shape_areas_match_their_drawings():
+    """Drawn pixels match the analytic area up to the boundary pixels (half a pixel along the outline)."""
+    r = 30.0
+    for kind in SHAPES:
+        points = shapes.outline(kind) or [(math.cos(a), math.sin(a)) for a in np.linspace(0, 2 * math.pi, 64)]
+        perimeter = r * sum(math.dist(p, q) for p, q in zip(points, points[1:] + points[:1]))
+        drawn = shapes.draw(kind, 40, 40, r, 0.3, 80).sum()
+        assert abs(drawn - shapes.area(kind) * r * r) <= 0.5 * perimeter, kind
+    with pytest.raises(ValueError, match="choose one of circle"):
+        shapes.outline("hexagon")
+
+
+def test_every_named_entity_is_visible_in_every_frame():
+    """Over 300 clips at the default FG share: each entity shows at least min_visible of its
+    own area in every frame (before the rule, one clip in four hid an entity completely)."""
+    spec = SynthSpec(frames=9, size=96)
+    least = []
+    for index in range(300):
+        clip = render_clip(spec, index)
+        for entity, mask in zip(clip.facts["entities"], clip.masks):
+            r = entity["reach"]
+            shown = mask.sum(axis=(1, 2)) / (shapes.area(entity["kind"]) * r * r)  # (T,)
+            assert shown.min() >= spec.min_visible - 0.02, (index, entity["name"])
+            least.append(entity["least_visible"])
+    assert min(least) >= spec.min_visible
 
 
 def test_masks_are_visible_parts_and_captions_name_every_entity():
     crossings = 0
     for index in range(20):
-        video, masks, caption, prompts = render_clip(SPEC, index)
-        assert video.shape == (9, 64, 64, 3) and video.dtype == np.uint8
-        assert 1 <= len(masks) == len(prompts) <= 3
-        stacked = np.stack(masks)
+        clip = render_clip(SPEC, index)
+        assert clip.video.shape == (9, 64, 64, 3) and clip.video.dtype == np.uint8
+        assert 1 <= len(clip.masks) == len(clip.prompts) <= 3
+        stacked = np.stack(clip.masks)
         assert stacked.sum(axis=0).max() <= 1  # occluded parts belong to the shape in front only
-        assert len(set(p.split()[0] for p in prompts)) == len(prompts)  # distinct colours
-        assert [c["name"] for c in caption["cast"]] == prompts
-        for prompt in prompts:
-            assert prompt in caption["shots"][0]
-        crossings += "passes in front" in caption["shots"][0]
+        assert len(set(p.split()[0] for p in clip.prompts)) == len(clip.prompts)  # distinct colours
+        assert [c["name"] for c in clip.caption["cast"]] == clip.prompts
+        for prompt in clip.prompts:
+            assert prompt in clip.caption["shots"][0]
+        crossings += "passes in front" in clip.caption["shots"][0]
     assert crossings > 0  # occlusions happen and are told
+
+
+def test_renderer_facts_say_where_each_entity_is():
+    clip = render_clip(SPEC, 4)
+    assert clip.facts["background"] in ("noise", "stripes", "gradient", "clutter")
+    for entity, mask in zip(clip.facts["entities"], clip.masks):
+        assert entity["name"] == f"{entity['colour']} {entity['kind']}"
+        assert tuple(entity["direction"]) == MOTIONS[entity["motion"]]
+        centres = np.array(entity["centres"])  # (T, 2) as (y, x)
+        assert centres.shape == (9, 2) and len(entity["angles"]) == 9
+        step = np.diff(centres, axis=0)  # a straight line at constant speed along the direction
+        assert np.allclose(step, step[0], atol=0.02)
+        assert np.dot(step[0], entity["direction"]) > 0
+        ys, xs = np.nonzero(mask[0])  # the visible part lies within the reach of the centre
+        assert np.hypot(ys - centres[0, 0], xs - centres[0, 1]).max() <= entity["reach"] + 1.5
 
 
 def test_foreground_share_of_the_token_grid_is_near_the_target():
     spec = SynthSpec(frames=9, size=128)
     shares = []
     for index in range(40):
-        _, masks, _, _ = render_clip(spec, index)
-        union = torch.from_numpy(np.any(np.stack(masks), axis=0))
+        union = torch.from_numpy(np.any(np.stack(render_clip(spec, index).masks), axis=0))
         shares.append((pool_to_grid(union, 2, 16) > 0.5).float().mean().item())
     assert 0.42 < np.mean(shares) < 0.58
 
@@ -48,6 +111,7 @@ def test_foreground_share_of_the_token_grid_is_near_the_target():
 def test_synthesize_writes_clips_masks_and_splits(tmp_path):
     summary = synthesize(SPEC, tmp_path, workers=2, progress=False)
     assert summary["clips"] == {"train": 4, "heldout": 2}
+    assert summary["least_visible"] >= SPEC.min_visible
     train, heldout = load_manifest(tmp_path / "train.jsonl"), load_manifest(tmp_path / "heldout.jsonl")
     ids = [r.model_extra["id"] for r in train.records + heldout.records]
     assert sorted(ids) == [f"clip_{i:05d}" for i in range(6)]
@@ -59,6 +123,9 @@ def test_synthesize_writes_clips_masks_and_splits(tmp_path):
         assert mask.shape == (9, 64, 64)
         assert transform_masks(mask, clip, (64, 64)).shape == (9, 64, 64)
     assert record.prompt().startswith(record.caption.global_setup)
+    render = record.model_extra["render"]
+    assert (render["size"], render["frames"], render["fps"]) == (64, 9, SPEC.fps)
+    assert [e["name"] for e in render["entities"]] == [e.prompt for e in record.entities]
     again = tmp_path / "again"
     synthesize(SPEC, again, workers=1, progress=False)
     assert (again / "train.jsonl").read_text() == (tmp_path / "train.jsonl").read_text()

@@ -5,7 +5,16 @@ import pytest
 import torch
 
 from sara.data.masks import MaskError, load_mask, pool_to_grid, save_mask
-from sara.data.video import VideoError, decode_clip, resize_crop, select_frames, transform_masks, write_gif, write_video
+from sara.data.video import (
+    VideoError,
+    decode_clip,
+    resize_crop,
+    select_frames,
+    transform_masks,
+    window,
+    write_gif,
+    write_video,
+)
 
 
 @pytest.fixture(scope="module")
@@ -21,15 +30,40 @@ def ramp_video(tmp_path_factory):
 
 def test_select_frames_range_fps_and_uniform():
     times = [i / 20 for i in range(40)]
-    in_range, chosen = select_frames(times, 4, start=None, end=None, fps=None)
+    in_range, chosen = select_frames(times, 4, start=None, end=None, fps=None, where="uniform")
     assert len(in_range) == 40 and chosen == [0, 13, 26, 39]
-    in_range, chosen = select_frames(times, 5, start=0.5, end=1.5, fps=10)
+    in_range, chosen = select_frames(times, 5, start=0.5, end=1.5, fps=10, where="uniform")
     assert in_range == list(range(10, 30))
     assert chosen == [0, 4, 8, 14, 18]  # every other frame (10 fps), then 5 of those 10
     with pytest.raises(VideoError, match="fewer than the 41 asked for"):
         select_frames(times, 41, None, None, None)
+    with pytest.raises(VideoError, match="has 20 frames at 10 fps in range, fewer than the 21 asked for"):
+        select_frames(times, 21, None, None, 10)
     with pytest.raises(VideoError, match="no frames in the requested time range"):
         select_frames(times, 1, 5.0, 6.0, None)
+
+
+def test_windows_keep_the_target_rate_whatever_the_clip_length():
+    """A window of consecutive frames at the target rate: motion runs at the same speed in a
+    short clip and a long one; spreading frames uniformly does not."""
+    for seconds in (2, 5, 30):  # clips of 20 fps
+        times = [i / 20 for i in range(20 * seconds)]
+        for where in ("start", "centre", "random"):
+            _, chosen = select_frames(times, 8, None, None, 10, where, key=(seconds, 0, 3))
+            gaps = np.diff([times[i] for i in chosen])
+            assert np.allclose(gaps, 0.1), (seconds, where)  # 10 fps, consecutive
+        _, spread = select_frames(times, 8, None, None, 10, "uniform")
+        assert np.diff([times[i] for i in spread]).mean() == pytest.approx((seconds - 0.1) / 7, rel=0.05)
+    times = [i / 20 for i in range(200)]  # 10 s: 100 frames at 10 fps
+    assert select_frames(times, 4, None, None, 10, "start")[1] == [0, 2, 4, 6]
+    assert select_frames(times, 4, None, None, 10, "centre")[1] == [96, 98, 100, 102]  # positions 48 … 51
+    draws = {tuple(select_frames(times, 4, None, None, 10, "random", key=(0, epoch, 7))[1]) for epoch in range(6)}
+    assert len(draws) > 1  # another epoch, another window
+    assert select_frames(times, 4, None, None, 10, "random", key=(0, 2, 7)) == select_frames(
+        times, 4, None, None, 10, "random", key=(0, 2, 7)
+    )
+    with pytest.raises(ValueError, match="choose one of centre, start, random, uniform"):
+        window(10, 4, "middle")
 
 
 def test_decode_returns_uint8_tchw_of_the_bucket_size(ramp_video):
@@ -41,7 +75,8 @@ def test_decode_returns_uint8_tchw_of_the_bucket_size(ramp_video):
     assert (red - expected).abs().max() < 6  # the right frames, up to compression
     part = decode_clip(ramp_video, 4, (48, 32), start=1.0, end=2.0)
     assert part.frames.shape == (4, 3, 48, 32) and part.range_frames == 20
-    assert abs(part.frames[0, 0].float().mean().item() - 120) < 6  # frame 20
+    assert part.indices == [8, 9, 10, 11]  # the centre window of the range's 20 frames
+    assert abs(part.frames[0, 0].float().mean().item() - 168) < 6  # frame 28
 
 
 def test_resize_crop_keeps_the_centre():

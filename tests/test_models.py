@@ -1,11 +1,14 @@
 """Frozen encoders and the aligner: tiny presets of the real classes, shapes for several grids."""
 
+import json
+import shutil
+
 import pytest
 import torch
 
 from sara.models.aligner import SemanticAligner, parameter_count
-from sara.models.presets import TINY, resolve
-from sara.models.text import CaptionEmbedder, CaptionEncoder
+from sara.models.presets import PRESET_FORMAT, TINY, resolve, write_tiny
+from sara.models.text import CaptionEmbedder, CaptionEncoder, last_attended
 from sara.models.tokenizer import tiny_tokenizer
 from sara.models.vjepa2 import VideoEncoder
 from sara.models.weights import WeightsError
@@ -21,11 +24,14 @@ def video(root):
     return VideoEncoder(resolve("tiny", "vjepa2", root))
 
 
-@pytest.mark.parametrize("frames, size, grid", [(8, 64, (4, 4, 4)), (16, 128, (8, 8, 8)), (4, 96, (2, 6, 6))])
-def test_video_encoder_tokens_on_the_grid(video, frames, size, grid):
-    clip = torch.randint(0, 256, (2, frames, 3, size, size), dtype=torch.uint8)
+@pytest.mark.parametrize(
+    "frames, height, width, grid",
+    [(8, 64, 64, (4, 4, 4)), (16, 128, 128, (8, 8, 8)), (4, 96, 160, (2, 6, 10)), (6, 160, 64, (3, 10, 4))],
+)
+def test_video_encoder_tokens_on_the_grid(video, frames, height, width, grid):
+    clip = torch.randint(0, 256, (2, frames, 3, height, width), dtype=torch.uint8)
     tokens = video(clip)
-    assert video.grid(frames, size) == grid
+    assert video.grid(frames, height, width) == grid
     assert tokens.shape == (2, grid[0] * grid[1] * grid[2], video.width) and tokens.dtype == torch.float32
     assert torch.equal(tokens[1], video(clip[1:])[0]), "each clip is encoded on its own"
 
@@ -48,7 +54,45 @@ def test_caption_embedder_is_normalised_and_blind_to_padding(root):
     alone = embedder(["red square"])
     batch = embedder(["red square", "a blue circle moves from left to right while the red square waits"])
     assert torch.allclose(batch.norm(dim=-1), torch.ones(2), atol=1e-5)
-    torch.testing.assert_close(batch[0], alone[0], atol=1e-5, rtol=1e-5)  # left padding: last token is the caption's
+    torch.testing.assert_close(batch[0], alone[0], atol=1e-5, rtol=1e-5)  # its own last token, not a pad's
+
+
+def test_caption_embedder_reads_the_documented_chat_and_pools_its_last_token(root):
+    """Qwen3-VL-Embedding's reference usage: a system turn with the instruction, a user turn
+    with the caption, the generation prompt; right padding; the last attended token pooled."""
+    embedder = CaptionEmbedder(resolve("tiny", "qwen3vl", root), instruction="Represent the caption")
+    expected = (
+        "<|im_start|>system\nRepresent the caption.<|im_end|>\n"  # a full stop added, as the reference does
+        "<|im_start|>user\nred square<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert embedder.chats(["red square"]) == [expected]
+    assert "<|im_start|>user\nNULL<|im_end|>" in embedder.chats([""])[0]
+    tokens = embedder.tokenize(["red square", "a blue circle moves from left to right"])
+    own = embedder.tokenizer(expected, return_tensors="pt").input_ids[0]
+    length = len(own)
+    assert torch.equal(tokens.input_ids[0, :length], own)  # the formatted ids, then padding on the right
+    assert tokens.attention_mask[0, :length].all() and not tokens.attention_mask[0, length:].any()
+    assert tokens.input_ids.shape[1] > length
+    turn_end = embedder.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert own[-1] != turn_end and turn_end in own[-4:]  # the pooled token ends "<|im_start|>assistant\n"
+    assert last_attended(tokens.attention_mask).tolist() == [length - 1, tokens.input_ids.shape[1] - 1]
+    with torch.no_grad():
+        hidden = embedder.model(**tokens).last_hidden_state
+    pooled = torch.nn.functional.normalize(hidden[0, length - 1], dim=-1)
+    torch.testing.assert_close(embedder(["red square", "a blue circle moves from left to right"])[0], pooled)
+    assert not torch.allclose(pooled, torch.nn.functional.normalize(hidden[0, -1], dim=-1), atol=1e-3)
+
+
+def test_caption_embedder_finds_the_processor_chat_template(root, tmp_path):
+    folder = tmp_path / "embedder"
+    shutil.copytree(resolve("tiny", "qwen3vl", root), folder)
+    template = (folder / "chat_template.jinja").read_text()
+    (folder / "chat_template.jinja").unlink()  # as a folder whose template only the processor carries
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    assert CaptionEmbedder(folder).chats(["x"]) == CaptionEmbedder(resolve("tiny", "qwen3vl", root)).chats(["x"])
+    (folder / "chat_template.json").unlink()
+    with pytest.raises(WeightsError, match="no chat template"):
+        CaptionEmbedder(folder)
 
 
 def test_tokenizers_are_deterministic_and_keep_world_words_whole():
@@ -64,6 +108,7 @@ def test_presets_are_written_once_and_unknown_ones_refused(root):
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
     assert resolve("tiny", "vjepa2", root) == folder and (folder / "model.safetensors").stat().st_mtime_ns == stamp
     assert set(TINY) == {"sam3", "vjepa2", "umt5", "qwen3vl", "wan", "wan-a14b", "wan-ti2v", "wan-small"}
+    assert folder.name == f"tiny-vjepa2-v{PRESET_FORMAT}-seed0"  # a new preset format never reuses an old folder
     with pytest.raises(ValueError, match="no tiny preset"):
         resolve("tiny", "dinov2", root)
     with pytest.raises(WeightsError, match="not a V-JEPA 2 weights folder"):
@@ -77,7 +122,7 @@ def test_aligner_shapes_range_and_text_conditioning(tokens):
     visual, text = torch.randn(3, tokens, 48), torch.randn(3, 5, 32)
     mask = torch.ones(3, 5, dtype=torch.bool)
     out = aligner(visual, text, mask)
-    assert out.saliency_logits.shape == (3, tokens) and out.embedding.shape == (3, 24)
+    assert out.saliency_logits.shape == (3, tokens) and aligner.embed(visual).shape == (3, 24)
     assert out.features.shape == (3, tokens, 128)
     saliency = aligner.saliency(visual, text, mask)
     assert ((saliency >= 0) & (saliency <= 1)).all()
@@ -94,6 +139,34 @@ def test_aligner_ignores_padding_tokens():
     )
 
 
+def test_global_embedding_reads_the_video_alone():
+    """The global head runs the fusion blocks against a learned null caption: a different
+    video changes the embedding, and no caption can reach it (its only input is the video)."""
+    aligner = SemanticAligner("tiny", visual_dim=16, text_dim=8, embed_dim=8).eval()
+    visual = torch.randn(2, 20, 16)
+    first = aligner.embed(visual)
+    assert not torch.allclose(first[0], first[1])
+    torch.testing.assert_close(aligner.embed(visual[:1])[0], first[0])
+    (grad,) = torch.autograd.grad(aligner.embed(visual).sum(), aligner.null_text)
+    assert grad.abs().sum() > 0  # the null caption is trained with it
+    text = [p for n, p in aligner.named_parameters() if n.startswith(("text_in", "saliency_text"))]
+    assert all(g is None for g in torch.autograd.grad(aligner.embed(visual).sum(), text, allow_unused=True))
+
+
 def test_aligner_unknown_size():
     with pytest.raises(ValueError, match="choose one of tiny, base"):
         SemanticAligner("huge", 8, 8, 8)
+
+
+@pytest.mark.parametrize("name", ["vjepa2", "qwen3vl", "wan"])
+def test_writing_a_preset_leaves_the_callers_random_stream_alone(name, tmp_path):
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    first = write_tiny(name, tmp_path / "a", seed=5)
+    assert torch.equal(torch.rand(4), expected)  # as if no preset had been built
+    write_tiny(name, tmp_path / "b", seed=5)
+    weights = sorted(first.rglob("*.safetensors"))
+    assert weights and all(
+        (path.read_bytes() == (tmp_path / "b" / path.relative_to(first)).read_bytes()) for path in weights
+    )

@@ -9,11 +9,12 @@ from safetensors.torch import load_file
 
 from sara.checkpoint import latest_checkpoint, save_checkpoint
 from sara.cli import main
+from sara.data.manifest import load_manifest
 from sara.data.masks import save_mask
 from sara.data.synthetic import SynthSpec, synthesize
 from sara.data.video import decode_clip
 from sara.stage1 import train as stage1_train
-from sara.stage1.evaluate import METRICS, unrelated_prompts
+from sara.stage1.evaluate import METRICS, embed_clips, unrelated_prompts
 from sara.stage1.run import load_run
 
 pytestmark = pytest.mark.slow
@@ -80,7 +81,7 @@ def test_train_resume_is_exact_and_eval_writes_its_figures(world, shared, tmp_pa
     assert main(["stage1", "eval", "--checkpoint", str(straight)]) == 0
     table = capsys.readouterr().out
     metrics = json.loads((straight / "eval.json").read_text())
-    assert set(metrics) == {*METRICS, "caption_iou"} and all(0 <= v <= 1 for v in metrics.values())
+    assert set(metrics) == set(METRICS) and all(0 <= v <= 1 for v in metrics.values())
     assert "prompted_iou" in table
 
 
@@ -124,9 +125,8 @@ def test_full_caption_samples_target_the_union_of_the_entities(world, shared, tm
         clip = train.clip_of[row]
         entities = [s for s in range(len(train)) if train.clip_of[s] == clip and not train.whole[s]]
         parts = train.targets[entities]  # (E, N)
-        assert train.prompts[row] == train.captions[row] and train.prompts[row] not in [
-            train.prompts[e] for e in entities
-        ]
+        caption = load_manifest(world / "train.jsonl").records[train.records[clip]].prompt()
+        assert train.prompts[row] == caption and caption not in [train.prompts[e] for e in entities]
         assert (train.targets[row] >= parts.amax(0) - 1e-6).all() and (train.targets[row] <= parts.sum(0) + 1e-6).all()
     metrics = json.loads((out / "eval.json").read_text())
     assert "caption_iou" in metrics
@@ -147,6 +147,20 @@ def test_bad_samples_are_skipped_and_counted(world, shared, tmp_path, caplog):
     args = overrides(world, shared, tmp_path / "run", steps=1, **{"data.train": mixed, "data.max_bad_fraction": 0.5})
     assert main(["stage1", "train", *args]) == 0
     assert "mixed.jsonl: record" in caplog.text and "(gone): video: video file not found" in caplog.text
+
+
+def test_too_many_bad_samples_stop_the_run_with_one_line(world, shared, tmp_path, capsys):
+    records = [json.loads(line) for line in (world / "train.jsonl").read_text().splitlines()]
+    broken = [dict(r, video="videos/missing.mp4") for r in records]
+    mixed = tmp_path / "mostly_broken.jsonl"
+    mixed.write_text("".join(json.dumps(r) + "\n" for r in records[:1] + broken))
+    (tmp_path / "videos").symlink_to(world / "videos")
+    (tmp_path / "masks").symlink_to(world / "masks")
+    args = overrides(world, shared, tmp_path / "run", steps=1, **{"data.train": mixed})
+    assert main(["stage1", "train", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("sara: error: ") and "samples could not be loaded" in err[-1]
+    assert not any("Traceback" in line for line in err)
 
 
 def test_missing_manifest_and_no_entities_give_one_line_errors(world, shared, tmp_path, capsys):
@@ -197,3 +211,41 @@ def test_infer_without_masks_and_bad_records(world, shared, tmp_path, capsys):
     assert main(["stage1", "infer", str(tmp_path / "mismatch.jsonl"), "--checkpoint", str(run)]) == 2
     error = capsys.readouterr().err
     assert "mismatch.jsonl: record 0 (clip_00000): entities.0.mask: mask shape (3, 64, 64) does not match" in error
+
+
+def test_infonce_targets_are_one_full_caption_per_clip(world, shared, tmp_path):
+    out = tmp_path / "run"
+    assert main(["stage1", "train", *overrides(world, shared, out, steps=1)]) == 0
+    _, _, features = load_run(out, ("train",), progress=False)
+    train = features["train"]
+    captions = [load_manifest(world / "train.jsonl").records[r].prompt() for r in train.records]
+    assert len(train.embeddings) == len(set(captions)) and len(train.clip_caption) == len(train.tokens)
+    for clip, caption in enumerate(captions):  # clips with the same caption share a row
+        assert captions.index(caption) == train.clip_caption.tolist().index(train.clip_caption[clip].item())
+
+
+@pytest.fixture(scope="module")
+def retrieval_run(tmp_path_factory, shared):
+    """An aligner trained for 150 steps on 180 clips; 60 held-out clips to retrieve among."""
+    root = tmp_path_factory.mktemp("retrieval")
+    synthesize(SynthSpec(num=240, seed=7, frames=8, size=64, heldout_fraction=0.25), root, workers=2, progress=False)
+    more = {"optim.batch_size": 32, "loss.infonce": 1.0, "log_every": 50, "eval_every": 150, "save_every": 150}
+    assert main(["stage1", "train", *overrides(root, shared, root / "run", steps=150, **more)]) == 0
+    return root / "run"
+
+
+def test_video_to_text_retrieval_needs_the_video(retrieval_run):
+    """Each clip's embedding comes from its video alone: with the right videos it finds its
+    caption well above chance; with the videos moved to other captions, at chance."""
+    metrics = json.loads((retrieval_run / "eval.json").read_text())
+    chance = metrics["retrieval_chance"]
+    assert chance == pytest.approx(1 / 60)
+    assert metrics["retrieval_r1"] >= 3 * chance
+    _, aligner, features = load_run(retrieval_run, progress=False)
+    held = features["heldout"]
+    video = embed_clips(aligner, held.tokens, torch.device("cpu"))  # (C, E)
+    candidates = held.clip_caption.unique()
+    hits = lambda emb: (candidates[(emb @ held.embeddings[candidates].T).argmax(-1)] == held.clip_caption).float()  # noqa: E731
+    assert hits(video).mean().item() == pytest.approx(metrics["retrieval_r1"])
+    shuffled = torch.stack([hits(video.roll(k, dims=0)) for k in range(1, 30)]).mean().item()  # 29 shuffles
+    assert shuffled <= 2 * chance and metrics["retrieval_r1_shuffled"] <= 2 * chance

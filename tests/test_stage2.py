@@ -11,7 +11,9 @@ from sara.checkpoint import latest_checkpoint, save_checkpoint
 from sara.cli import main
 from sara.data.synthetic import SynthSpec, synthesize
 from sara.data.video import decode_clip, write_video
+from sara.models.presets import wan_folder
 from sara.stage2 import train as stage2_train
+from sara.stage2.clips import drop_captions
 
 pytestmark = pytest.mark.slow
 
@@ -167,10 +169,57 @@ def test_precompute_stores_the_aligner_saliency_of_the_full_caption(world, share
     shard = load_file(tmp_path / "cache" / "shard-00000.safetensors")
     saliency = shard["0/saliency"]
     assert saliency.shape == (64,) and 0 <= saliency.min() and saliency.max() <= 1
-    assert (
-        main(["stage2", "train", *args, f"models.aligner={tmp_path / 'stage1'}", "objective.align.saliency=aligner"])
-        == 0
-    )
+    with_aligner = [*args, f"models.aligner={tmp_path / 'stage1'}", "objective.align.saliency=aligner"]
+    assert main(["stage2", "train", *with_aligner]) == 0
+
+
+def test_cache_is_refused_after_the_aligner_or_the_manifest_changes(world, shared, tmp_path, capsys):
+    stage1 = ["out_dir=" + str(tmp_path / "stage1"), f"data.train={world / 'train.jsonl'}"]
+    stage1 += [f"data.heldout={world / 'train.jsonl'}", "data.frames=8", "data.size=64"]
+    stage1 += [f"models.tiny_root={shared / 'models'}", "optim.steps=1", "optim.batch_size=4", "optim.warmup_steps=1"]
+    assert main(["stage1", "train", *stage1]) == 0
+    args = overrides(world, shared, tmp_path / "run", **{"precompute.cache_dir": tmp_path / "cache"})
+    args += [f"models.aligner={tmp_path / 'stage1'}", "objective.align.saliency=aligner"]
+    assert main(["stage2", "precompute", *args]) == 0
+    assert main(["stage1", "train", *stage1, "seed=1"]) == 0  # retrained in place: same folder, other weights
+    assert main(["stage2", "train", *args]) == 2
+    assert "cache made with other settings (aligner_weights)" in capsys.readouterr().err
+
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text((world / "train.jsonl").read_text().replace("videos/", str(world / "videos") + "/"))
+    edited = overrides(world, shared, tmp_path / "run2", **{"precompute.cache_dir": tmp_path / "c2"})
+    edited += [f"data.train={manifest}"]
+    assert main(["stage2", "precompute", *edited]) == 0
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join(lines[:-1]) + "\n")  # a clip dropped from the manifest
+    assert main(["stage2", "train", *edited]) == 2
+    assert "cache made with other settings (manifest)" in capsys.readouterr().err
+
+
+def test_caption_dropout_feeds_the_empty_caption_as_wan_encodes_it(world, shared, tmp_path):
+    args = overrides(world, shared, tmp_path / "run", steps=2, **{"precompute.cache_dir": tmp_path / "cache"})
+    assert main(["stage2", "precompute", *args]) == 0
+    empty = load_file(tmp_path / "cache" / "empty_caption.safetensors")["text"]  # (l, D)
+    pipe = WanPipeline.from_pretrained(wan_folder("tiny", shared / "models"))
+    wan = pipe.encode_prompt([""], do_classifier_free_guidance=False, max_sequence_length=32)[0][0]  # (32, D)
+    assert empty.shape == (1, wan.shape[-1]) and torch.allclose(wan[:1], empty) and wan[1:].abs().max() == 0
+
+    text = torch.randn(64, 32, wan.shape[-1])
+    batch = {"text": text, "empty_text": wan[None]}
+    dropped = drop_captions(batch, 0.25, torch.Generator().manual_seed(0))["text"]
+    gone = (dropped == wan).flatten(1).all(-1)  # (64,) rows that read the empty caption
+    kept = (dropped == text).flatten(1).all(-1)
+    assert (gone ^ kept).all() and 8 <= gone.sum() <= 24  # about a quarter, each row whole
+    assert torch.equal(dropped, drop_captions(batch, 0.25, torch.Generator().manual_seed(0))["text"])
+    assert torch.equal(drop_captions(batch, 1.0, torch.Generator())["text"], wan[None].expand(64, -1, -1))
+
+    runs = {}
+    for share in (0.0, 0.5):
+        out = tmp_path / f"share-{share}"
+        more = {"precompute.cache_dir": tmp_path / "cache", "data.caption_dropout": share}
+        assert main(["stage2", "train", *overrides(world, shared, out, steps=4, **more)]) == 0
+        runs[share] = [r["loss"] for r in json.loads((out / "history.json").read_text())]
+    assert runs[0.0] != runs[0.5]
 
 
 def test_two_expert_model_trains_only_the_chosen_expert(world, shared, tmp_path):
@@ -178,7 +227,7 @@ def test_two_expert_model_trains_only_the_chosen_expert(world, shared, tmp_path)
     args = overrides(world, shared, tmp_path / "run", steps=2, **more)
     assert main(["stage2", "precompute", *args]) == 0
     assert main(["stage2", "train", *args]) == 0
-    original = WanPipeline.from_pretrained(shared / "models" / "tiny-wan-a14b-seed0")
+    original = WanPipeline.from_pretrained(wan_folder("tiny-a14b", shared / "models"))
     trained = WanPipeline.from_pretrained(tmp_path / "run" / "pipeline")
     assert trained.config.boundary_ratio == 0.875
     high = [original.transformer.state_dict(), trained.transformer.state_dict()]
@@ -192,7 +241,7 @@ def test_lora_trains_adapters_and_exports_merged_weights(world, shared, tmp_path
     assert main(["stage2", "precompute", *args]) == 0
     assert main(["stage2", "train", *args]) == 0
     saved = load_file(latest_checkpoint(tmp_path / "run") / "model.safetensors")
-    original = WanPipeline.from_pretrained(shared / "models" / "tiny-wan-seed0").transformer.state_dict()
+    original = WanPipeline.from_pretrained(wan_folder("tiny", shared / "models")).transformer.state_dict()
     base = {k.removeprefix("experts.high."): v for k, v in saved.items() if "lora" not in k and "experts" in k}
     base = {k.replace(".base_layer", ""): v for k, v in base.items()}
     assert all(torch.equal(original[k], v) for k, v in base.items())  # the base weights stayed frozen

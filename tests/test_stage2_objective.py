@@ -1,4 +1,4 @@
-"""The Stage 2 objective on tiny Wan presets: hook, projector, resampling, modes, experts."""
+"""The Stage 2 objective on tiny Wan presets: block capture, projector, resampling, modes, experts."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ from sara.config.stage2 import Stage2ObjectiveConfig
 from sara.losses.flow import noisy_latents, shift_sigma, unshift_sigma
 from sara.models.presets import resolve
 from sara.models.wan import load_transformers, read_layout
-from sara.stage2.align import BlockHook, VfmView, resample_to_vjepa
+from sara.stage2.align import VfmView, capture_output, resample_to_vjepa
 from sara.stage2.objective import Stage2Model
 
 VFM_DIM, VIEW = 24, VfmView(tubelet=2, patch=16)
@@ -85,15 +85,17 @@ def test_the_vjepa_grid_follows_the_latents(tiny):
     assert half.vfm_grid((5, 8, 12)) == (4, 2, 3)  # frames 1, 3, …, 15 at 32 × 48
 
 
-def test_hook_leaves_the_dit_output_bit_identical(tiny):
+def test_capture_leaves_the_dit_output_bit_identical_and_no_hook_behind(tiny):
     dit = load_transformers(tiny["wan"])["high"].eval()
     batch = make_batch()
     args = dict(timestep=torch.tensor([500.0, 20.0]), encoder_hidden_states=batch["text"], return_dict=False)
     plain = dit(batch["latents"], **args)[0]
-    hook = BlockHook(dit.blocks[1])
-    hooked = dit(batch["latents"], **args)[0]
-    assert torch.equal(plain, hooked) and hook.pop().shape == (2, 48, 64)
-    hook.remove()
+    with capture_output(dit.blocks[1]) as outputs:
+        captured = dit(batch["latents"], **args)[0]
+    assert torch.equal(plain, captured) and len(outputs) == 1 and outputs[0].shape == (2, 48, 64)
+    assert not dit.blocks[1]._forward_hooks
+    dit(batch["latents"], **args)  # a later call (sampling) adds nothing to a finished capture
+    assert len(outputs) == 1
 
 
 @pytest.mark.parametrize("mode", ["sft", "repa", "trd", "sara"])
@@ -142,17 +144,26 @@ def test_or_routing_sends_no_gradient_through_background_pairs(tiny):
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny):
+    """Recompute in backward runs the aligned block again: it must find no hook (the capture
+    belongs to the forward) and leave nothing behind, step after step."""
     batch = with_noise(build(tiny["wan"]), make_batch())
     results = []
     for checkpointing in (False, True):
         model = build(tiny["wan"], "sara")
+        block = model.experts["high"].blocks[model.config.align.block]
         if checkpointing:
             model.experts["high"].enable_gradient_checkpointing()
-        loss, _ = model(batch)
-        loss.backward()
-        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
-    assert torch.equal(results[0][0], results[1][0])
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[0][1], results[1][1]))
+        runs = []
+        for _ in range(2):  # a second step sees no state of the first
+            model.zero_grad()
+            loss, terms = model(batch)
+            loss.backward()
+            assert not block._forward_hooks
+            runs.append((loss.detach(), terms["align"], [p.grad.clone() for p in model.parameters()]))
+        assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+        results.append(runs[0])
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[0][2], results[1][2]))
 
 
 def test_two_experts_each_take_the_timesteps_they_own(tiny):
@@ -171,8 +182,26 @@ def test_two_experts_each_take_the_timesteps_they_own(tiny):
     assert only_low.sigma_range() == (0.0, 0.875)
     _, sigma = only_low.draw(torch.zeros(256, 1), torch.Generator().manual_seed(0))
     assert (sigma < 0.875).all() and sigma.max() > 0.8
-    with pytest.raises(ValueError, match="belongs to the high expert, which does not train"):
+    with pytest.raises(ValueError, match=r"sigma: 0.9500 lies outside \[0, 0.875\], the range of the low expert"):
         only_low(batch)
+
+
+def test_one_trained_expert_owns_sigma_rounded_across_the_boundary(tiny):
+    """The high expert alone draws σ from [0.875, 1]; the bottom of that range, shifted back
+    and forth, rounds to 0.87499994 (t < 875, the low expert's by timestep)."""
+    layout = tiny["wan-a14b"]
+    edge = shift_sigma(unshift_sigma(torch.tensor(0.875), 3.0), 3.0)
+    assert edge < 0.875 and layout.expert_of(edge[None] * 1000).item() == 1
+    high = Stage2Model({"high": load_transformers(layout)["high"]}, layout, Stage2ObjectiveConfig(), VFM_DIM, VIEW)
+    calls = []
+    high.experts["high"].register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    batch = {
+        **make_batch(batch=2),
+        "noise": torch.randn(2, 16, 3, 8, 8),
+        "sigma": torch.stack([edge, edge.new_tensor(0.9)]),
+    }
+    loss, _ = high(batch)
+    assert calls == [2] and torch.isfinite(loss)
 
 
 def test_bad_block_index_is_a_clear_error(tiny):

@@ -3,8 +3,8 @@
 A small shapes world is synthesised and precomputed once; then each case (``sft``,
 ``trd``, ``sara`` from the cache, and ``sara`` with the frozen encoders run online) trains
 the tiny DiT in a fresh process, so that no case's allocations hide in another's peak.
-The first ``warmup`` steps are not timed (their peak is the one reported); the step time
-is the median of the timed steps. The ``sara`` cases read ground-truth-mask saliency: the
+The first ``warmup`` steps are not timed (their peak is the one reported; with no warm-up,
+the first step's); the step time is the median of the timed steps. The ``sara`` cases read ground-truth-mask saliency: the
 cost of a step does not depend on where its saliency came from.
 """
 
@@ -60,13 +60,14 @@ def _measure(case: StepCase) -> dict:
         sync(config.device)
         if step >= case.warmup:
             times.append(time.perf_counter() - start)
-        if step == case.warmup - 1:
+        if step == max(case.warmup, 1) - 1:  # the peak of the warm-up (of the first step without one)
             extra = peak.extra_bytes()
     return {"step_s": statistics.median(times), "peak_mib": extra / MIB}
 
 
 def _layout(config: Stage2Config):
-    from sara.models.wan import read_layout, wan_folder
+    from sara.models.presets import wan_folder
+    from sara.models.wan import read_layout
 
     return read_layout(wan_folder(config.models.wan, config.models.tiny_root))
 

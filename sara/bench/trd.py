@@ -21,6 +21,7 @@ from sara.losses import trd_loss, trd_loss_dense
 from sara.losses.trd import visited_panels
 
 GIB = 1024**3
+DTYPES = ("float32", "bfloat16", "float16")
 DENSE_MATRICES = 8  # N×N fp32 buffers live at dense's peak (6.2 GiB measured on CPU at N = 16384)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sara.config.clips import ClipTiming
 from sara.config.loader import option
 from sara.config.stage1 import Stage1Config, Stage1DataConfig, Stage1ModelsConfig
 from sara.config.stage2 import Stage2Config, Stage2DataConfig, Stage2ModelsConfig, Stage2OptimConfig
@@ -38,11 +39,12 @@ class SynthConfig:
     frames: int = option(17, ge=1)  # per clip
     size: int = option(128, ge=16)  # square frames, pixels
     fg_fraction: float = option(0.5, gt=0, lt=1)  # mean FG share of the token grid
+    min_visible: float = option(0.5, ge=0, le=1)  # least share of its area each entity shows in every frame
     heldout_fraction: float = option(0.2, ge=0, lt=1)  # clips in heldout.jsonl
 
 
 @dataclass
-class GridConfig:
+class GridConfig(ClipTiming):
     """How the video encoder (V-JEPA 2) sees a clip, hence its token grid."""
 
     frames: int = option(16, ge=1)  # frames sampled from the clip

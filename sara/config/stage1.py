@@ -4,20 +4,43 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sara.config.clips import ClipTiming
 from sara.config.loader import option
-from sara.models import CAPTION_ENCODER_KINDS
-from sara.models.aligner import SIZES
+
+CAPTION_ENCODER_KINDS = ("umt5", "qwen3vl")
+EMBEDDER_INSTRUCTION = "Represent the user's input."  # Qwen3-VL-Embedding's default system turn
+
+
+@dataclass(frozen=True)
+class AlignerSize:
+    dim: int  # width of the fusion blocks
+    depth: int  # fusion blocks
+    heads: int  # attention heads
+    self_attention: bool  # visual tokens also attend to each other
+    mlp_ratio: float = 4.0
+
+
+ALIGNER_SIZES = {
+    "tiny": AlignerSize(dim=128, depth=2, heads=4, self_attention=False),
+    "base": AlignerSize(dim=768, depth=4, heads=12, self_attention=True),
+}
 
 
 @dataclass
-class Stage1DataConfig:
+class Stage1DataConfig(ClipTiming):
     train: str = "outputs/shapes/train.jsonl"  # manifest with entity masks
     heldout: str = "outputs/shapes/heldout.jsonl"  # manifest for evaluation
-    frames: int = option(16, ge=1)  # frames V-JEPA 2 sees per clip
-    size: int = option(128, ge=16)  # square input size, pixels
+    frames: int = option(16, ge=1)  # frames V-JEPA 2 sees per clip (Stage 2: its V-JEPA frames at fps / stride)
+    size: int = option(128, ge=16)  # input height in pixels (and width, unless width is set)
+    width: int | None = option(None, ge=16)  # input width in pixels; null: size (square)
     max_bad_fraction: float = option(0.05, ge=0, le=1)  # abort past this share of unreadable samples
     num_workers: int = option(0, ge=0)  # decoding processes while features are computed
     caption_samples: bool = True  # also (clip, full caption) → union of its entity masks: what Stage 2 asks
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)`` of V-JEPA 2's input."""
+        return self.size, self.width or self.size
 
 
 @dataclass
@@ -26,8 +49,9 @@ class Stage1ModelsConfig:
     caption_encoder: str = "tiny"  # umT5 encoder (or Qwen3-VL) folder, or tiny: the tokens cross-attention reads
     caption_encoder_kind: str = option("umt5", choices=CAPTION_ENCODER_KINDS)
     embedder: str = "tiny"  # Qwen3-VL-Embedding folder, or tiny: targets of the InfoNCE term
+    embedder_instruction: str = EMBEDDER_INSTRUCTION  # the embedder's system turn for captions
     tiny_root: str = "${oc.env:SARA_OUTPUT_ROOT,outputs}/models"  # where tiny presets are written once
-    aligner: str = option("tiny", choices=tuple(SIZES))  # aligner size
+    aligner: str = option("tiny", choices=tuple(ALIGNER_SIZES))  # aligner size
 
 
 @dataclass

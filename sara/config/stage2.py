@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sara.config.clips import ClipTiming
 from sara.config.loader import option
 
 ALIGN_MODES = ("sft", "repa", "trd", "sara")
@@ -13,13 +14,16 @@ EXPERTS = ("high", "low")
 
 
 @dataclass
-class Stage2DataConfig:
+class Stage2DataConfig(ClipTiming):
     train: str = "outputs/shapes/train.jsonl"  # manifest: videos and captions (entity masks for saliency=masks)
     frames: int = option(17, ge=5)  # video frames per clip, 4k + 1 (Wan's causal VAE)
     size: int = option(128, ge=32)  # square frame size in pixels (a multiple of 32)
     buckets: list[list[int]] = field(default_factory=list)  # [H, W] shapes binned by aspect ratio; []: [size, size]
     max_bad_fraction: float = option(0.05, ge=0, le=1)  # abort past this share of unreadable clips
     num_workers: int = option(0, ge=0)  # decoding processes during precompute
+    # share of samples trained with the empty caption, as Wan's unconditional (classifier-free
+    # guidance) branch sees it; drawn per sample from the step's generator
+    caption_dropout: float = option(0.0, ge=0, le=1)
 
 
 @dataclass

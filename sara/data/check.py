@@ -1,4 +1,8 @@
-"""``sara data check``: read every clip and mask of a manifest once and report each problem."""
+"""``sara data check``: read every clip and mask of a manifest once and report each problem.
+
+Given the window a run will take (``frames`` at ``fps``), clips whose range holds fewer
+frames at that rate are named too: training skips them, as other bad samples.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ class CheckReport:
     """What a check found: one line per problem, and counts."""
 
     records: int = 0
+    too_short: int = 0  # clips with fewer frames at the run's rate than its window
     entities: int = 0
     without_masks: int = 0  # entities waiting for `sara data masks` (not a problem)
     problems: list[str] = field(default_factory=list)
@@ -27,22 +32,29 @@ class CheckReport:
         self.bad_records.add(index)
 
     def summary(self) -> str:
+        short = f", {self.too_short} too short for the window" if self.too_short else ""
         return (
             f"checked {self.records} records, {self.entities} entities ({self.without_masks} without masks): "
-            f"{len(self.problems)} problem(s) in {len(self.bad_records)} record(s)"
+            f"{len(self.problems)} problem(s) in {len(self.bad_records)} record(s){short}"
         )
 
 
-def _check_record(manifest: Manifest, index: int, report: CheckReport) -> None:
+def _check_record(manifest: Manifest, index: int, report: CheckReport, window: int | None, fps: float | None) -> None:
     record = manifest.records[index]
     where = manifest.describe(index)
     if not record.prompt().strip():
         report.add(index, f"{where}: caption: empty")
+    rate = record.fps or fps
     try:
-        frames, size = scan_clip(manifest.resolve(record.video), record.start, record.end)
+        frames, seen, size = scan_clip(manifest.resolve(record.video), record.start, record.end, rate)
     except VideoError as exc:
         report.add(index, f"{where}: video: {exc}")
         frames = size = None
+    else:
+        if window is not None and seen < window:
+            at = f" at {rate:g} fps" if rate else ""
+            report.add(index, f"{where}: video: has {seen} frames{at} in range, fewer than the window of {window}")
+            report.too_short += 1
     for number, entity in enumerate(record.entities or []):
         report.entities += 1
         if entity.mask is None:
@@ -61,9 +73,13 @@ def _check_record(manifest: Manifest, index: int, report: CheckReport) -> None:
             )
 
 
-def check_manifest(manifest: Manifest, progress: bool = True) -> CheckReport:
-    """Decode every clip fully and load every mask once; collect every problem."""
+def check_manifest(
+    manifest: Manifest, window: int | None = None, fps: float | None = None, progress: bool = True
+) -> CheckReport:
+    """Decode every clip fully and load every mask once; collect every problem, and with
+    ``window`` the clips that hold fewer than ``window`` frames at ``fps`` (a record's own
+    ``fps`` wins; ``None``: the video's rate)."""
     report = CheckReport(records=len(manifest))
     for index in tqdm(range(len(manifest)), desc=f"check {Path(manifest.path).name}", disable=not progress):
-        _check_record(manifest, index, report)
+        _check_record(manifest, index, report, window, fps)
     return report

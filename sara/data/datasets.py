@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
+from sara.config.clips import ClipTiming
 from sara.data.buckets import Bucket, assign_bucket
 from sara.data.manifest import Manifest, Record
 from sara.data.masks import MaskError, load_mask
@@ -34,18 +35,24 @@ class Skipped:
 
 
 class ClipDataset(Dataset):
-    """Clips of a manifest, each decoded into its bucket's frames and size."""
+    """Clips of a manifest, each decoded into its bucket's frames and size, at the rate and in
+    the window ``timing`` says (a record's own ``fps`` overrides the rate). Random windows are
+    drawn per ``(seed, epoch, record)``; :meth:`set_epoch` moves them, as a sampler's does."""
 
-    def __init__(self, manifest: Manifest, buckets: Sequence[Bucket]):
+    def __init__(self, manifest: Manifest, buckets: Sequence[Bucket], timing: ClipTiming, seed: int = 0):
         if not buckets:
             raise ValueError("buckets: at least one bucket is needed")
         self.manifest, self.buckets = manifest, list(buckets)
+        self.timing, self.seed, self.epoch = timing, seed, 0
         # aspect-ratio bins from the headers alone; an unreadable file lands in bucket 0
         # and is skipped, with its reason, when loaded
         self.record_bucket = []
         for record in manifest.records:
             size = probe_size(manifest.resolve(record.video))
             self.record_bucket.append(assign_bucket(*size, self.buckets) if size else 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def _clip(self, index: int) -> tuple[Record, Bucket, Clip | Skipped]:
         """The record, its bucket and its decoded clip, or why the sample must be skipped."""
@@ -55,7 +62,9 @@ class ClipDataset(Dataset):
             return record, bucket, Skipped(self.manifest.describe(index), "caption: empty")
         path = self.manifest.resolve(record.video)
         try:
-            clip = decode_clip(path, bucket.frames, bucket.size, record.start, record.end, record.fps)
+            fps = record.fps or self.timing.fps
+            key = (self.seed, self.epoch, index)
+            clip = decode_clip(path, bucket.frames, bucket.size, record.start, record.end, fps, self.timing.window, key)
         except VideoError as exc:
             return record, bucket, Skipped(self.manifest.describe(index), f"video: {exc}")
         return record, bucket, clip
@@ -66,8 +75,15 @@ class Stage2Dataset(ClipDataset):
     union of its entities' masks on the frames, or ``None`` when one is missing or unreadable
     (only a saliency-from-masks run needs them, and it skips such clips)."""
 
-    def __init__(self, manifest: Manifest, buckets: Sequence[Bucket], union_masks: bool = False):
-        super().__init__(manifest, buckets)
+    def __init__(
+        self,
+        manifest: Manifest,
+        buckets: Sequence[Bucket],
+        timing: ClipTiming,
+        seed: int = 0,
+        union_masks: bool = False,
+    ):
+        super().__init__(manifest, buckets, timing, seed)
         self.union_masks = union_masks
 
     @property
@@ -104,8 +120,8 @@ class Stage1Dataset(ClipDataset):
     Clips without entities are Stage-2-only and left out.
     """
 
-    def __init__(self, manifest: Manifest, buckets: Sequence[Bucket]):
-        super().__init__(manifest, buckets)
+    def __init__(self, manifest: Manifest, buckets: Sequence[Bucket], timing: ClipTiming, seed: int = 0):
+        super().__init__(manifest, buckets, timing, seed)
         self.samples = [(i, e) for i, r in enumerate(manifest.records) for e in range(len(r.entities or []))]
 
     @property

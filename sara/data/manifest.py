@@ -105,9 +105,10 @@ class Manifest:
         return len(self.records)
 
     def describe(self, index: int) -> str:
-        """``FILE: record I (ID)``: how warnings and checks name a record."""
-        name = (self.records[index].model_extra or {}).get("id")
-        return f"{self.path.name}: record {index}" + (f" ({name})" if name else "")
+        """``FILE: record I (ID)``, or ``FILE: record I (VIDEO)`` for a record without an id:
+        how warnings and checks name a record."""
+        record = self.records[index]
+        return f"{self.path.name}: record {index} ({(record.model_extra or {}).get('id') or record.video})"
 
     def resolve(self, relative: str) -> Path:
         """A path of a record, made absolute against the manifest's folder."""

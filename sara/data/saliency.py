@@ -5,22 +5,29 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
+from sara.config.clips import ClipTiming
 from sara.data.manifest import Manifest
 from sara.data.masks import load_mask, pool_to_grid
 from sara.data.video import decode_clip, transform_masks
 
 
 def mask_saliency(
-    manifest: Manifest, frames: int, size: int, tubelet: int, patch: int, progress: bool = True
+    manifest: Manifest,
+    frames: int,
+    size: tuple[int, int],
+    tubelet: int,
+    patch: int,
+    timing: ClipTiming,
+    progress: bool = True,
 ) -> tuple[torch.Tensor, list[str]]:
     """Per clip, the union of its entities' masks pooled onto the token grid.
 
-    Each clip is decoded to ``frames`` frames of ``size × size`` (as the encoder sees it);
-    a token's saliency is the covered fraction of its tubelet × patch × patch cell.
-    Clips that cannot be read, or have no mask, are left out and named.
+    Each clip is decoded to ``frames`` frames of ``size`` ``(H, W)`` at the rate and window
+    of ``timing`` (as the encoder sees it); a token's saliency is the covered fraction of its
+    tubelet × patch × patch cell. Clips that cannot be read, or have no mask, are left out and named.
 
     Returns:
-        ``[B, N]`` saliency (``N = ⌈frames / tubelet⌉ · (size / patch)²``) and the
+        ``[B, N]`` saliency (``N = ⌈frames / tubelet⌉ · (H / patch) · (W / patch)``) and the
         problems, one line each.
     """
     rows, problems = [], []
@@ -31,9 +38,15 @@ def mask_saliency(
             continue
         try:
             clip = decode_clip(
-                manifest.resolve(record.video), frames, (size, size), record.start, record.end, record.fps
+                manifest.resolve(record.video),
+                frames,
+                size,
+                record.start,
+                record.end,
+                record.fps or timing.fps,
+                timing.window,
             )
-            union = torch.stack([transform_masks(load_mask(manifest.resolve(m)), clip, (size, size)) for m in masks])
+            union = torch.stack([transform_masks(load_mask(manifest.resolve(m)), clip, size) for m in masks])
         except ValueError as exc:  # VideoError and MaskError
             problems.append(f"{manifest.describe(index)}: {exc}")
             continue

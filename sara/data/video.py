@@ -1,10 +1,17 @@
 """Video decoding and encoding with PyAV.
 
 Decoding picks frames in two passes: the packets' timestamps (no decoding) give the
-clip's timeline, from which the time range, target fps and uniform sampling choose the
+clip's timeline, from which the time range, the target rate and the window choose the
 frames; then only those frames are converted to RGB. Frames come back as ``uint8
 [T, C, H, W]``, resized (shorter side first, antialiased) and centre-cropped to the
 requested size; :func:`transform_masks` applies the same selection and geometry to masks.
+
+**Frame rate.** A model generates (and should learn) motion at a fixed rate — Wan2.2
+T2V-A14B at 16 fps, TI2V-5B at 24. The range is first resampled to the target rate
+(nearest frame per step), then a *window* of ``num_frames`` consecutive resampled frames
+is taken: at the ``start``, the ``centre``, or at a ``random`` place drawn from a key such as
+``(seed, epoch, clip)``. ``uniform`` instead spreads the frames over the whole range, as
+figures want; the effective rate then depends on the clip's length.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import av
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from sara.config.clips import WINDOWS
 
 
 class VideoError(ValueError):
@@ -62,31 +71,64 @@ def _open(path: str | Path) -> Iterator[tuple[av.container.InputContainer, av.vi
         raise VideoError(f"cannot be decoded ({type(exc).__name__})") from None
 
 
+def at_rate(stamps: np.ndarray, fps: float | None) -> np.ndarray:
+    """Positions among ``stamps`` (seconds, sorted) of the frames seen at ``fps``: the nearest
+    frame to each step of ``1 / fps`` from the first; every frame when ``fps`` is ``None``."""
+    if fps is None:
+        return np.arange(len(stamps))
+    steps = np.arange(stamps[0], stamps[-1] + 1e-9, 1.0 / fps)
+    return np.abs(stamps[None, :] - steps[:, None]).argmin(axis=1)
+
+
+def window(available: int, num_frames: int, where: str, key: tuple[int, ...] = (0,)) -> np.ndarray:
+    """Which ``num_frames`` of ``available`` frames to keep: ``[num_frames]`` positions.
+
+    ``start``, ``centre`` and ``random`` (drawn from ``key``) give consecutive frames;
+    ``uniform`` spreads them over all ``available``.
+    """
+    if available < num_frames:
+        raise VideoError(f"has {available} frames in range, fewer than the {num_frames} asked for")
+    if where == "uniform":
+        return np.linspace(0, available - 1, num_frames).round().astype(int)
+    slack = available - num_frames
+    if where == "start":
+        first = 0
+    elif where == "centre":
+        first = slack // 2
+    elif where == "random":
+        first = int(np.random.default_rng(list(key)).integers(slack + 1))
+    else:
+        raise ValueError(f"window {where!r}; choose one of {', '.join(WINDOWS)}")
+    return np.arange(first, first + num_frames)
+
+
 def select_frames(
-    times: list[float], num_frames: int | None, start: float | None, end: float | None, fps: float | None
+    times: list[float],
+    num_frames: int | None,
+    start: float | None,
+    end: float | None,
+    fps: float | None,
+    where: str = "centre",
+    key: tuple[int, ...] = (0,),
 ) -> tuple[list[int], list[int]]:
     """Frames of the range ``[start, end)`` and, among them, the ``num_frames`` to keep.
 
-    With ``fps`` the range is first resampled to that rate (nearest frame per step), then
-    sampled uniformly (``None``: all of them). Returns ``(range_indices, chosen positions
-    within the range)``.
+    The range is resampled to ``fps`` (``None``: the video's own rate), then ``num_frames``
+    are taken by :func:`window` (``None``: all of them). Returns ``(range_indices, chosen
+    positions within the range)``.
     """
     lo = start if start is not None else -np.inf
     hi = end if end is not None else np.inf
     in_range = [i for i, t in enumerate(times) if lo <= t < hi]
     if not in_range:
         raise VideoError("no frames in the requested time range")
-    stamps = np.array([times[i] for i in in_range])
-    positions = np.arange(len(in_range))
-    if fps is not None:
-        steps = np.arange(stamps[0], stamps[-1] + 1e-9, 1.0 / fps)
-        positions = np.abs(stamps[None, :] - steps[:, None]).argmin(axis=1)
+    positions = at_rate(np.array([times[i] for i in in_range]), fps)
     if num_frames is None:
         return in_range, [int(p) for p in positions]
     if len(positions) < num_frames:
-        raise VideoError(f"has {len(positions)} frames in range, fewer than the {num_frames} asked for")
-    chosen = positions[np.linspace(0, len(positions) - 1, num_frames).round().astype(int)]
-    return in_range, [int(p) for p in chosen]
+        rate = f" at {fps:g} fps" if fps is not None else ""
+        raise VideoError(f"has {len(positions)} frames{rate} in range, fewer than the {num_frames} asked for")
+    return in_range, [int(p) for p in positions[window(len(positions), num_frames, where, key)]]
 
 
 def resize_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -107,16 +149,19 @@ def decode_clip(
     start: float | None = None,
     end: float | None = None,
     fps: float | None = None,
+    where: str = "centre",
+    key: tuple[int, ...] = (0,),
 ) -> Clip:
-    """Decode ``num_frames`` frames of ``[start, end)`` at ``fps`` (``None``: native), as
-    ``uint8 [T, C, H, W]`` of ``size`` ``(H, W)``. ``num_frames=None`` keeps every frame of
-    the range and ``size=None`` the video's own resolution (what mask extraction needs).
+    """Decode a window of ``num_frames`` frames of ``[start, end)`` at ``fps`` (``None``:
+    native; see :func:`select_frames`), as ``uint8 [T, C, H, W]`` of ``size`` ``(H, W)``.
+    ``num_frames=None`` keeps every frame of the range and ``size=None`` the video's own
+    resolution (what mask extraction needs).
 
     Raises:
         VideoError: one line saying why the file cannot give this clip.
     """
     with _open(path) as (container, stream, times):
-        in_range, chosen = select_frames(times, num_frames, start, end, fps)
+        in_range, chosen = select_frames(times, num_frames, start, end, fps, where, key)
         wanted = {in_range[p] for p in chosen}
         last = max(wanted)
         decoded: dict[int, np.ndarray] = {}
@@ -198,18 +243,20 @@ def probe_size(path: str | Path) -> tuple[int, int] | None:
         return None
 
 
-def scan_clip(path: str | Path, start: float | None = None, end: float | None = None) -> tuple[int, tuple[int, int]]:
+def scan_clip(
+    path: str | Path, start: float | None = None, end: float | None = None, fps: float | None = None
+) -> tuple[int, int, tuple[int, int]]:
     """Decode every frame of ``[start, end)`` once (a full integrity check); returns the
-    number of frames in range and ``(H, W)``.
+    number of frames in range, how many of them a model sees at ``fps``, and ``(H, W)``.
 
     Raises:
         VideoError: as :func:`decode_clip`.
     """
     with _open(path) as (container, stream, times):
-        in_range, _ = select_frames(times, 1, start, end, None)
+        in_range, seen = select_frames(times, None, start, end, fps)
         container.seek(0)
         decoded = sum(1 for frame in container.decode(stream) if frame.pts is not None)
         size = (stream.height, stream.width)
     if decoded < len(times):
         raise VideoError(f"truncated: {decoded} of {len(times)} frames decode")
-    return len(in_range), size
+    return len(in_range), len(seen), size

@@ -2,28 +2,39 @@
 real runs load through the same ``from_pretrained`` path.
 
 A model entry of a config is either a folder of real weights or ``tiny``; :func:`resolve`
-turns ``tiny`` into a folder, written once under a cache root and reused after.
+turns ``tiny`` into a folder, written once under a cache root and reused after. The
+registry names each preset's writer by module and function: a module is imported only
+when its preset is written, so listing the presets (``sara models tiny --help``) imports
+no model library.
 """
 
 from __future__ import annotations
 
+import importlib
 import shutil
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
-from sara.models import sam3, text, vjepa2, wan
-
-TINY: dict[str, Callable[..., Path]] = {
-    "sam3": sam3.save_tiny,
-    "vjepa2": vjepa2.save_tiny,
-    "umt5": text.save_tiny_umt5,
-    "qwen3vl": text.save_tiny_qwen3vl,
-    "wan": partial(wan.save_tiny_wan, variant="tiny"),
-    "wan-a14b": partial(wan.save_tiny_wan, variant="tiny-a14b"),
-    "wan-ti2v": partial(wan.save_tiny_wan, variant="tiny-ti2v"),
-    "wan-small": partial(wan.save_tiny_wan, variant="small"),
+PRESET_FORMAT = 2  # part of every preset's folder name: 2 — tokenizers with chat templates
+# name -> (module, writer, keyword arguments of the writer)
+TINY: dict[str, tuple[str, str, dict]] = {
+    "sam3": ("sara.models.sam3", "save_tiny", {}),
+    "vjepa2": ("sara.models.vjepa2", "save_tiny", {}),
+    "umt5": ("sara.models.text", "save_tiny_umt5", {}),
+    "qwen3vl": ("sara.models.text", "save_tiny_qwen3vl", {}),
+    "wan": ("sara.models.wan", "save_tiny_wan", {"variant": "tiny"}),
+    "wan-a14b": ("sara.models.wan", "save_tiny_wan", {"variant": "tiny-a14b"}),
+    "wan-ti2v": ("sara.models.wan", "save_tiny_wan", {"variant": "tiny-ti2v"}),
+    "wan-small": ("sara.models.wan", "save_tiny_wan", {"variant": "small"}),
 }
+WAN_VARIANTS = {kwargs["variant"]: name for name, (_, _, kwargs) in TINY.items() if "variant" in kwargs}
+
+
+def write_tiny(name: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Write the tiny preset ``name`` into ``out_dir``."""
+    if name not in TINY:
+        raise ValueError(f"no tiny preset {name!r}; choose one of {', '.join(TINY)}")
+    module, writer, kwargs = TINY[name]
+    return getattr(importlib.import_module(module), writer)(out_dir, seed=seed, **kwargs)
 
 
 def resolve(source: str, name: str, cache_root: str | Path, seed: int = 0) -> Path:
@@ -32,10 +43,16 @@ def resolve(source: str, name: str, cache_root: str | Path, seed: int = 0) -> Pa
         return Path(source)
     if name not in TINY:
         raise ValueError(f"no tiny preset {name!r}; choose one of {', '.join(TINY)}")
-    folder = Path(cache_root) / f"tiny-{name}-seed{seed}"
+    folder = Path(cache_root) / f"tiny-{name}-v{PRESET_FORMAT}-seed{seed}"
     if not folder.is_dir():
         partial = folder.with_name(folder.name + ".partial")  # renamed only once complete
         shutil.rmtree(partial, ignore_errors=True)
-        TINY[name](partial, seed=seed)
+        write_tiny(name, partial, seed)
         partial.rename(folder)
     return folder
+
+
+def wan_folder(source: str, tiny_root: str | Path) -> Path:
+    """A config's Wan entry as a folder: itself, or a tiny variant (``tiny``, ``tiny-a14b``,
+    ``tiny-ti2v``, ``small``) written once under ``tiny_root``."""
+    return resolve("tiny", WAN_VARIANTS[source], tiny_root) if source in WAN_VARIANTS else Path(source)

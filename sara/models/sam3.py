@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, Sam3VideoConfig, Sam3VideoModel
 from transformers.models.sam3_video.modeling_sam3_video import Sam3VideoInferenceSession
 
 from sara.models.tokenizer import tiny_tokenizer
-from sara.models.weights import read_normalisation, weights_folder, write_normalisation
+from sara.models.weights import read_normalisation, seeded, weights_folder, write_normalisation
 
 PROMPT_TOKENS = 32  # SAM 3 pads every text prompt to this many tokens
 MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]  # SAM 3's defaults
@@ -96,8 +96,8 @@ def save_tiny(out_dir: str | Path, seed: int = 0) -> Path:
     """Write a tiny SAM 3 folder (config, seeded weights, tokenizer, preprocessor config)."""
     out_dir = Path(out_dir)
     tokenizer = tiny_tokenizer("clip")
-    torch.manual_seed(seed)
-    model = Sam3VideoModel(tiny_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id))
+    with seeded(seed):
+        model = Sam3VideoModel(tiny_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id))
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     write_normalisation(out_dir, MEAN, STD)

@@ -2,23 +2,32 @@
 
 - :class:`CaptionEncoder` — caption tokens the aligner cross-attends to: the umT5 encoder
   Wan uses (`UMT5EncoderModel`), or the text tower of Qwen3-VL.
-- :class:`CaptionEmbedder` — one normalised vector per caption for InfoNCE: Qwen3-VL-Embedding,
-  the last token's hidden state (left padding puts it at the end of every row).
+- :class:`CaptionEmbedder` — one normalised vector per caption for InfoNCE: Qwen3-VL-Embedding
+  used as its model card and reference script (``scripts/qwen3_vl_embedding.py``) use it.
+  Each caption becomes a chat: a system turn holding the instruction (default "Represent
+  the user's input."; a full stop is added when it ends without punctuation), a user turn
+  holding the caption ("NULL" when empty), rendered by the folder's chat template with the
+  generation prompt (``<|im_start|>assistant\n``). Rows are right-padded; the full
+  ``Qwen3VLModel`` runs (it places the M-RoPE positions from the attention mask); the
+  embedding is the hidden state of each row's *last attended* token, L2-normalised.
 """
 
 from __future__ import annotations
 
+import json
+import unicodedata
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, Qwen3VLConfig, Qwen3VLModel, UMT5Config, UMT5EncoderModel
 
-from sara.models import CAPTION_ENCODER_KINDS
+from sara.config.stage1 import CAPTION_ENCODER_KINDS, EMBEDDER_INSTRUCTION
 from sara.models.tokenizer import tiny_tokenizer
-from sara.models.weights import weights_folder
+from sara.models.weights import WeightsError, seeded, weights_folder
 
 MAX_TOKENS = 512  # umT5 in Wan reads up to 512 caption tokens
+EMBEDDER_MAX_TOKENS = 8192  # Qwen3-VL-Embedding's reference script truncates there
 
 
 def tiny_umt5_config(tokenizer) -> UMT5Config:
@@ -62,8 +71,9 @@ def tiny_qwen3vl_config(tokenizer) -> Qwen3VLConfig:
 def _save_tiny(out_dir: str | Path, seed: int, family: str, build) -> Path:
     """Write ``build(tokenizer)`` with seeded weights and its offline ``family`` tokenizer."""
     tokenizer = tiny_tokenizer(family)
-    torch.manual_seed(seed)
-    build(tokenizer).save_pretrained(out_dir)
+    with seeded(seed):
+        model = build(tokenizer)
+    model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return Path(out_dir)
 
@@ -105,21 +115,68 @@ class CaptionEncoder(torch.nn.Module):
         return hidden.float(), tokens.attention_mask.bool()  # (B, L, D), (B, L)
 
 
-class CaptionEmbedder(torch.nn.Module):
-    """Qwen3-VL-Embedding: caption → L2-normalised last-token embedding ``[B, E]`` (frozen)."""
+def chat_template(folder: Path, tokenizer) -> str:
+    """The folder's chat template: the tokenizer's own, else ``chat_template.jinja`` or the
+    processor's ``chat_template.json`` beside it."""
+    if tokenizer.chat_template:
+        return tokenizer.chat_template
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text()
+    if (folder / "chat_template.json").is_file():
+        return json.loads((folder / "chat_template.json").read_text())["chat_template"]
+    raise WeightsError(f"{folder}: no chat template (tokenizer_config.json, chat_template.jinja or .json)")
 
-    def __init__(self, folder: str | Path):
+
+def with_full_stop(instruction: str) -> str:
+    """The instruction as the reference script sends it: stripped, ending in punctuation."""
+    instruction = instruction.strip()
+    if instruction and not unicodedata.category(instruction[-1]).startswith("P"):
+        instruction += "."
+    return instruction
+
+
+class CaptionEmbedder(torch.nn.Module):
+    """Qwen3-VL-Embedding: caption → L2-normalised embedding ``[B, E]`` of its chat (frozen)."""
+
+    def __init__(self, folder: str | Path, instruction: str = EMBEDDER_INSTRUCTION):
         super().__init__()
         folder = weights_folder(folder, "Qwen3-VL-Embedding")
-        self.model = Qwen3VLModel.from_pretrained(folder).language_model.eval().requires_grad_(False)
+        self.model = Qwen3VLModel.from_pretrained(folder).eval().requires_grad_(False)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.width = self.model.config.hidden_size
+        self.tokenizer.chat_template = chat_template(folder, self.tokenizer)
+        self.instruction = with_full_stop(instruction) or EMBEDDER_INSTRUCTION
+        self.width = self.model.config.text_config.hidden_size
+
+    def chats(self, captions: list[str]) -> list[str]:
+        """Each caption as the embedder reads it: system instruction, user caption, generation prompt."""
+        conversations = [
+            [
+                {"role": "system", "content": [{"type": "text", "text": self.instruction}]},
+                {"role": "user", "content": [{"type": "text", "text": caption or "NULL"}]},
+            ]
+            for caption in captions
+        ]
+        return self.tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
+
+    def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """``input_ids`` and ``attention_mask`` ``[B, L]`` of the chats, right-padded."""
+        return self.tokenizer(
+            self.chats(captions),
+            padding=True,
+            truncation=True,
+            max_length=EMBEDDER_MAX_TOKENS,
+            padding_side="right",
+            return_tensors="pt",
+        )
 
     @torch.no_grad()
     def forward(self, captions: list[str]) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        tokens = self.tokenizer(
-            captions, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt", padding_side="left"
-        ).to(device)
+        tokens = self.tokenize(captions).to(device)
         hidden = self.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
-        return F.normalize(hidden[:, -1].float(), dim=-1)  # (B, E): the last token of every row
+        return F.normalize(hidden[torch.arange(len(hidden)), last_attended(tokens.attention_mask)].float(), dim=-1)
+
+
+def last_attended(mask: torch.Tensor) -> torch.Tensor:
+    """Position of each row's last attended token ``[B]`` of a ``[B, L]`` attention mask (any padding side)."""
+    return mask.shape[1] - 1 - mask.flip(1).int().argmax(1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from sara.data.synthetic import COLOURS, MOTIONS, NUMBERS, SHAPES
+from sara.vocabulary import COLOURS, MOTIONS, NUMBERS, SHAPES
 
 _WORDS = """
 a an the and or of in on at to from with while by its their is are moves move moving crosses passes
@@ -20,9 +20,25 @@ left right top bottom centre center over under behind front background foregroun
 static slowly quickly frame video clip shape shapes object objects noise stripes gradient clutter
 person dog cat car ball man woman child table chair tree house street water sky grass red green blue
 yellow purple orange cyan white black grey brown pink small large big tiny bright dark one two three
+system user assistant represent input
 """.split()
 
 FAMILIES = ("clip", "t5", "qwen")
+CHAT_TURNS = ("<|im_start|>", "<|im_end|>")  # Qwen's chat-turn markers
+# Qwen3-VL's chat template, text parts only: one `<|im_start|>role\n … <|im_end|>\n` turn per
+# message, then `<|im_start|>assistant\n` for the generation prompt — the string the real
+# template renders for text-only conversations, so tiny and real embedders share one code path.
+QWEN_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\n' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
+)
 
 
 def _corpus() -> list[str]:
@@ -46,7 +62,8 @@ def _specials(family: str) -> dict[str, str]:
 def tiny_tokenizer(family: str, vocab_size: int = 512) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with `family`'s special tokens (clip, t5 or qwen)."""
     specials = _specials(family)
-    ordered = list(dict.fromkeys(specials.values()))  # t5 wants <pad> = 0, </s> = 1
+    turns = list(CHAT_TURNS) if family == "qwen" else []
+    ordered = list(dict.fromkeys([*specials.values(), *turns]))  # t5 wants <pad> = 0, </s> = 1
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tok.decoder = decoders.ByteLevel()
@@ -67,6 +84,11 @@ def tiny_tokenizer(family: str, vocab_size: int = 512) -> PreTrainedTokenizerFas
         tok.post_processor = processors.TemplateProcessing(
             single=f"$A {eos}", special_tokens=[(eos, tok.token_to_id(eos))]
         )
-    return PreTrainedTokenizerFast(
+    # qwen adds no tokens around a text: its chat template frames the turns (below)
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, **{f"{k}_token": v for k, v in specials.items()}, model_max_length=512
     )
+    if family == "qwen":
+        tokenizer.add_special_tokens({"additional_special_tokens": turns})
+        tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    return tokenizer

@@ -27,7 +27,7 @@ from transformers import UMT5EncoderModel
 
 from sara.models.text import tiny_umt5_config
 from sara.models.tokenizer import tiny_tokenizer
-from sara.models.weights import WeightsError
+from sara.models.weights import WeightsError, seeded
 
 HIGH, LOW = "high", "low"  # the experts of a two-expert model, by the noise they own
 SUBFOLDER = {HIGH: "transformer", LOW: "transformer_2"}  # where each expert lives in a Wan folder
@@ -50,12 +50,6 @@ TINY_WAN = {
     # a wider, deeper DiT (12 M parameters) for benchmarks: how the alignment's cost compares as the DiT grows
     "small": TinyWan(experts=1, expand_timesteps=False, z_dim=16, residual_vae=False, layers=6, heads=24),
 }
-PRESET_OF = {
-    "tiny": "wan",
-    "tiny-a14b": "wan-a14b",
-    "tiny-ti2v": "wan-ti2v",
-    "small": "wan-small",
-}  # names in sara.models.presets
 BOUNDARY_RATIO = 0.875  # Wan2.2 T2V-A14B: t >= 875 is high noise
 FLOW_SHIFT = 3.0  # the sampling shift Wan uses at 480p
 
@@ -100,14 +94,15 @@ def save_tiny_wan(out_dir: str | Path, seed: int = 0, variant: str = "tiny") -> 
         raise ValueError(f"no tiny Wan variant {variant!r}; choose one of {', '.join(TINY_WAN)}")
     spec = TINY_WAN[variant]
     tokenizer = tiny_tokenizer("t5")
-    torch.manual_seed(seed)
-    text_encoder = UMT5EncoderModel(tiny_umt5_config(tokenizer))
-    width = text_encoder.config.d_model
-    experts = [tiny_transformer(spec.z_dim, width, spec.layers, spec.heads) for _ in range(spec.experts)]
+    with seeded(seed):
+        text_encoder = UMT5EncoderModel(tiny_umt5_config(tokenizer))
+        width = text_encoder.config.d_model
+        experts = [tiny_transformer(spec.z_dim, width, spec.layers, spec.heads) for _ in range(spec.experts)]
+        vae = tiny_vae(spec.z_dim, spec.residual_vae)
     pipeline = WanPipeline(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
-        vae=tiny_vae(spec.z_dim, spec.residual_vae),
+        vae=vae,
         scheduler=UniPCMultistepScheduler(
             prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=FLOW_SHIFT, num_train_timesteps=1000
         ),
@@ -118,13 +113,6 @@ def save_tiny_wan(out_dir: str | Path, seed: int = 0, variant: str = "tiny") -> 
     )
     pipeline.save_pretrained(out_dir)
     return Path(out_dir)
-
-
-def wan_folder(source: str, tiny_root: str | Path) -> Path:
-    """A config's Wan entry as a folder: itself, or a tiny variant written once under ``tiny_root``."""
-    from sara.models.presets import resolve  # presets imports this module
-
-    return resolve("tiny", PRESET_OF[source], tiny_root) if source in TINY_WAN else Path(source)
 
 
 @dataclass(frozen=True)

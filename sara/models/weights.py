@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -33,3 +35,12 @@ def read_normalisation(folder: Path, mean: list[float], std: list[float]) -> tup
     path = folder / PREPROCESSOR
     found = json.loads(path.read_text()) if path.is_file() else {}
     return torch.tensor(found.get("image_mean", mean)), torch.tensor(found.get("image_std", std))
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Draw from torch's global RNG seeded with ``seed`` inside the block, and give the caller
+    back the stream it had: building a preset never changes the caller's random numbers."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

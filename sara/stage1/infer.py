@@ -145,7 +145,7 @@ def infer(
     model.to(target)
     manifest = load_manifest(manifest_path)
     out = Path(out) if out else Path(run) / "infer"
-    size = (config.data.size, config.data.size)
+    size = config.data.shape
     written = []
     for index in tqdm(records, desc="stage1 infer", unit="clip", disable=not progress):
         if not 0 <= index < len(manifest):
@@ -155,8 +155,10 @@ def infer(
         if not record.prompt().strip():
             raise ValueError(f"{where}: caption: empty")
         try:
+            data = config.data
+            fps = record.fps or data.fps
             clip = decode_clip(
-                manifest.resolve(record.video), config.data.frames, size, record.start, record.end, record.fps
+                manifest.resolve(record.video), data.frames, size, record.start, record.end, fps, data.window
             )
         except VideoError as exc:
             raise ValueError(f"{where}: video: {exc}") from None
@@ -166,7 +168,7 @@ def infer(
         union = torch.stack(masks).amax(0) if whole else None  # the caption names every entity
         tokens = model.tokens(clip.frames[None].to(target))  # (1, N, Dv)
         result = model(tokens, [*names, record.prompt()])
-        grid = model.video.grid(config.data.frames, config.data.size)
+        grid = model.video.grid(config.data.frames, *size)
         folder = out / str((record.model_extra or {}).get("id") or f"record-{index:05d}")
         files = [f"entity-{k}-{slug(name, 40)}" for k, name in enumerate(names)] + ["caption"]
         for k, (name, mask, stem) in enumerate(zip([*names, record.prompt()], [*masks, union], files)):

@@ -1,4 +1,9 @@
-"""One Stage 1 step's inputs and loss: saliency BCE + Dice and the global head's InfoNCE."""
+"""One Stage 1 step's inputs and loss: saliency BCE + Dice and the global head's InfoNCE.
+
+The saliency terms are per sample (a clip read against a prompt); InfoNCE is per clip:
+each distinct clip of the batch, embedded from its video alone, against the embeddings of
+the full captions of the batch's clips.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +17,19 @@ from sara.stage1.features import Stage1Features
 
 
 def gather(features: Stage1Features, samples: Tensor, device: torch.device) -> dict[str, Tensor]:
-    """The tensors of the samples ``samples`` (S_b,), on ``device``."""
+    """The tensors of the samples ``samples`` (S_b,) and of their distinct clips (C_b), on ``device``."""
     prompt_rows = features.prompt_row[samples]
-    caption_rows = features.caption_row[samples]
+    clip_rows = features.clip_of[samples]
+    clips = clip_rows.unique()  # (C_b,)
+    captions = features.clip_caption[clips]  # (C_b,) rows of the embedding table
     return {
-        "visual": features.tokens[features.clip_of[samples]].to(device),  # (B, N, Dv)
+        "visual": features.tokens[clip_rows].to(device),  # (B, N, Dv)
         "text": features.text[prompt_rows].to(device),  # (B, L, Dt)
         "text_mask": features.text_mask[prompt_rows].to(device),  # (B, L)
         "target": features.targets[samples].to(device),  # (B, N)
-        "embedding": features.embeddings[caption_rows].to(device),  # (B, E)
-        "same_text": (caption_rows[:, None] == caption_rows[None, :]).to(device),  # (B, B)
+        "clip_visual": features.tokens[clips].to(device),  # (C_b, N, Dv)
+        "embedding": features.embeddings[captions].to(device),  # (C_b, E)
+        "same_text": (captions[:, None] == captions[None, :]).to(device),  # (C_b, C_b)
     }
 
 
@@ -31,6 +39,7 @@ def stage1_loss(
     """Weighted sum of the three terms, and each term (tensors: no host sync in the step)."""
     out = aligner(batch["visual"], batch["text"], batch["text_mask"])
     bce, dice = saliency_losses(out.saliency_logits.float(), batch["target"])
-    nce = info_nce(out.embedding.float(), batch["embedding"], aligner.logit_scale, batch["same_text"])
+    video = aligner.embed(batch["clip_visual"]).float()  # (C_b, E): the video alone
+    nce = info_nce(video, batch["embedding"], aligner.logit_scale, batch["same_text"])
     total = weights.bce * bce + weights.dice * dice + weights.infonce * nce
     return total, {"bce": bce.detach(), "dice": dice.detach(), "infonce": nce.detach()}

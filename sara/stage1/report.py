@@ -35,7 +35,7 @@ def stage1_part(config: DemoConfig, out: Path) -> Section:
     _, aligner, features = load_run(run, progress=False)
     held = features["heldout"]
     captions = held.select(held.whole)  # one row per clip: its full caption, all its entities' masks
-    saliency, _ = predict(aligner, captions, captions.prompt_row, pick_device(config.stage1.device))
+    saliency = predict(aligner, captions, captions.prompt_row, pick_device(config.stage1.device))
     budgets = {
         "ground-truth masks": pair_budget(captions.targets, config.budget.threshold),
         "predicted saliency": pair_budget(saliency, config.budget.threshold),

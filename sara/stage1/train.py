@@ -27,41 +27,36 @@ from sara.models.presets import resolve
 from sara.models.text import CaptionEmbedder, CaptionEncoder
 from sara.models.vjepa2 import VideoEncoder
 from sara.stage1.evaluate import evaluate, format_metrics
-from sara.stage1.features import Stage1Features, compute_features
+from sara.stage1.features import Encoders, Stage1Features, compute_features
 from sara.stage1.objective import gather, stage1_loss
 from sara.training import batch_samples, load_history, lr_factor, save_history
 
 
-def load_features(config: Stage1Config, splits: tuple[str, ...], progress: bool = True) -> dict[str, Stage1Features]:
-    """Run the frozen encoders over the manifests of ``splits`` (``train``/``heldout``)."""
-    device = pick_device(config.device)
+def load_encoders(config: Stage1Config, device: torch.device) -> Encoders:
+    """The frozen V-JEPA 2, caption encoder and caption embedder of a run, on ``device``."""
     models = config.models
     video_folder = resolve(models.vjepa2, "vjepa2", models.tiny_root)
-    video = VideoEncoder(video_folder).to(device)
-    captions = CaptionEncoder(
-        resolve(models.caption_encoder, models.caption_encoder_kind, models.tiny_root), models.caption_encoder_kind
-    ).to(device)
-    embedder = CaptionEmbedder(resolve(models.embedder, "qwen3vl", models.tiny_root)).to(device)
+    caption_folder = resolve(models.caption_encoder, models.caption_encoder_kind, models.tiny_root)
+    embedder_folder = resolve(models.embedder, "qwen3vl", models.tiny_root)
+    return Encoders(
+        video=VideoEncoder(video_folder).to(device),
+        video_folder=video_folder,
+        captions=CaptionEncoder(caption_folder, models.caption_encoder_kind).to(device),
+        embedder=CaptionEmbedder(embedder_folder, models.embedder_instruction).to(device),
+    )
+
+
+def load_features(config: Stage1Config, splits: tuple[str, ...], progress: bool = True) -> dict[str, Stage1Features]:
+    """Run the frozen encoders over the manifests of ``splits`` (``train``/``heldout``)."""
+    encoders = load_encoders(config, pick_device(config.device))
     cache = Path(config.cache_dir or Path(config.out_dir) / "cache")
     out = {}
     for split in splits:
         path = getattr(config.data, split)
         if not Path(path).is_file():
             raise ValueError(f"data.{split}: manifest {path} not found (make one with `sara data synth --out DIR`)")
-        out[split] = compute_features(
-            load_manifest(path),
-            video,
-            video_folder,
-            captions,
-            embedder,
-            config.data.frames,
-            config.data.size,
-            cache,
-            BadSamples(config.data.max_bad_fraction),
-            config.data.caption_samples,
-            config.data.num_workers,
-            progress,
-        )
+        bad = BadSamples(config.data.max_bad_fraction)
+        out[split] = compute_features(load_manifest(path), encoders, config.data, cache, bad, config.seed, progress)
     return out
 
 
@@ -79,9 +74,9 @@ def train(config: Stage1Config, resume: str | None = None, progress: bool = True
     device = pick_device(config.device)
     features = load_features(config, ("train", "heldout"), progress)
     train_set, heldout = features["train"], features["heldout"]
-    if len(train_set) < 2:
-        raise ValueError(f"data.train: {len(train_set)} usable sample(s); InfoNCE needs at least 2")
-    torch.manual_seed(config.seed)  # after the encoders: writing a tiny preset draws random numbers too
+    if len(train_set.tokens) < 2:
+        raise ValueError(f"data.train: {len(train_set.tokens)} usable clip(s); InfoNCE needs at least 2")
+    torch.manual_seed(config.seed)
     aligner = build_aligner(config, train_set).to(device)
     print(
         f"aligner {config.models.aligner}: {parameter_count(aligner) / 1e6:.2f} M parameters; "

@@ -1,7 +1,10 @@
-"""From DiT hidden states to the V-JEPA 2 token grid: the hook, the projector, the resampling.
+"""From DiT hidden states to the V-JEPA 2 token grid: the capture, the projector, the resampling.
 
-**Hook.** A forward hook on DiT block ``k`` keeps that block's output ``[B, N_dit, D]``
-and returns nothing, so the DiT's own output is untouched (the tests check bit-identity).
+**Capture.** The training forward of the DiT returns, besides its prediction, the output
+``[B, N_dit, D]`` of block ``k``: :func:`capture_output` registers a hook on the block for that
+one call and removes it, so sampling and gradient-checkpoint recompute never touch it, and no
+state outlives the call. The hook returns nothing, so the DiT's output is untouched (the
+tests check bit-identity).
 
 **Projector.** REPA's head: three linear layers with SiLU between, DiT width → VFM width.
 
@@ -23,6 +26,8 @@ full resolution gives V-JEPA far more tokens than TRD needs — 121 frames at 70
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -32,29 +37,18 @@ from torch import Tensor, nn
 VJEPA_FIRST_FRAME = 1  # V-JEPA 2 reads video frames 1 … 4k of a 4k+1-frame clip
 
 
-class BlockHook:
-    """Keeps the output hidden states of ``module`` on each forward, without changing them."""
+@contextmanager
+def capture_output(module: nn.Module) -> Iterator[list[Tensor]]:
+    """The outputs of ``module`` while the block runs, in a list the block owns.
 
-    def __init__(self, module: nn.Module):
-        self.hidden: Tensor | None = None
-        self._handle = module.register_forward_hook(self._keep)
-
-    def _keep(self, module: nn.Module, args: tuple, output: Tensor) -> None:
-        self.hidden = output  # returning None leaves the block's output as it is
-
-    def pop(self) -> Tensor:
-        """The captured states (once per forward)."""
-        if self.hidden is None:
-            raise RuntimeError("the hooked block has not run since the last pop")
-        hidden, self.hidden = self.hidden, None
-        return hidden
-
-    def clear(self) -> None:
-        """Forget the states of a forward no loss will read (e.g. sampling)."""
-        self.hidden = None
-
-    def remove(self) -> None:
-        self._handle.remove()
+    The hook exists only inside the block: sampling never meets it, and neither does the
+    recompute of gradient checkpointing, which happens later, in backward."""
+    outputs: list[Tensor] = []
+    handle = module.register_forward_hook(lambda module, args, output: outputs.append(output))
+    try:
+        yield outputs
+    finally:
+        handle.remove()
 
 
 class Projector(nn.Module):

@@ -3,19 +3,21 @@
 Layout of ``cache_dir``: ``shard-NNNNN.safetensors`` files holding, per clip ``r`` (its
 manifest record), the tensors ``r/latents``, ``r/text``, ``r/vfm`` and, when present,
 ``r/saliency`` and ``r/mask_saliency`` (see :mod:`sara.stage2.encoders`); and
-``index.json`` — the settings that made the cache and the shard of each clip. A shard is
+``index.json`` — the settings that made the cache and the shard of each clip — and
+``empty_caption.safetensors``, the states of the empty caption (caption dropout). A shard is
 written under a temporary name and renamed, then the index is replaced, so a killed run
 loses at most the clips of an unfinished shard and a rerun does only what is missing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -24,21 +26,41 @@ from sara.config.stage2 import Stage2Config
 from sara.data.datasets import BadSamples, Stage2Dataset, collate
 from sara.data.manifest import load_manifest
 from sara.device import pick_device
+from sara.stage1.features import FEATURES_VERSION
+from sara.stage1.saliency import locate
 from sara.stage2.encoders import Stage2Encoders, buckets, teacher
+
+EMPTY_CAPTION = "empty_caption.safetensors"  # text states of "" (Wan's unconditional input)
+
+
+def digest(path: str | Path) -> str:
+    """SHA-256 of a file's content (read in 16 MiB blocks)."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 24):
+            sha.update(block)
+    return sha.hexdigest()
 
 
 def fingerprint(config: Stage2Config) -> dict:
-    """The settings a cache depends on; a cache made with others is refused."""
-    models = config.models
+    """The settings a cache depends on; a cache made with others is refused. Beside the
+    config it holds the *content* of the manifest and of the aligner's weights: a manifest
+    edited or an aligner retrained in place changes what the cache would hold."""
+    models, data = config.models, config.data
+    aligner = digest(locate(models.aligner)[1] / "model.safetensors") if models.aligner else None
     return {
+        "features": FEATURES_VERSION,
         "wan": models.wan,
         "vjepa2": models.vjepa2,
         "vjepa2_view": [models.vjepa2_stride, models.vjepa2_short_side],
         "aligner": models.aligner,
+        "aligner_weights": aligner,
+        "manifest": digest(data.train) if Path(data.train).is_file() else None,
         "text_length": models.text_length,
         "dtype": config.precompute.dtype,
-        "frames": config.data.frames,
-        "sizes": config.data.buckets or [[config.data.size, config.data.size]],
+        "frames": data.frames,
+        "timing": [data.fps, data.window, config.seed if data.window == "random" else None],
+        "sizes": data.buckets or [[data.size, data.size]],
     }
 
 
@@ -70,15 +92,18 @@ def precompute(config: Stage2Config, progress: bool = True) -> Path:
     manifest = load_manifest(config.data.train)
     todo = [i for i in range(len(manifest)) if str(i) not in index["clips"]]
     encoders = Stage2Encoders(config).to(pick_device(config.device))
+    dtype = getattr(torch, config.precompute.dtype)
+    if not (folder / EMPTY_CAPTION).is_file():
+        save_file({"text": encoders.empty_caption().to(dtype).contiguous()}, folder / f"{EMPTY_CAPTION}.tmp")
+        (folder / f"{EMPTY_CAPTION}.tmp").replace(folder / EMPTY_CAPTION)
     bad = BadSamples(config.data.max_bad_fraction)
-    clips = Stage2Dataset(manifest, buckets(config), union_masks=True)
+    clips = Stage2Dataset(manifest, buckets(config), config.data, config.seed, union_masks=True)
     size = config.precompute.batch_size
     groups: dict[int, list[int]] = {}
     for record in todo:  # a batch holds clips of one bucket: they stack
         groups.setdefault(clips.bucket_of[record], []).append(record)
     batches = [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
     loader = DataLoader(clips, batch_sampler=batches, collate_fn=collate, num_workers=config.data.num_workers)
-    dtype = getattr(torch, config.precompute.dtype)
     pending: dict[str, Tensor] = {}
     shard = len({name for name in index["clips"].values()})
     for batch in tqdm(loader, desc="stage2 precompute", unit="batch", disable=not progress):
@@ -141,6 +166,13 @@ class FeatureCache(torch.utils.data.Dataset):
         """Names of the tensors of the clip at ``position``, read from the shard's header."""
         prefix = f"{self.records[position]}/"
         return {k[len(prefix) :] for k in self._shard(self.records[position]).keys() if k.startswith(prefix)}
+
+    def empty_caption(self) -> Tensor:
+        """The text states ``[l, D_t]`` of the empty caption."""
+        path = self.folder / EMPTY_CAPTION
+        if not path.is_file():
+            raise ValueError(f"{self.folder}: no {EMPTY_CAPTION} (run `sara stage2 precompute` again)")
+        return load_file(path)["text"]
 
     def __getitem__(self, position: int) -> dict[str, Tensor]:
         record = self.records[position]

@@ -12,7 +12,7 @@ import logging
 import torch
 from torch import Tensor
 
-from sara.config.stage2 import Stage2Config
+from sara.config.stage2 import SALIENCY_SOURCES, Stage2Config
 from sara.data.datasets import Skipped, Stage2Dataset, collate
 from sara.data.manifest import load_manifest
 from sara.stage2.cache import FeatureCache, cache_dir, fingerprint
@@ -21,11 +21,13 @@ from sara.stage2.encoders import Stage2Encoders, buckets, pad_text
 log = logging.getLogger(__name__)
 
 
-def _stack(clips: list[dict], config: Stage2Config, device: torch.device) -> dict[str, Tensor]:
+def _stack(clips: list[dict], config: Stage2Config, device: torch.device, empty: Tensor) -> dict[str, Tensor]:
     batch = {
         "latents": torch.stack([c["latents"] for c in clips]),  # (B, C, F, h, w)
         "text": pad_text([c["text"] for c in clips], config.models.text_length),  # (B, L, D_t)
     }
+    if config.data.caption_dropout:
+        batch["empty_text"] = pad_text([empty], config.models.text_length)  # (1, L, D_t)
     if config.objective.align.mode != "sft":
         batch["vfm"] = torch.stack([c["vfm"] for c in clips])  # (B, N_v, D_v)
     if config.objective.align.mode == "sara":
@@ -33,8 +35,22 @@ def _stack(clips: list[dict], config: Stage2Config, device: torch.device) -> dic
     return {k: v.to(device, torch.float32) for k, v in batch.items()}  # a bfloat16 cache trains in fp32
 
 
+def drop_captions(batch: dict[str, Tensor], share: float, generator: torch.Generator) -> dict[str, Tensor]:
+    """``batch`` with each sample's ``text`` replaced, with probability ``share`` drawn from
+    ``generator``, by ``empty_text`` (caption dropout, for classifier-free guidance)."""
+    drop = torch.rand(len(batch["text"]), generator=generator) < share  # (B,)
+    text = torch.where(drop.to(batch["text"].device)[:, None, None], batch["empty_text"], batch["text"])
+    return batch | {"text": text}
+
+
 def _saliency_key(config: Stage2Config) -> str:
-    return "saliency" if config.objective.align.saliency == "aligner" else "mask_saliency"
+    """The cached tensor the saliency of mode sara comes from."""
+    source = config.objective.align.saliency
+    if source == "aligner":
+        return "saliency"
+    if source == "masks":
+        return "mask_saliency"
+    raise ValueError(f"objective.align.saliency: {source!r}; choose one of {', '.join(SALIENCY_SOURCES)}")
 
 
 class CachedClips:
@@ -49,6 +65,7 @@ class CachedClips:
             log.warning("%d of %d cached clips have no %s and are left out", missing, len(self.cache), needed)
         if not self.positions:
             raise ValueError(f"{self.cache.folder}: no cached clip has {needed} (models.aligner or entity masks)")
+        self.empty_text = self.cache.empty_caption() if config.data.caption_dropout else None
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -59,7 +76,7 @@ class CachedClips:
         return [self.cache.shape(p, "latents") for p in self.positions]
 
     def batch(self, rows: list[int], device: torch.device) -> dict[str, Tensor]:
-        return _stack([self.cache[self.positions[r]] for r in rows], self.config, device)
+        return _stack([self.cache[self.positions[r]] for r in rows], self.config, device, self.empty_text)
 
 
 class OnlineClips:
@@ -68,8 +85,9 @@ class OnlineClips:
     def __init__(self, config: Stage2Config, device: torch.device):
         self.config = config
         manifest = load_manifest(config.data.train)
-        self.dataset = Stage2Dataset(manifest, buckets(config), union_masks=True)
+        self.dataset = Stage2Dataset(manifest, buckets(config), config.data, config.seed, union_masks=True)
         self.encoders = Stage2Encoders(config).to(device)
+        self.empty_text = self.encoders.empty_caption()
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -85,4 +103,4 @@ class OnlineClips:
                 raise ValueError(f"{item.where}: {item.reason} (online training needs every clip readable)")
         clips = collate(items)
         encoded = self.encoders(clips["frames"], clips["caption"], list(clips["masks"]))
-        return _stack(encoded, self.config, device)
+        return _stack(encoded, self.config, device, self.empty_text)

@@ -16,9 +16,9 @@ from transformers import AutoTokenizer, UMT5EncoderModel, VJEPA2Config
 from sara.config.stage2 import Stage2Config
 from sara.data.buckets import Bucket
 from sara.data.masks import pool_to_grid
-from sara.models.presets import resolve
+from sara.models.presets import resolve, wan_folder
 from sara.models.vjepa2 import VideoEncoder
-from sara.models.wan import load_vae, wan_folder
+from sara.models.wan import load_vae
 from sara.stage1.saliency import SaliencyModel
 from sara.stage2.align import VJEPA_FIRST_FRAME, VfmView
 
@@ -97,12 +97,7 @@ class Stage2Encoders(torch.nn.Module):
         frames = frames.to(device)  # (B, T, 3, H, W) uint8
         video = frames.permute(0, 2, 1, 3, 4).float() / 127.5 - 1  # (B, 3, T, H, W) in [-1, 1]
         latents = (self.vae.encode(video).latent_dist.mode() - self.latents_mean) / self.latents_std
-        text = self.text.encode_prompt(
-            captions,
-            do_classifier_free_guidance=False,
-            max_sequence_length=self.config.models.text_length,
-            device=device,
-        )[0]
+        text = self._encode_text(captions)
         seen = self._vfm_input(frames)  # (B, 4k / stride, 3, h, w): what V-JEPA 2 reads
         vfm = self.teacher(seen)  # (B, N_v, D_v)
         out = [
@@ -121,6 +116,19 @@ class Stage2Encoders(torch.nn.Module):
                 pooled = pool_to_grid(seen_mask, self.teacher.tubelet, self.teacher.patch)
                 clip["mask_saliency"] = pooled.flatten()
         return out
+
+    def _encode_text(self, captions: list[str]) -> Tensor:
+        """umT5 states ``[B, text_length, D_t]``, zero past each caption, as ``WanPipeline`` encodes them."""
+        device = self.latents_mean.device
+        length = self.config.models.text_length
+        return self.text.encode_prompt(
+            captions, do_classifier_free_guidance=False, max_sequence_length=length, device=device
+        )[0]
+
+    @torch.no_grad()
+    def empty_caption(self) -> Tensor:
+        """The states ``[l, D_t]`` of the empty caption: what Wan's unconditional branch reads."""
+        return trim_text(self._encode_text([""])[0]).cpu()
 
     def _vfm_input(self, frames: Tensor) -> Tensor:
         """The frames V-JEPA 2 reads, at its input size: ``[B, T, C, H, W] -> [B, T', C, h, w]``

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
 
+from sara.config.sampling import SCHEDULERS, Sampling
 from sara.data.video import write_gif, write_video
 from sara.data.visualize import slug
 from sara.device import pick_device
-
-SCHEDULERS = ("unipc", "euler")
 
 
 def load_pipeline(folder: str | Path, scheduler: str, shift: float, device: torch.device) -> WanPipeline:
@@ -31,21 +29,6 @@ def load_pipeline(folder: str | Path, scheduler: str, shift: float, device: torc
     else:
         raise ValueError(f"--scheduler: {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
     return pipe.to(device)
-
-
-@dataclass
-class Sampling:
-    """How each video is sampled and written."""
-
-    negative_prompt: str = ""
-    guidance_scale: float = 5.0  # classifier-free guidance; 1 turns it off
-    steps: int = 30  # denoising steps
-    seed: int = 0  # prompt i uses seed + i
-    frames: int = 17  # 4k + 1
-    height: int = 128
-    width: int = 128
-    fps: float = 16.0
-    text_length: int = 512  # caption tokens, zero-padded: as the DiT was trained
 
 
 def render(
@@ -79,10 +62,9 @@ def generate(
     prompts: list[str],
     out: str | Path,
     sampling: Sampling,
-    scheduler: str = "unipc",
-    shift: float = 3.0,
     device: str = "auto",
     progress: bool = True,
 ) -> list[Path]:
     """Videos of ``prompts`` from a Diffusers-format Wan folder (e.g. ``RUN_DIR/pipeline``)."""
-    return render(load_pipeline(folder, scheduler, shift, pick_device(device)), prompts, out, sampling, progress)
+    pipe = load_pipeline(folder, sampling.scheduler, sampling.shift, pick_device(device))
+    return render(pipe, prompts, out, sampling, progress)

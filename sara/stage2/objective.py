@@ -13,7 +13,7 @@ Batch keys: ``latents`` ``[B, C, F, H, W]`` (normalised VAE latents), ``text``
 
 Two-expert models (A14B): each sample goes to the expert that owns its timestep
 (``t >= boundary``: high noise); an expert that does not train is not in the model, and
-the caller draws σ inside the range of the experts that do.
+the caller draws σ inside the range of the experts that do (:meth:`Stage2Model.owners`).
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ import torch
 from diffusers import WanTransformer3DModel
 from torch import Tensor, nn
 
-from sara.config.stage2 import Stage2ObjectiveConfig
+from sara.config.stage2 import ALIGN_MODES, Stage2ObjectiveConfig
 from sara.losses import repa_loss, trd_loss
 from sara.losses.flow import flow_matching_loss, noisy_latents, shift_sigma, unshift_sigma
 from sara.models.wan import HIGH, WanLayout
-from sara.stage2.align import BlockHook, Projector, VfmView, resample_to_vjepa
+from sara.stage2.align import Projector, VfmView, capture_output, resample_to_vjepa
+
+SIGMA_SLACK = 1e-4  # how far past its expert's range a drawn σ may round
 
 
 class Stage2Model(nn.Module):
@@ -44,7 +46,6 @@ class Stage2Model(nn.Module):
         self.view = view
         align = config.align
         self.projectors = nn.ModuleDict()
-        self.hooks: dict[str, BlockHook] = {}
         if align.mode == "sft":
             return
         for name, dit in experts.items():
@@ -55,7 +56,6 @@ class Stage2Model(nn.Module):
                 )
             width = dit.config.num_attention_heads * dit.config.attention_head_dim
             self.projectors[name] = Projector(width, vfm_dim, align.projector_dim)
-            self.hooks[name] = BlockHook(dit.blocks[align.block])
 
     def vfm_grid(self, latent_shape: tuple[int, int, int]) -> tuple[int, int, int]:
         """V-JEPA 2 grid of the clip whose latents are ``(F, h, w)``: ``4(F − 1) + 1`` frames of
@@ -79,54 +79,82 @@ class Stage2Model(nn.Module):
         noise = torch.randn(latents.shape, generator=generator)
         return noise.to(latents.device, latents.dtype), shift_sigma(u, self.config.flow.shift).to(latents.device)
 
+    def owners(self, sigma: Tensor) -> Tensor:
+        """Index into ``layout.experts`` of the expert each sample ``[B]`` goes to.
+
+        With every expert training, the timestep decides (``t >= boundary``: high noise). With
+        one expert of two, σ was drawn from that expert's range, so the sample is that expert's:
+        rounding can put σ a hair across the boundary (``shift(unshift(0.875)) = 0.87499994``),
+        which is no reason to send it to an expert that is not there."""
+        if len(self.experts) == len(self.layout.experts):
+            return self.layout.expert_of(sigma * 1000)
+        (name,) = self.experts
+        low, high = self.sigma_range()
+        outside = (sigma < low - SIGMA_SLACK) | (sigma > high + SIGMA_SLACK)
+        if outside.any():
+            raise ValueError(
+                f"sigma: {sigma[outside][0].item():.4f} lies outside [{low:g}, {high:g}], the range of the "
+                f"{name} expert, the one that trains"
+            )
+        return torch.full(sigma.shape, self.layout.experts.index(name), dtype=torch.long, device=sigma.device)
+
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         x0, sigma = batch["latents"], batch["sigma"]
         xt, target = noisy_latents(x0, batch["noise"], sigma)
         timesteps = sigma * 1000
-        owner = self.layout.expert_of(timesteps)  # (B,) index into layout.experts
+        owner = self.owners(sigma)  # (B,) index into layout.experts
         flow = torch.zeros(len(x0), device=x0.device)
         align = x0.new_zeros((), dtype=torch.float32)
         for index, name in enumerate(self.layout.experts):
-            if len(self.layout.experts) == 1:  # every sample, without the host sync of nonzero()
+            if name not in self.experts:
+                continue
+            if len(self.experts) == 1:  # owners() gave every sample to it: no host sync of nonzero()
                 rows = torch.arange(len(x0), device=x0.device)
             else:
                 rows = (owner == index).nonzero().squeeze(1)
-            if len(rows) == 0:
-                continue
-            if name not in self.experts:
-                raise ValueError(
-                    f"sigma: a sample at t={timesteps[rows[0]]:.0f} belongs to the {name} expert, which does not train"
-                )
-            pred = self._denoise(name, xt[rows], timesteps[rows], batch["text"][rows])
+                if len(rows) == 0:
+                    continue
+            pred, hidden = self._denoise(name, xt[rows], timesteps[rows], batch["text"][rows])
             flow = flow.index_put((rows,), flow_matching_loss(pred, target[rows]))
-            if self.config.align.mode != "sft":
-                part = self._align(name, x0.shape[2:], batch, rows)
+            if hidden is not None:
+                part = self._align(name, x0.shape[2:], batch, rows, hidden)
                 align = align + part * len(rows) / len(x0)
         flow = flow.mean()
         loss = flow + self.config.align.weight * align
         return loss, {"flow": flow.detach(), "align": align.detach()}
 
-    def _denoise(self, name: str, xt: Tensor, timesteps: Tensor, text: Tensor) -> Tensor:
+    def _denoise(self, name: str, xt: Tensor, timesteps: Tensor, text: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The expert's prediction and, when a term aligns it, block ``align.block``'s output ``(b, N_dit, D)``."""
         dit = self.experts[name]
         if self.layout.expand_timesteps:  # TI2V-5B: one timestep per DiT token, as its pipeline feeds it
             p_t, p_h, p_w = dit.config.patch_size
             tokens = (xt.shape[2] // p_t) * (xt.shape[3] // p_h) * (xt.shape[4] // p_w)
             timesteps = timesteps[:, None].expand(-1, tokens)
-        return dit(xt, timestep=timesteps, encoder_hidden_states=text, return_dict=False)[0]
+        if self.config.align.mode == "sft":
+            return dit(xt, timestep=timesteps, encoder_hidden_states=text, return_dict=False)[0], None
+        with capture_output(dit.blocks[self.config.align.block]) as outputs:
+            pred = dit(xt, timestep=timesteps, encoder_hidden_states=text, return_dict=False)[0]
+        if len(outputs) != 1:
+            raise RuntimeError(f"align.block: the block ran {len(outputs)} times in one forward, expected once")
+        return pred, outputs[0]
 
-    def _align(self, name: str, latent_shape: torch.Size, batch: dict[str, Tensor], rows: Tensor) -> Tensor:
+    def _align(
+        self, name: str, latent_shape: torch.Size, batch: dict[str, Tensor], rows: Tensor, hidden: Tensor
+    ) -> Tensor:
+        """The alignment term of the samples ``rows`` from their block states ``hidden`` ``(b, N_dit, D)``."""
         dit = self.experts[name]
         p_t, p_h, p_w = dit.config.patch_size
         grid = (latent_shape[0] // p_t, latent_shape[1] // p_h, latent_shape[2] // p_w)
-        hidden = self.hooks[name].pop()  # (b, N_dit, D)
         vfm_grid = self.vfm_grid(tuple(latent_shape))
         tokens = resample_to_vjepa(
             self.projectors[name](hidden), grid, vfm_grid, self.view, self.layout.vae_temporal
         )  # (b, N_v, D_v)
         target = batch["vfm"][rows]
-        mode = self.config.align
-        if mode.mode == "repa":
+        align = self.config.align
+        if align.mode == "repa":
             return repa_loss(tokens, target).float()
-        if mode.mode == "trd":
-            return trd_loss(tokens, target, None, "none", mode.margin).float()
-        return trd_loss(tokens, target, batch["saliency"][rows], mode.routing, mode.margin).float()
+        if align.mode == "trd":
+            return trd_loss(tokens, target, None, "none", align.margin).float()
+        if align.mode == "sara":
+            return trd_loss(tokens, target, batch["saliency"][rows], align.routing, align.margin).float()
+        raise ValueError(f"align.mode: {align.mode!r} has no alignment term; choose one of {', '.join(ALIGN_MODES)}")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from sara.bench.step import bench_step, format_step
+from sara.config.sampling import Sampling
 from sara.config.schema import DemoConfig
 from sara.data.manifest import load_manifest
 from sara.data.synthetic import SynthSpec, synthesize
@@ -20,7 +21,7 @@ from sara.data.visualize import save_png, strip
 from sara.plots import loss_curves
 from sara.report import Section, image, paragraph, preformatted, table
 from sara.stage2.cache import FeatureCache, precompute
-from sara.stage2.generate import Sampling, generate
+from sara.stage2.generate import generate
 from sara.stage2.train import train
 
 

@@ -25,14 +25,16 @@ from tqdm import tqdm
 
 from sara.checkpoint import load_checkpoint, resume_point, save_checkpoint
 from sara.config import save_config
+from sara.config.sampling import Sampling
 from sara.config.stage2 import Stage2Config
 from sara.data.manifest import load_manifest
 from sara.device import pick_device
 from sara.models.aligner import parameter_count
-from sara.models.wan import SUBFOLDER, WanLayout, load_transformers, read_layout, wan_folder
-from sara.stage2.clips import CachedClips, OnlineClips
+from sara.models.presets import wan_folder
+from sara.models.wan import SUBFOLDER, WanLayout, load_transformers, read_layout
+from sara.stage2.clips import CachedClips, OnlineClips, drop_captions
 from sara.stage2.encoders import buckets, teacher
-from sara.stage2.generate import Sampling, render
+from sara.stage2.generate import render
 from sara.stage2.objective import Stage2Model
 from sara.training import BucketSteps, load_history, lr_factor, save_history
 
@@ -74,11 +76,15 @@ def train_step(
     generator: torch.Generator,
     config: Stage2Config,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """One optimizer step on ``batch`` with noise from ``generator``: ``(loss, terms, grad norm)``."""
+    """One optimizer step on ``batch`` with noise (and caption dropout) from ``generator``:
+    ``(loss, terms, grad norm)``."""
     latents = batch["latents"]
     noise, sigma = model.draw(latents, generator)
+    batch = batch | {"noise": noise, "sigma": sigma}
+    if config.data.caption_dropout:  # drawn after the noise: runs without dropout keep their noise
+        batch = drop_captions(batch, config.data.caption_dropout, generator)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=latents.device.type == "cuda"):
-        loss, terms = model(batch | {"noise": noise, "sigma": sigma})
+        loss, terms = model(batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -196,8 +202,6 @@ class Validator:
             return render(self.pipe, self.prompts, out, self.sampling, progress=False)
         finally:
             self.model.train()
-            for hook in self.model.hooks.values():
-                hook.clear()  # sampling ran the hooked blocks
 
 
 def export_pipeline(model: Stage2Model, layout: WanLayout, out: Path) -> Path:

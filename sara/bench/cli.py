@@ -1,0 +1,103 @@
+"""`sara bench …`: benchmarks that print figures (never asserted in tests)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from sara.bench.trd import DTYPES
+from sara.config.stage2 import ALIGN_MODES
+from sara.models.presets import WAN_VARIANTS
+from sara.routing import MODES
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser("bench", help="benchmarks that print figures")
+    group = bench.add_subparsers(dest="bench", required=True)
+    trd = group.add_parser("trd", help="dense vs blockwise TRD: time, peak memory, GFLOP/s")
+    trd.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096, 16384], help="N values")
+    trd.add_argument("--dim", type=int, default=1024, help="feature width D")
+    trd.add_argument("--batch", type=int, default=1)
+    trd.add_argument("--modes", nargs="+", choices=MODES, default=["none", "or"])
+    trd.add_argument("--fg-fraction", type=float, default=0.48, help="FG share of the hard masks")
+    trd.add_argument("--device", default="cpu")
+    trd.add_argument("--dtype", choices=DTYPES, default=DTYPES[0])
+    trd.add_argument("--chunk-size", type=int, default=None, help="row block (default: automatic)")
+    trd.add_argument("--repeats", type=int, default=3, help="least number of timed runs after the warm-up")
+    trd.add_argument("--min-seconds", type=float, default=2.0, help="time each case for at least this long; median")
+    trd.add_argument("--json", action="store_true", help="print the rows as JSON")
+    trd.set_defaults(handler=_trd)
+
+    step = group.add_parser("step", help="Stage 2 step time and peak memory per mode, as ratios to sft")
+    step.add_argument("--modes", nargs="+", choices=ALIGN_MODES, default=["sft", "trd", "sara"])
+    step.add_argument("--batch", type=int, default=2, help="clips per step")
+    step.add_argument("--frames", type=int, default=17, help="4k + 1 frames per clip")
+    step.add_argument("--size", type=int, default=128, help="square frame size")
+    step.add_argument("--device", default="cpu")
+    step.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    step.add_argument("--steps", type=int, default=20, help="timed steps; the median is reported")
+    step.add_argument("--no-online", action="store_true", help="skip the online-encoder variant")
+    step.add_argument("--wan", default="tiny", help=f"{' | '.join(WAN_VARIANTS)}, or a Diffusers-format Wan folder")
+    step.add_argument("--workdir", help="where the world, presets and cache go (default: a new temporary folder)")
+    step.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    step.set_defaults(handler=_step)
+
+
+def _trd(args: argparse.Namespace) -> None:
+    import torch
+
+    from sara.bench.trd import bench_trd, format_rows
+    from sara.device import pick_device
+
+    pick_device(args.device)  # a clear error when CUDA is asked for and absent
+    rows = bench_trd(
+        args.tokens,
+        args.dim,
+        args.batch,
+        args.modes,
+        args.fg_fraction,
+        args.device,
+        args.dtype,
+        args.chunk_size,
+        args.repeats,
+        args.min_seconds,
+        progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(
+        f"TRD forward+backward, B={args.batch} D={args.dim} {args.dtype} on {args.device} "
+        f"({torch.get_num_threads()} CPU threads); hard masks with FG {args.fg_fraction} for routed modes"
+    )
+    print(format_rows(rows))
+
+
+def _step(args: argparse.Namespace) -> None:
+    import torch
+
+    from sara.bench.step import bench_step, format_step
+    from sara.device import pick_device
+
+    pick_device(args.device)
+    results = bench_step(
+        args.modes,
+        args.batch,
+        args.frames,
+        args.size,
+        args.device,
+        args.warmup,
+        args.steps,
+        online=not args.no_online,
+        wan=args.wan,
+        workdir=args.workdir,
+        progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(
+        f"Stage 2 step (forward, backward, AdamW) of the {args.wan} Wan DiT, batch {args.batch} of {args.frames} frames "
+        f"at {args.size}² on {args.device} ({torch.get_num_threads()} CPU threads); median of {args.steps} steps"
+    )
+    print(format_step(results))

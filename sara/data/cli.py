@@ -1,0 +1,123 @@
+"""`sara data …`: synthesise the shapes world, entity prompts, SAM 3 masks, check a manifest."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sara.data.synthetic import SynthSpec
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    data = commands.add_parser("data", help="data sets: synthesise, entity prompts, masks, check")
+    group = data.add_subparsers(dest="data", required=True)
+    spec = SynthSpec()
+    synth = group.add_parser("synth", help="write the synthetic shapes world (clips, masks, manifests)")
+    synth.add_argument("--out", required=True, help="folder to write")
+    synth.add_argument("--num", type=int, default=spec.num, help="number of clips")
+    synth.add_argument("--seed", type=int, default=spec.seed)
+    synth.add_argument("--frames", type=int, default=spec.frames, help="frames per clip")
+    synth.add_argument("--size", type=int, default=spec.size, help="square frame size in pixels")
+    synth.add_argument("--fps", type=int, default=spec.fps, help="frame rate of the videos")
+    synth.add_argument("--fg-fraction", type=float, default=spec.fg_fraction, help="mean FG share of the token grid")
+    synth.add_argument(
+        "--min-visible", type=float, default=spec.min_visible, help="least share of its area an entity shows"
+    )
+    synth.add_argument("--heldout-fraction", type=float, default=spec.heldout_fraction, help="share in heldout.jsonl")
+    synth.add_argument("--workers", type=int, default=2, help="processes")
+    synth.set_defaults(handler=_synth)
+
+    prompts = group.add_parser("prompts", help="short entity prompts for records that have none")
+    prompts.add_argument("manifest")
+    prompts.add_argument("--endpoint", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:30000/v1")
+    prompts.add_argument("--model", help="model name the endpoint serves")
+    prompts.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
+    prompts.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    prompts.add_argument("--retries", type=int, default=2, help="extra tries per caption before falling back")
+    prompts.set_defaults(handler=_prompts)
+
+    check = group.add_parser("check", help="read every clip and mask once; one line per problem")
+    check.add_argument("manifest")
+    check.add_argument("--frames", type=int, help="the window a run takes: name the clips with fewer frames")
+    check.add_argument("--fps", type=float, help="the rate the window is counted at (default: each video's own)")
+    check.set_defaults(handler=_check)
+
+    masks = group.add_parser("masks", help="per-entity masks from SAM 3 (text-prompted video segmentation)")
+    masks.add_argument("manifest")
+    masks.add_argument("--weights", required=True, help="local SAM 3 folder (Hugging Face format)")
+    masks.add_argument("--masks-dir", help="where mask files go (default: masks/ beside the manifest)")
+    masks.add_argument("--device", default="auto", help="auto: cuda when available, else cpu")
+    masks.add_argument("--save-every", type=int, default=20, help="rewrite the manifest every this many clips")
+    masks.set_defaults(handler=_masks)
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from sara.data.synthetic import synthesize
+
+    spec = SynthSpec(
+        num=args.num,
+        seed=args.seed,
+        frames=args.frames,
+        size=args.size,
+        fps=args.fps,
+        fg_fraction=args.fg_fraction,
+        min_visible=args.min_visible,
+        heldout_fraction=args.heldout_fraction,
+    )
+    summary = synthesize(spec, args.out, workers=args.workers)
+    clips = ", ".join(f"{n} {split}" for split, n in summary["clips"].items())
+    print(
+        f"wrote {clips} clips to {summary['out']}; mean FG fraction of the token grid {summary['fg_fraction']:.3f}; "
+        f"every entity shows at least {summary['least_visible']:.3f} of its area in every frame"
+    )
+
+
+def _prompts(args: argparse.Namespace) -> None:
+    from sara.data.manifest import load_manifest
+    from sara.data.prompts import Endpoint, fill_prompts
+
+    if (args.endpoint is None) != (args.model is None):
+        raise ValueError("--endpoint and --model go together")
+    endpoint = Endpoint(args.endpoint, args.model, args.timeout, args.retries) if args.endpoint else None
+    stats = fill_prompts(load_manifest(args.manifest), endpoint, args.concurrency)
+    print(
+        f"{args.manifest}: {stats.asked} captions asked ({stats.fallbacks} fell back to the cast list), "
+        f"{stats.from_cast} from the cast list, {stats.kept} kept, {stats.without} left without entities"
+    )
+
+
+def _check(args: argparse.Namespace) -> int:
+    from sara.data.check import check_manifest
+    from sara.data.manifest import load_manifest
+
+    report = check_manifest(load_manifest(args.manifest), args.frames, args.fps)
+    for line in report.problems:
+        print(line)
+    print(report.summary())
+    return 1 if report.problems else 0
+
+
+def _masks(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from sara.data.extract_masks import extract_masks
+    from sara.data.manifest import load_manifest
+    from sara.device import pick_device
+    from sara.models.sam3 import Sam3Segmenter
+
+    device = pick_device(args.device)
+    manifest = load_manifest(args.manifest)
+    segmenter = Sam3Segmenter(
+        args.weights, device=device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32
+    )
+    masks_dir = Path(args.masks_dir) if args.masks_dir else manifest.path.parent / "masks"
+    stats = extract_masks(manifest, segmenter, masks_dir, save_every=args.save_every)
+    print(
+        f"{manifest.path}: segmented {stats.done} clips ({stats.frames} frames), {stats.already} already done, "
+        f"{stats.no_entities} without entity prompts, {len(stats.failed)} unreadable; masks in {masks_dir}"
+    )
+    for line in stats.failed:
+        print(f"skipped {line}", file=sys.stderr)
+    return 1 if stats.failed else 0

@@ -1,0 +1,73 @@
+"""`sara stage2 …`: precompute the frozen encoders, train the DiT, generate videos."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from sara.config.arguments import add_config_arguments, resume_and_overrides
+from sara.config.sampling import SCHEDULERS, Sampling
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    stage2 = commands.add_parser("stage2", help="the DiT with flow matching + routed TRD: precompute, train, generate")
+    group = stage2.add_subparsers(dest="stage2", required=True)
+    precompute = group.add_parser(
+        "precompute", help="VAE latents, caption states, V-JEPA 2 tokens and saliency per clip, sharded"
+    )
+    add_config_arguments(precompute, "configs/stage2/tiny.yaml")
+    precompute.set_defaults(handler=_precompute)
+
+    train = group.add_parser("train", help="continual training of the DiT; exports a Diffusers pipeline")
+    add_config_arguments(train, "configs/stage2/tiny.yaml", resume=True)
+    train.set_defaults(handler=_train)
+
+    generate = group.add_parser("generate", help="text-to-video with WanPipeline; mp4 and GIF per prompt")
+    generate.add_argument("--pipeline", required=True, help="Diffusers-format Wan folder, e.g. RUN_DIR/pipeline")
+    generate.add_argument("--prompt", nargs="+", help="prompts")
+    generate.add_argument("--manifest", help="also every caption of this manifest")
+    generate.add_argument("--out", required=True, help="folder for the videos")
+    generate.add_argument("--device", default="auto", help="auto: cuda when available, else cpu")
+    defaults = Sampling()
+    for field in fields(Sampling):  # every sampling setting, named and defaulted as the dataclass says
+        flag = "--" + {"guidance_scale": "cfg"}.get(field.name, field.name).replace("_", "-")
+        choices = SCHEDULERS if field.name == "scheduler" else None
+        kind = type(getattr(defaults, field.name))
+        default = getattr(defaults, field.name)
+        generate.add_argument(
+            flag, dest=field.name, type=kind, default=default, choices=choices, help=field.metadata["help"]
+        )
+    generate.set_defaults(handler=_generate)
+
+
+def _precompute(args: argparse.Namespace) -> None:
+    from sara.config import load_config
+    from sara.config.stage2 import Stage2Config
+    from sara.stage2.cache import FeatureCache, precompute
+
+    folder = precompute(load_config(Stage2Config, args.config, args.overrides))
+    print(f"cache {folder}: {len(FeatureCache(folder))} clips")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from sara.config import load_config
+    from sara.config.stage2 import Stage2Config
+    from sara.stage2.train import train
+
+    resume, overrides = resume_and_overrides(args)
+    run = train(load_config(Stage2Config, args.config, overrides), resume=resume)
+    print(f"run {run}; Diffusers-format pipeline in {run / 'pipeline'}")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from sara.data.manifest import load_manifest
+    from sara.stage2.generate import generate
+
+    prompts = list(args.prompt or [])
+    if args.manifest:
+        prompts += [r.prompt() for r in load_manifest(args.manifest).records]
+    if not prompts:
+        raise ValueError("give --prompt TEXT or --manifest FILE")
+    sampling = Sampling(**{field.name: getattr(args, field.name) for field in fields(Sampling)})
+    written = generate(args.pipeline, prompts, args.out, sampling, args.device)
+    print(f"wrote {len(written)} videos (mp4 and GIF) to {args.out}")

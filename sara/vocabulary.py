@@ -1,0 +1,28 @@
+"""The words of the synthetic shapes world: shape kinds, colours, motions, counts.
+
+A leaf module (it imports nothing of ``sara``): the renderer draws these words and the
+tiny presets' tokenizers learn them as whole tokens, so both read them from here.
+"""
+
+from __future__ import annotations
+
+SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (50, 90, 230),
+    "yellow": (240, 210, 40),
+    "purple": (150, 60, 200),
+    "orange": (250, 140, 30),
+    "cyan": (40, 200, 215),
+    "white": (245, 245, 245),
+}
+MOTIONS = {  # unit direction (dy, dx) and how the caption says it
+    "left to right": (0.0, 1.0),
+    "right to left": (0.0, -1.0),
+    "top to bottom": (1.0, 0.0),
+    "bottom to top": (-1.0, 0.0),
+    "top left to bottom right": (0.7071, 0.7071),
+    "bottom right to top left": (-0.7071, -0.7071),
+}
+NUMBERS = {1: "one", 2: "two", 3: "three"}
