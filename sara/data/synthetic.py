@@ -12,7 +12,7 @@ V-JEPA token grid) is covered. Everything is a function of ``(seed, clip index)`
 outside the frame. Larger shapes are drawn behind smaller ones, and a layout that breaks
 the rule is drawn again (new paths, same kinds, colours and sizes); after every ten failed
 layouts the shapes shrink by 15 %. At the defaults a clip takes 4 layouts on average and
-the token-grid FG share comes out at 0.47 (``make demo`` reports both). So captions and
+the token-grid FG share comes out at 0.46 (``make demo`` reports it). So captions and
 masks carry no label noise, and each record keeps what the renderer knows (``render``:
 kind, colour, motion direction, per-frame centre and angle, reach, least visible share) for
 evaluations that score a video against its prompt.
