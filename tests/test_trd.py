@@ -228,3 +228,28 @@ def test_repa_is_one_minus_cosine():
     assert target.grad is None and pred.grad is not None
     with pytest.raises(ValueError, match="target: shape .* does not match pred"):
         repa_loss(pred, torch.randn(2, 10, 9))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("count", [2, 3, 4])
+def test_parts_sum_to_the_loss_and_its_gradient(mode, count):
+    pred, target = features(2, 96, 16)
+    saliency = hard_mask(2, 96, 0.4) if mode != "none" else None
+    whole = loss_and_grad(trd_loss, pred, target, saliency, mode, 0.1, chunk_size=8)
+    parts = [
+        loss_and_grad(trd_loss, pred, target, saliency, mode, 0.1, chunk_size=8, part=(i, count)) for i in range(count)
+    ]
+    torch.testing.assert_close(sum(p[0] for p in parts), whole[0], rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(sum(p[1] for p in parts), whole[1], rtol=1e-5, atol=1e-9)
+    assert all(p[0] < whole[0] for p in parts)  # each part is a real share, not the whole
+    repa = loss_and_grad(repa_loss, pred, target)
+    repa_parts = [loss_and_grad(repa_loss, pred, target, part=(i, count)) for i in range(count)]
+    torch.testing.assert_close(sum(p[0] for p in repa_parts), repa[0])
+    torch.testing.assert_close(sum(p[1] for p in repa_parts), repa[1])
+
+
+def test_a_part_outside_its_count_is_refused():
+    pred, target = features(1, 8, 4)
+    for fn in (trd_loss, repa_loss):
+        with pytest.raises(ValueError, match=r"part: \(2, 2\) is not one of 2 shares"):
+            fn(pred, target, part=(2, 2))

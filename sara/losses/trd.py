@@ -65,6 +65,12 @@ def _prepare(
     return _normalise(pred), _normalise(target.detach()), saliency, route, mode
 
 
+def _check_part(part: tuple[int, int]) -> None:
+    index, count = part
+    if not 0 <= index < count:
+        raise ValueError(f"part: ({index}, {count}) is not one of {count} shares")
+
+
 def _skip_order(saliency: Tensor, mode: str) -> Tensor | None:
     """A per-sample token order ``[B, N]`` that gathers zero-weight pairs into whole blocks,
     or ``None`` when no weight can vanish.
@@ -104,6 +110,7 @@ def trd_loss(
     mode: str = "or",
     margin: float = 0.1,
     chunk_size: int | None = None,
+    part: tuple[int, int] = (0, 1),
 ) -> Tensor:
     """Saliency-routed token-relation distillation loss.
 
@@ -122,11 +129,15 @@ def trd_loss(
         margin: ``>= 0``; differences below it are not penalised.
         chunk_size: row-block size of the exact memory-efficient path; ``None`` picks one.
             The loss and its gradient do not depend on it (up to float rounding).
+        part: ``(i, n)``: only the ``i``-th of ``n`` exact shares of the pairs (a share of
+            the row blocks, over the global normaliser); the ``n`` shares sum to the loss.
+            Sequence parallelism gives each rank one, on the same gathered inputs.
 
     Returns:
         The scalar loss, in ``pred``'s dtype (accumulated in fp32, or fp64 for fp64 inputs).
     """
     p, y, w, route, mode = _prepare(pred, target, saliency, mode, margin, chunk_size)
+    _check_part(part)
     normaliser = pair_weight_sum(w, mode)  # (B,)
     order = _skip_order(w, mode)
     if order is not None:
@@ -134,7 +145,7 @@ def trd_loss(
         p = torch.gather(p, 1, order.unsqueeze(-1).expand_as(p))
         y = torch.gather(y, 1, order.unsqueeze(-1).expand_as(y))
     chunk = chunk_size or auto_chunk(p.shape[1])
-    return BlockwiseTRD.apply(p, y, w, route, float(margin), chunk, normaliser)
+    return BlockwiseTRD.apply(p, y, w, route, float(margin), chunk, normaliser, part)
 
 
 def visited_panels(saliency: Tensor, mode: str, chunk_size: int | None = None) -> list[tuple[int, int, int, int]]:
@@ -145,17 +156,21 @@ def visited_panels(saliency: Tensor, mode: str, chunk_size: int | None = None) -
     return panel_plan(w, get_route(mode), chunk_size or auto_chunk(saliency.shape[1]))
 
 
-def repa_loss(pred: Tensor, target: Tensor) -> Tensor:
+def repa_loss(pred: Tensor, target: Tensor, part: tuple[int, int] = (0, 1)) -> Tensor:
     """REPA baseline: ``1 − cos(pred_n, target_n)`` averaged over tokens and the batch.
 
     Args:
         pred: ``[B, N, D]`` student tokens; carries the gradient.
         target: ``[B, N, D]`` teacher tokens; detached.
+        part: ``(i, n)``: only the ``i``-th of ``n`` contiguous token shares, still divided
+            by ``B·N``; the ``n`` shares sum to the loss.
 
     Returns:
         The scalar loss in [0, 2], in ``pred``'s dtype (computed in fp32).
     """
     _check_features(pred, target, same_width=True)
+    _check_part(part)
     compute = torch.float64 if pred.dtype == torch.float64 else torch.float32
-    cosine = F.cosine_similarity(pred.to(compute), target.detach().to(compute), dim=-1)  # (B, N)
-    return (1 - cosine).mean().to(pred.dtype)
+    rows = torch.tensor_split(torch.arange(pred.shape[1], device=pred.device), part[1])[part[0]]
+    cosine = F.cosine_similarity(pred[:, rows].to(compute), target[:, rows].detach().to(compute), dim=-1)  # (B, n)
+    return ((1 - cosine).sum() / pred.shape[:2].numel()).to(pred.dtype)

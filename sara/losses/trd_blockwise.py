@@ -20,6 +20,13 @@ the pairs: about ``2·N²·D`` multiply-adds in all, against dense autograd's ``
 Peak extra memory is ``O(B·N·D)`` for the gradient accumulator plus ``O(B·chunk·N)`` for
 one panel.
 
+**Parts.** The panels are independent terms of one sum, so the loss splits exactly into
+``n`` parts, each a share of the row blocks (dealt round-robin, which balances the
+triangle's shrinking rows): part ``i`` sums its panels' pairs over the *global*
+normaliser, and the ``n`` parts add up to the loss, their gradients to its gradient.
+Sequence-parallel training gives each rank one part (``sara.parallel``); no rank builds
+more than ``chunk × N`` of the relation matrices.
+
 Zero-weight pairs are skipped: tokens are sorted by saliency (descending) before the
 call, so hard masks leave whole blocks of zero weight at the end (background–background
 under ``or``), and every block pair whose largest weight is zero is never computed.
@@ -87,8 +94,10 @@ def trd_blockwise_forward(
     chunk: int,
     normaliser: Tensor,
     with_grad: bool = True,
+    part: tuple[int, int] = (0, 1),
 ) -> tuple[Tensor, Tensor | None]:
-    """Loss and (when ``with_grad``) its gradient with respect to ``p``, panel by panel.
+    """Loss and (when ``with_grad``) its gradient with respect to ``p``, panel by panel;
+    with ``part = (i, n)`` only the ``i``-th of ``n`` shares of the row blocks.
 
     Args:
         p: ``[B, N, Dp]`` L2-normalised student tokens.
@@ -106,7 +115,8 @@ def trd_blockwise_forward(
     batch = p.shape[0]
     grad = torch.zeros(p.shape, dtype=acc, device=p.device) if with_grad else None  # (B, N, Dp) G P
     total = torch.zeros(batch, dtype=acc, device=p.device)  # (B,) Σ W l
-    for r0, r1, c0, c1 in panel_plan(w, route, chunk):
+    index, count = part
+    for r0, r1, c0, c1 in panel_plan(w, route, chunk)[index::count]:
         p_rows, p_cols = p[:, r0:r1], p[:, c0:c1]  # (B, R, Dp), (B, C, Dp)
         delta = torch.bmm(p_rows, p_cols.mT).to(acc)  # (B, R, C) S_p panel
         delta -= torch.bmm(y[:, r0:r1], y[:, c0:c1].mT)  # S_p − S_y
@@ -133,9 +143,9 @@ class BlockwiseTRD(torch.autograd.Function):
     """Autograd wrapper: the gradient is computed in forward and only scaled in backward."""
 
     @staticmethod
-    def forward(ctx, p, y, saliency, route, margin, chunk, normaliser):  # noqa: D102
+    def forward(ctx, p, y, saliency, route, margin, chunk, normaliser, part):  # noqa: D102
         with_grad = ctx.needs_input_grad[0]
-        loss, grad = trd_blockwise_forward(p, y, saliency, route, margin, chunk, normaliser, with_grad)
+        loss, grad = trd_blockwise_forward(p, y, saliency, route, margin, chunk, normaliser, with_grad, part)
         if with_grad:
             ctx.save_for_backward(grad.to(p.dtype))
         return loss.to(p.dtype)
@@ -144,4 +154,4 @@ class BlockwiseTRD(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):  # noqa: D102
         (grad,) = ctx.saved_tensors
-        return grad * grad_output, None, None, None, None, None, None
+        return grad * grad_output, None, None, None, None, None, None, None

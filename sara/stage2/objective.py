@@ -44,6 +44,10 @@ class Stage2Model(nn.Module):
         self.experts = nn.ModuleDict(experts)
         self.layout, self.config = layout, config
         self.view = view
+        # the share (i, n) of the alignment pairs this process computes: under sequence
+        # parallelism each rank of a group takes one, on the same gathered tokens, and the
+        # shares sum to the term (the parallel layer sets it; one process computes all)
+        self.align_part = (0, 1)
         align = config.align
         self.projectors = nn.ModuleDict()
         if align.mode == "sft":
@@ -151,10 +155,11 @@ class Stage2Model(nn.Module):
         )  # (b, N_v, D_v)
         target = batch["vfm"][rows]
         align = self.config.align
+        part = self.align_part
         if align.mode == "repa":
-            return repa_loss(tokens, target).float()
+            return repa_loss(tokens, target, part=part).float()
         if align.mode == "trd":
-            return trd_loss(tokens, target, None, "none", align.margin).float()
+            return trd_loss(tokens, target, None, "none", align.margin, part=part).float()
         if align.mode == "sara":
-            return trd_loss(tokens, target, batch["saliency"][rows], align.routing, align.margin).float()
+            return trd_loss(tokens, target, batch["saliency"][rows], align.routing, align.margin, part=part).float()
         raise ValueError(f"align.mode: {align.mode!r} has no alignment term; choose one of {', '.join(ALIGN_MODES)}")

@@ -1,0 +1,34 @@
+"""How a run spreads over processes (``parallel:`` in the Stage 1 and Stage 2 configs).
+
+The world of ``torchrun`` (or ``accelerate launch``, or SLURM through ``srun torchrun``) is
+``dp_replicate × dp_shard × ulysses`` processes. Every degree left at ``-1`` takes the rest
+of the world, so the defaults are plain FSDP over every process, and one process runs
+without any of it. ``sara.parallel`` implements it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sara.config.loader import option
+
+PARAM_DTYPES = ("auto", "float32", "bfloat16")
+
+
+@dataclass
+class ParallelConfig:
+    # model replicas that each hold a full sharded copy (HSDP: e.g. one per node); gradients
+    # are all-reduced between them
+    dp_replicate: int = option(1, ge=1)
+    # processes a model's parameters, gradients and optimizer state are sharded over (FSDP2);
+    # -1: the world divided by dp_replicate and ulysses
+    dp_shard: int = option(-1, ge=-1)
+    # sequence-parallel degree of the DiT (Ulysses all-to-all over attention heads): tokens and
+    # heads are split over this many processes, which see the same clips
+    ulysses: int = option(1, ge=1)
+    # dtype FSDP gathers parameters in for compute (gradients are reduced in fp32); auto:
+    # bfloat16 on CUDA, float32 on CPU
+    param_dtype: str = option("auto", choices=PARAM_DTYPES)
+    # free gathered parameters after each block's forward (less memory, one more all-gather
+    # in backward)
+    reshard_after_forward: bool = True

@@ -1,0 +1,31 @@
+"""The collectives a sequence-parallel step needs, each with the backward it must have.
+
+Losses never see a process group (``sara.losses`` stays pure): the parallel layer gathers
+tensors before them and reduces the figures after.
+"""
+
+from __future__ import annotations
+
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+from torch import Tensor
+from torch.distributed.device_mesh import DeviceMesh
+
+
+def gather_tokens(x: Tensor, mesh: DeviceMesh) -> Tensor:
+    """``[B, N/P, D]`` on each of the ``P`` ranks of ``mesh`` -> ``[B, N, D]`` in rank order.
+
+    The backward is a sum reduce-scatter: each rank's slice receives the gradient that
+    *every* rank's use of the gathered tensor sends it. That is the exact gradient when the
+    ranks compute disjoint shares of one loss (the parts of ``trd_loss``), and ``P`` times
+    it when they all compute the same loss — which is why each rank computes only its part.
+    ``wait_tensor`` (not ``.wait()``, which detaches) keeps the graph.
+    """
+    return funcol.wait_tensor(funcol.all_gather_tensor_autograd(x.contiguous(), gather_dim=1, group=mesh))
+
+
+def world_mean(values: Tensor) -> Tensor:
+    """Mean of a tensor over every rank of the run (a copy, detached); for logging only."""
+    values = values.detach().clone()
+    dist.all_reduce(values)
+    return values / dist.get_world_size()

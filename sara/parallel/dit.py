@@ -1,0 +1,78 @@
+"""``parallelize``: sequence parallelism, then FSDP2, applied to a built Stage 2 model.
+
+Order (as torchtitan applies it): Ulysses on each DiT expert, the gather of projected
+tokens over the ``cp`` group, then ``fully_shard`` per Wan block, per expert, per
+projector, and last the root. The model and the losses know nothing of it.
+
+**Gradient scale.** Every rank of a ``cp`` group computes the full flow loss on the
+gathered DiT output but only its own share of the alignment pairs; each rank's parameter
+gradients are its tokens' contribution, and the exact gradient is their **sum** over the
+group and their **mean** over data-parallel ranks. FSDP averages over its whole mesh
+(``dp_shard × cp``, and ``dp_replicate`` for HSDP), so :func:`backward` multiplies the
+loss by ``cp`` first (gloo refuses the ``PREMUL_SUM`` a divide factor would need).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from sara.config.parallel import ParallelConfig
+from sara.parallel.collectives import gather_tokens, world_mean
+from sara.parallel.context import apply_ulysses
+from sara.parallel.world import World
+
+if TYPE_CHECKING:  # the parallel layer is applied to models; it does not build them
+    from sara.stage2.objective import Stage2Model
+
+
+def param_dtype(config: ParallelConfig, device: torch.device) -> torch.dtype:
+    """The dtype FSDP gathers parameters in for compute."""
+    if config.param_dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, config.param_dtype)
+
+
+def parallelize(model: Stage2Model, world: World, config: ParallelConfig) -> Stage2Model:
+    """``model`` sequence-parallel over ``world.cp`` and sharded over ``world.fsdp_mesh``, in
+    place; unchanged in a world of one process."""
+    if not world.distributed:
+        return model
+    if world.cp > 1:
+        for dit in model.experts.values():
+            apply_ulysses(dit, world)
+        for projector in model.projectors.values():
+            # each rank projects its own tokens; the alignment term needs them all, in order
+            projector.register_forward_hook(lambda module, args, out: gather_tokens(out, world.cp_mesh))
+        model.align_part = (world.cp_rank, world.cp)
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype(config, world.device), reduce_dtype=torch.float32)
+
+    def shard(module: nn.Module, reshard: bool = config.reshard_after_forward) -> None:
+        fully_shard(module, mesh=world.fsdp_mesh, mp_policy=policy, reshard_after_forward=reshard)
+
+    for dit in model.experts.values():
+        for block in dit.blocks:
+            shard(block)
+        shard(dit)
+    for projector in model.projectors.values():
+        shard(projector)
+    shard(model, reshard=False)  # the root's parameters are gathered again at once in backward
+    return model
+
+
+def backward(loss: Tensor, world: World) -> None:
+    """``loss.backward()`` with the gradient scale of the module docstring."""
+    (loss * world.cp if world.distributed else loss).backward()
+
+
+def reduce_terms(terms: dict[str, Tensor], world: World) -> dict[str, Tensor]:
+    """The step's ``flow`` and ``align`` terms from each rank's: means over data-parallel
+    ranks, the alignment shares first summed over their ``cp`` group (the flow term is the
+    same on every rank of a group). Collective: every rank calls it, on log steps only."""
+    if not world.distributed:
+        return terms
+    flow, align = world_mean(torch.stack([terms["flow"].float(), terms["align"].float()]))
+    return {"flow": flow, "align": align * world.cp}
