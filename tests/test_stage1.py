@@ -7,13 +7,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from sara.checkpoint import latest_checkpoint, save_checkpoint
+from sara.trainer import loop
+from sara.trainer.checkpoint import latest_checkpoint, save_checkpoint
 from sara.cli import main
 from sara.data.manifest import load_manifest
 from sara.data.masks import save_mask
 from sara.data.synthetic import SynthSpec, synthesize
 from sara.data.video import decode_clip
-from sara.stage1 import train as stage1_train
 from sara.stage1.evaluate import METRICS, embed_clips, unrelated_prompts
 from sara.stage1.run import load_run
 
@@ -63,7 +63,7 @@ def test_train_resume_is_exact_and_eval_writes_its_figures(world, shared, tmp_pa
             raise KeyboardInterrupt
         return folder
 
-    monkeypatch.setattr(stage1_train, "save_checkpoint", crash_after_step_2)
+    monkeypatch.setattr(loop, "save_checkpoint", crash_after_step_2)
     with pytest.raises(KeyboardInterrupt):
         main(["stage1", "train", *overrides(world, shared, split)])
     monkeypatch.undo()

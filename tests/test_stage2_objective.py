@@ -42,8 +42,7 @@ def build(layout, mode="sara", seed=0, **align):
 
 
 def with_noise(model, batch, seed=1):
-    noise, sigma = model.draw(batch["latents"], torch.Generator().manual_seed(seed))
-    return {**batch, "noise": noise, "sigma": sigma}
+    return batch | model.draw(batch["latents"].shape, torch.Generator().manual_seed(seed))
 
 
 def test_flow_matching_interpolates_data_and_noise():
@@ -174,31 +173,47 @@ def test_two_experts_each_take_the_timesteps_they_own(tiny):
     calls = []
     for name, dit in model.experts.items():
         dit.register_forward_hook(lambda module, args, out, name=name: calls.append((name, len(args[0]))))
-    batch = {**make_batch(batch=3), "noise": torch.randn(3, 16, 3, 8, 8), "sigma": torch.tensor([0.95, 0.5, 0.1])}
+    batch = make_batch(batch=3) | {
+        "noise": torch.randn(3, 16, 3, 8, 8),
+        "sigma": torch.tensor([0.95, 0.5, 0.1]),
+        "expert": torch.tensor([0, 1, 1]),
+    }
     model(batch)
     assert calls == [("high", 1), ("low", 2)]
 
-    only_low = Stage2Model({"low": load_transformers(layout)["low"]}, layout, Stage2ObjectiveConfig(), VFM_DIM, VIEW)
-    assert only_low.sigma_range() == (0.0, 0.875)
-    _, sigma = only_low.draw(torch.zeros(256, 1), torch.Generator().manual_seed(0))
-    assert (sigma < 0.875).all() and sigma.max() > 0.8
-    with pytest.raises(ValueError, match=r"sigma: 0.9500 lies outside \[0, 0.875\], the range of the low expert"):
-        only_low(batch)
+
+def test_one_expert_per_step_with_the_share_of_its_range(tiny):
+    """Both experts train: each step draws one expert (so sharded ranks never run different
+    ones), in proportion to its mass under the shifted σ distribution, and every σ of the
+    step inside that expert's range."""
+    layout = tiny["wan-a14b"]
+    model = build(layout, "sara")
+    shape = torch.Size([4, 16, 3, 8, 8])
+    draws = [model.draw(shape, torch.Generator().manual_seed(step)) for step in range(400)]
+    assert all(len(set(d["expert"].tolist())) == 1 for d in draws)
+    high = [d for d in draws if d["expert"][0] == 0]
+    assert all((d["sigma"] >= 0.875 - 1e-6).all() for d in high)
+    assert all((d["sigma"] <= 0.875 + 1e-6).all() for d in draws if d["expert"][0] == 1)
+    share = 1 - unshift_sigma(torch.tensor(0.875), 3.0).item()  # P(σ >= 0.875) under the shift
+    assert abs(len(high) / len(draws) - share) < 0.08
 
 
 def test_one_trained_expert_owns_sigma_rounded_across_the_boundary(tiny):
     """The high expert alone draws σ from [0.875, 1]; the bottom of that range, shifted back
-    and forth, rounds to 0.87499994 (t < 875, the low expert's by timestep)."""
+    and forth, rounds to 0.87499994 (t < 875, the low expert's by timestep): the drawn
+    expert, not the timestep, decides."""
     layout = tiny["wan-a14b"]
     edge = shift_sigma(unshift_sigma(torch.tensor(0.875), 3.0), 3.0)
     assert edge < 0.875 and layout.expert_of(edge[None] * 1000).item() == 1
     high = Stage2Model({"high": load_transformers(layout)["high"]}, layout, Stage2ObjectiveConfig(), VFM_DIM, VIEW)
+    drawn = high.draw(torch.Size([256, 1]), torch.Generator().manual_seed(0))
+    assert (drawn["expert"] == 0).all() and (drawn["sigma"] >= edge).all() and drawn["sigma"].min() < 0.9
     calls = []
     high.experts["high"].register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
-    batch = {
-        **make_batch(batch=2),
+    batch = make_batch(batch=2) | {
         "noise": torch.randn(2, 16, 3, 8, 8),
         "sigma": torch.stack([edge, edge.new_tensor(0.9)]),
+        "expert": torch.tensor([0, 0]),
     }
     loss, _ = high(batch)
     assert calls == [2] and torch.isfinite(loss)

@@ -26,8 +26,10 @@ from sara.config.stage2 import Stage2Config
 from sara.data.synthetic import SynthSpec, synthesize
 from sara.stage2.cache import precompute
 from sara.stage2.clips import CachedClips, OnlineClips
-from sara.stage2.train import build_model, noise_generator, train_step
-from sara.training import BucketSteps
+from sara.parallel.world import World
+from sara.stage2.build import build_model, resolve_setup
+from sara.stage2.step import noise_generator, train_step
+from sara.trainer.batches import BucketSteps
 
 MIB = 2**20
 
@@ -44,9 +46,11 @@ def _measure(case: StepCase) -> dict:
     """Median step seconds and peak extra MiB of one case (runs in its own process)."""
     config = load_config(Stage2Config, None, case.overrides)
     device = torch.device(config.device)
-    clips = OnlineClips(config, device) if config.online else CachedClips(config)
+    world = World(rank=0, size=1, device=device)
+    setup = resolve_setup(config)
+    clips = OnlineClips(config, setup, device) if config.online else CachedClips(config)
     torch.manual_seed(config.seed)
-    model = build_model(config, _layout(config)).to(device).train()
+    model = build_model(config, setup).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr)
     steps_of = BucketSteps(clips.bucket_of, min(config.optim.batch_size, len(clips)), config.seed)
     peak = PeakMemory(config.device)
@@ -56,20 +60,13 @@ def _measure(case: StepCase) -> dict:
         sync(config.device)
         start = time.perf_counter()
         batch = clips.batch(steps_of(step), device)
-        train_step(model, optimizer, batch, noise_generator(config.seed, step), config)
+        train_step(model, optimizer, batch, noise_generator(config.seed, step), config, world)
         sync(config.device)
         if step >= case.warmup:
             times.append(time.perf_counter() - start)
         if step == max(case.warmup, 1) - 1:  # the peak of the warm-up (of the first step without one)
             extra = peak.extra_bytes()
     return {"step_s": statistics.median(times), "peak_mib": extra / MIB}
-
-
-def _layout(config: Stage2Config):
-    from sara.models.presets import wan_folder
-    from sara.models.wan import read_layout
-
-    return read_layout(wan_folder(config.models.wan, config.models.tiny_root))
 
 
 def bench_step(

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from sara.config.clips import ClipTiming
 from sara.config.loader import option
+from sara.config.parallel import ParallelConfig
 
 ALIGN_MODES = ("sft", "repa", "trd", "sara")
 ROUTINGS = ("or", "and", "xor")
@@ -108,3 +109,4 @@ class Stage2Config:
     log_every: int = option(10, ge=1)  # steps between log points (history.json, TensorBoard, bar)
     save_every: int = option(100, ge=1)  # steps between checkpoints (and one at the end)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # FSDP2 and Ulysses degrees under torchrun

@@ -161,11 +161,14 @@ def read_layout(folder: str | Path) -> WanLayout:
     )
 
 
-def load_transformers(layout: WanLayout, dtype: torch.dtype = torch.float32) -> dict[str, WanTransformer3DModel]:
-    """The DiT expert(s) of a folder, by the noise they own."""
+def load_transformers(
+    layout: WanLayout, dtype: torch.dtype = torch.float32, names: tuple[str, ...] | None = None
+) -> dict[str, WanTransformer3DModel]:
+    """The DiT expert(s) of a folder (``names``, default all), by the noise they own."""
     return {
         name: WanTransformer3DModel.from_pretrained(layout.folder, subfolder=SUBFOLDER[name], dtype=dtype)
         for name in layout.experts
+        if names is None or name in names
     }
 
 

@@ -11,6 +11,8 @@ import torch.distributed._functional_collectives as funcol
 from torch import Tensor
 from torch.distributed.device_mesh import DeviceMesh
 
+from sara.parallel.world import World
+
 
 def gather_tokens(x: Tensor, mesh: DeviceMesh) -> Tensor:
     """``[B, N/P, D]`` on each of the ``P`` ranks of ``mesh`` -> ``[B, N, D]`` in rank order.
@@ -29,3 +31,12 @@ def world_mean(values: Tensor) -> Tensor:
     values = values.detach().clone()
     dist.all_reduce(values)
     return values / dist.get_world_size()
+
+
+def world_max(value: Tensor, world: World) -> Tensor:
+    """The largest ``value`` over every rank (itself in a world of one); for logging only."""
+    if not world.distributed:
+        return value
+    value = value.detach().clone().to(world.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value.cpu()

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
-from sara.checkpoint import latest_checkpoint, load_weights
+from sara.trainer.checkpoint import latest_checkpoint, load_weights
 from sara.config import load_config
 from sara.config.stage1 import Stage1Config
 from sara.models.aligner import AlignerOutput, SemanticAligner

@@ -85,13 +85,13 @@ def _check_settings(folder: Path, index: dict, settings: dict) -> None:
 
 def precompute(config: Stage2Config, progress: bool = True) -> Path:
     """Encode every clip of ``data.train`` not yet in the cache; returns the cache folder."""
-    teacher(config)  # frames and sizes must suit the VAE and V-JEPA 2
+    _, view = teacher(config)  # frames and sizes must suit the VAE and V-JEPA 2
     folder = cache_dir(config)
     folder.mkdir(parents=True, exist_ok=True)
     index = _read_index(folder, fingerprint(config))
     manifest = load_manifest(config.data.train)
     todo = [i for i in range(len(manifest)) if str(i) not in index["clips"]]
-    encoders = Stage2Encoders(config).to(pick_device(config.device))
+    encoders = Stage2Encoders(config, view).to(pick_device(config.device))
     dtype = getattr(torch, config.precompute.dtype)
     if not (folder / EMPTY_CAPTION).is_file():
         save_file({"text": encoders.empty_caption().to(dtype).contiguous()}, folder / f"{EMPTY_CAPTION}.tmp")

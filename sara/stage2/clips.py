@@ -1,7 +1,7 @@
 """Where Stage 2 batches come from: the precomputed cache, or the frozen encoders run online.
 
 Both give the same batch for the same step — the clips are chosen by position among the
-usable clips with :class:`sara.training.BucketSteps` (clips of one shape per batch), and
+usable clips with :class:`sara.trainer.batches.BucketSteps` (clips of one shape per batch), and
 the tensors come from the same encoder code — so a cache-fed run reproduces an online one.
 """
 
@@ -15,8 +15,9 @@ from torch import Tensor
 from sara.config.stage2 import SALIENCY_SOURCES, Stage2Config
 from sara.data.datasets import Skipped, Stage2Dataset, collate
 from sara.data.manifest import load_manifest
+from sara.stage2.build import Stage2Setup
 from sara.stage2.cache import FeatureCache, cache_dir, fingerprint
-from sara.stage2.encoders import Stage2Encoders, buckets, pad_text
+from sara.stage2.encoders import Stage2Encoders, pad_text
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,15 @@ def _stack(clips: list[dict], config: Stage2Config, device: torch.device, empty:
     return {k: v.to(device, torch.float32) for k, v in batch.items()}  # a bfloat16 cache trains in fp32
 
 
-def drop_captions(batch: dict[str, Tensor], share: float, generator: torch.Generator) -> dict[str, Tensor]:
+def drop_captions(
+    batch: dict[str, Tensor], share: float, generator: torch.Generator, rows: slice | None = None, total: int = 0
+) -> dict[str, Tensor]:
     """``batch`` with each sample's ``text`` replaced, with probability ``share`` drawn from
-    ``generator``, by ``empty_text`` (caption dropout, for classifier-free guidance)."""
-    drop = torch.rand(len(batch["text"]), generator=generator) < share  # (B,)
+    ``generator``, by ``empty_text`` (caption dropout, for classifier-free guidance). The
+    draws are made for a global batch of ``total`` and ``batch`` holds its ``rows`` (default:
+    the batch is the whole of it)."""
+    drop = torch.rand(total or len(batch["text"]), generator=generator) < share  # (B_global,)
+    drop = drop[rows] if rows is not None else drop  # (B,)
     text = torch.where(drop.to(batch["text"].device)[:, None, None], batch["empty_text"], batch["text"])
     return batch | {"text": text}
 
@@ -82,11 +88,11 @@ class CachedClips:
 class OnlineClips:
     """Clips decoded and encoded every step, by the encoders `precompute` uses."""
 
-    def __init__(self, config: Stage2Config, device: torch.device):
+    def __init__(self, config: Stage2Config, setup: Stage2Setup, device: torch.device):
         self.config = config
         manifest = load_manifest(config.data.train)
-        self.dataset = Stage2Dataset(manifest, buckets(config), config.data, config.seed, union_masks=True)
-        self.encoders = Stage2Encoders(config).to(device)
+        self.dataset = Stage2Dataset(manifest, setup.buckets, config.data, config.seed, union_masks=True)
+        self.encoders = Stage2Encoders(config, setup.view).to(device)
         self.empty_text = self.encoders.empty_caption()
 
     def __len__(self) -> int:

@@ -65,7 +65,7 @@ def pad_text(texts: list[Tensor], length: int) -> Tensor:
 class Stage2Encoders(torch.nn.Module):
     """Wan's VAE and umT5, the V-JEPA 2 teacher and (optionally) the Stage 1 saliency model."""
 
-    def __init__(self, config: Stage2Config):
+    def __init__(self, config: Stage2Config, view: VfmView):
         super().__init__()
         models = config.models
         self.config = config
@@ -80,7 +80,7 @@ class Stage2Encoders(torch.nn.Module):
         self.text_encoder = self.text.text_encoder.requires_grad_(False)  # registered: moves with .to()
         self.teacher_folder = resolve(models.vjepa2, "vjepa2", models.tiny_root)
         self.teacher = VideoEncoder(self.teacher_folder)
-        self.view = teacher(config)[1]
+        self.view = view
         self.saliency = SaliencyModel.from_run(models.aligner) if models.aligner else None
         latents_mean = torch.tensor(self.vae.config.latents_mean).view(1, -1, 1, 1, 1)
         self.register_buffer("latents_mean", latents_mean, persistent=False)

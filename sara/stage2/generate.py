@@ -32,9 +32,15 @@ def load_pipeline(folder: str | Path, scheduler: str, shift: float, device: torc
 
 
 def render(
-    pipe: WanPipeline, prompts: list[str], out: str | Path, sampling: Sampling, progress: bool = True
+    pipe: WanPipeline,
+    prompts: list[str],
+    out: str | Path,
+    sampling: Sampling,
+    progress: bool = True,
+    write: bool = True,
 ) -> list[Path]:
-    """One video per prompt as ``NN-<prompt>.mp4`` and ``.gif`` in ``out``; returns the mp4 paths."""
+    """One video per prompt as ``NN-<prompt>.mp4`` and ``.gif`` in ``out``; returns the mp4
+    paths. ``write=False``: sample only (the ranks of a sharded model that do not write)."""
     pipe.set_progress_bar_config(disable=not progress)
     written = []
     for number, prompt in enumerate(prompts):
@@ -52,6 +58,8 @@ def render(
         ).frames[0]  # (T, H, W, 3) floats in [0, 1]
         array = (torch.from_numpy(video) * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 3, 1, 2)
         stem = Path(out) / f"{number:02d}-{slug(prompt)}"
+        if not write:
+            continue
         written.append(write_video(stem.with_suffix(".mp4"), array, sampling.fps))
         write_gif(stem.with_suffix(".gif"), array, sampling.fps)
     return written

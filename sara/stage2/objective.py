@@ -8,12 +8,13 @@ cache-fed and online features meet the same noise.
 
 Batch keys: ``latents`` ``[B, C, F, H, W]`` (normalised VAE latents), ``text``
 ``[B, L, D_t]`` (umT5 states, zero past the caption as Wan pads them), ``noise`` like
-``latents``, ``sigma`` ``[B]``, and for the alignment modes ``vfm`` ``[B, N_v, D_v]``
+``latents``, ``sigma`` ``[B]``, ``expert`` ``[B]`` (from :meth:`Stage2Model.draw`), and for the alignment modes ``vfm`` ``[B, N_v, D_v]``
 (V-JEPA 2 tokens of frames ``1 … 4k``, on the grid :meth:`Stage2Model.vfm_grid` gives) and for ``sara`` ``saliency`` ``[B, N_v]``.
 
-Two-expert models (A14B): each sample goes to the expert that owns its timestep
-(``t >= boundary``: high noise); an expert that does not train is not in the model, and
-the caller draws σ inside the range of the experts that do (:meth:`Stage2Model.owners`).
+Two-expert models (A14B): each sample goes to the expert the batch names, the one that
+owns its timestep (``t >= boundary``: high noise); an expert that does not train is not
+in the model, and :meth:`Stage2Model.draw` draws σ only inside the range of the experts
+that do, one expert per step.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ from sara.losses import repa_loss, trd_loss
 from sara.losses.flow import flow_matching_loss, noisy_latents, shift_sigma, unshift_sigma
 from sara.models.wan import HIGH, WanLayout
 from sara.stage2.align import Projector, VfmView, capture_output, resample_to_vjepa
-
-SIGMA_SLACK = 1e-4  # how far past its expert's range a drawn σ may round
 
 
 class Stage2Model(nn.Module):
@@ -68,51 +67,48 @@ class Stage2Model(nn.Module):
         spatial = self.layout.vae_spatial
         return self.view.grid((frames - 1) * self.layout.vae_temporal + 1, height * spatial, width * spatial)
 
-    def sigma_range(self) -> tuple[float, float]:
-        """The σ interval owned by the experts that train (all of [0, 1] for one expert)."""
-        if self.layout.boundary is None or len(self.experts) == len(self.layout.experts):
+    def expert_range(self, name: str) -> tuple[float, float]:
+        """The σ interval expert ``name`` owns (all of [0, 1] for a one-expert model)."""
+        if self.layout.boundary is None:
             return 0.0, 1.0
         boundary = self.layout.boundary / 1000
-        return (boundary, 1.0) if HIGH in self.experts else (0.0, boundary)
+        return (boundary, 1.0) if name == HIGH else (0.0, boundary)
 
-    def draw(self, latents: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """``(noise, sigma)`` for a batch of latents, from ``generator`` (CPU, so that every
-        device and world size draws the same numbers)."""
-        low, high = (unshift_sigma(torch.tensor(v), self.config.flow.shift).item() for v in self.sigma_range())
-        u = low + (high - low) * torch.rand(len(latents), generator=generator)
-        noise = torch.randn(latents.shape, generator=generator)
-        return noise.to(latents.device, latents.dtype), shift_sigma(u, self.config.flow.shift).to(latents.device)
+    def draw(self, shape: torch.Size, generator: torch.Generator) -> dict[str, Tensor]:
+        """``noise`` ``shape``, ``sigma`` ``[B]`` and ``expert`` ``[B]`` (index into
+        ``layout.experts``) for a batch of latents of ``shape``, on the CPU from ``generator``,
+        so that every device and world size draws the same numbers.
 
-    def owners(self, sigma: Tensor) -> Tensor:
-        """Index into ``layout.experts`` of the expert each sample ``[B]`` goes to.
-
-        With every expert training, the timestep decides (``t >= boundary``: high noise). With
-        one expert of two, σ was drawn from that expert's range, so the sample is that expert's:
-        rounding can put σ a hair across the boundary (``shift(unshift(0.875)) = 0.87499994``),
-        which is no reason to send it to an expert that is not there."""
-        if len(self.experts) == len(self.layout.experts):
-            return self.layout.expert_of(sigma * 1000)
-        (name,) = self.experts
-        low, high = self.sigma_range()
-        outside = (sigma < low - SIGMA_SLACK) | (sigma > high + SIGMA_SLACK)
-        if outside.any():
-            raise ValueError(
-                f"sigma: {sigma[outside][0].item():.4f} lies outside [{low:g}, {high:g}], the range of the "
-                f"{name} expert, the one that trains"
-            )
-        return torch.full(sigma.shape, self.layout.experts.index(name), dtype=torch.long, device=sigma.device)
+        One expert trains per step: the step's expert is drawn with the probability of its
+        share of the (shifted uniform) σ distribution, then every σ of the batch inside its
+        range — the same distribution per sample as drawing σ first, and no two ranks of a
+        sharded model ever run different experts in one step. The expert travels in the
+        batch: at the boundary the shift can round σ a hair across it
+        (``shift(unshift(0.875)) = 0.87499994``), which must not move the sample."""
+        shift = self.config.flow.shift
+        ranges = {n: [unshift_sigma(torch.tensor(v), shift).item() for v in self.expert_range(n)] for n in self.experts}
+        names = list(ranges)
+        mass = torch.tensor([high - low for low, high in ranges.values()])
+        name = names[torch.multinomial(mass, 1, generator=generator).item()] if len(names) > 1 else names[0]
+        low, high = ranges[name]
+        u = low + (high - low) * torch.rand(shape[0], generator=generator)
+        return {
+            "noise": torch.randn(shape, generator=generator),
+            "sigma": shift_sigma(u, shift),
+            "expert": torch.full((shape[0],), self.layout.experts.index(name), dtype=torch.long),
+        }
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         x0, sigma = batch["latents"], batch["sigma"]
         xt, target = noisy_latents(x0, batch["noise"], sigma)
         timesteps = sigma * 1000
-        owner = self.owners(sigma)  # (B,) index into layout.experts
+        owner = batch["expert"]  # (B,) index into layout.experts
         flow = torch.zeros(len(x0), device=x0.device)
         align = x0.new_zeros((), dtype=torch.float32)
         for index, name in enumerate(self.layout.experts):
             if name not in self.experts:
                 continue
-            if len(self.experts) == 1:  # owners() gave every sample to it: no host sync of nonzero()
+            if len(self.experts) == 1:  # draw() gave every sample to it: no host sync of nonzero()
                 rows = torch.arange(len(x0), device=x0.device)
             else:
                 rows = (owner == index).nonzero().squeeze(1)

@@ -1,12 +1,10 @@
-"""What the trainers of both stages share: the learning-rate shape, stateless batch order, the
-logged history."""
+"""What the trainers of both stages share: the learning-rate shape and a batch order that is a
+pure function of ``(seed, step)``."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 
@@ -59,16 +57,3 @@ class BucketSteps:
             self.sampler.set_epoch(epoch)
             self._epoch, self._batches = epoch, list(self.sampler)
         return self._batches[position]
-
-
-def load_history(run: Path, start: int) -> list[dict]:
-    """Logged rows up to ``start`` (a resumed run continues the same curve)."""
-    path = run / "history.json"
-    rows = json.loads(path.read_text()) if path.is_file() else []
-    return [r for r in rows if r["step"] <= start]
-
-
-def save_history(run: Path, rows: list[dict]) -> None:
-    tmp = run / "history.json.tmp"
-    tmp.write_text(json.dumps(rows))
-    tmp.replace(run / "history.json")

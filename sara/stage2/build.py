@@ -1,0 +1,65 @@
+"""What a Stage 2 run is made of, resolved once: the Wan folder's layout, the teacher's
+view, the clip shapes — and the model built from them (experts, adapters, projectors)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peft import LoraConfig
+
+from sara.config.stage2 import Stage2Config
+from sara.data.buckets import Bucket
+from sara.models.presets import wan_folder
+from sara.models.wan import WanLayout, load_transformers, read_layout
+from sara.stage2.align import VfmView
+from sara.stage2.encoders import buckets, teacher
+from sara.stage2.objective import Stage2Model
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the attention projections of every Wan block
+
+
+@dataclass(frozen=True)
+class Stage2Setup:
+    layout: WanLayout  # the Wan folder: experts, boundary, VAE factors
+    vfm_dim: int  # V-JEPA 2 width
+    view: VfmView  # how V-JEPA 2 sees a clip
+    buckets: list[Bucket]  # the clip shapes
+
+
+def resolve_setup(config: Stage2Config) -> Stage2Setup:
+    """Read the folders and check the clip shapes against them, once per run."""
+    vfm_dim, view = teacher(config)
+    return Stage2Setup(
+        read_layout(wan_folder(config.models.wan, config.models.tiny_root)), vfm_dim, view, buckets(config)
+    )
+
+
+def trained_experts(config: Stage2Config, layout: WanLayout) -> tuple[str, ...]:
+    names = tuple(n for n in layout.experts if len(layout.experts) == 1 or n in config.objective.experts)
+    if not names:
+        raise ValueError(f"objective.experts: {config.objective.experts} names none of {', '.join(layout.experts)}")
+    return names
+
+
+def build_model(config: Stage2Config, setup: Stage2Setup) -> Stage2Model:
+    """The trainable experts of the folder, their adapters and projectors (on the CPU)."""
+    experts = load_transformers(setup.layout, names=trained_experts(config, setup.layout))
+    if config.optim.lora_rank:
+        for dit in experts.values():
+            dit.requires_grad_(False)  # the adapters alone train; the projectors stay fully trainable
+            dit.add_adapter(lora_config(config))
+    model = Stage2Model(experts, setup.layout, config.objective, setup.vfm_dim, setup.view)
+    if config.optim.gradient_checkpointing:
+        for dit in model.experts.values():
+            dit.enable_gradient_checkpointing()
+    return model
+
+
+def lora_config(config: Stage2Config) -> LoraConfig:
+    optim = config.optim
+    return LoraConfig(
+        r=optim.lora_rank,
+        lora_alpha=optim.lora_alpha or optim.lora_rank,
+        target_modules=LORA_TARGETS,
+        init_lora_weights=True,
+    )

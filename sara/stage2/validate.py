@@ -1,0 +1,48 @@
+"""Validation videos from the live expert(s) while Stage 2 trains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import WanPipeline
+
+from sara.config.sampling import Sampling
+from sara.config.stage2 import Stage2Config
+from sara.data.manifest import load_manifest
+from sara.models.wan import SUBFOLDER
+from sara.parallel.world import World
+from sara.stage2.build import Stage2Setup
+from sara.stage2.generate import render
+from sara.stage2.objective import Stage2Model
+
+
+class Validator:
+    """Videos of the validation prompts, sampled with `WanPipeline` around the live experts;
+    the frozen parts of the pipeline are loaded once. Every rank samples (a sharded expert
+    runs on all of them together); rank 0 writes."""
+
+    def __init__(self, config: Stage2Config, setup: Stage2Setup, model: Stage2Model, world: World):
+        validation, data = config.validation, config.data
+        self.model, self.world = model, world
+        self.prompts = validation.prompts or [r.prompt() for r in load_manifest(data.train).records[:2]]
+        live = {SUBFOLDER[name]: dit for name, dit in model.experts.items()}
+        self.pipe = WanPipeline.from_pretrained(setup.layout.folder, **live).to(world.device)
+        shape = setup.buckets[0]  # validation videos take the first bucket's size
+        self.sampling = Sampling(
+            guidance_scale=validation.guidance_scale,
+            steps=validation.steps,
+            seed=config.seed,
+            frames=data.frames,
+            height=shape.height,
+            width=shape.width,
+            text_length=config.models.text_length,
+        )
+
+    @torch.no_grad()
+    def __call__(self, out: Path) -> list[Path]:
+        self.model.eval()
+        try:
+            return render(self.pipe, self.prompts, out, self.sampling, progress=False, write=self.world.is_main)
+        finally:
+            self.model.train()

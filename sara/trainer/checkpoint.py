@@ -1,0 +1,213 @@
+"""Sharded, atomic checkpoints and exact resume, for one process or many.
+
+A checkpoint is a folder ``<run>/checkpoints/step-NNNNNNN/``:
+
+- ``state/``: ``torch.distributed.checkpoint`` (DCP) of the *trainable* weights (all of
+  them in a full fine-tune; adapters and projectors under LoRA; frozen weights are the
+  base model's and are not copied), the optimizer state and the EMA weights. Each rank
+  writes its own shards; loading reshards, so a checkpoint written by N ranks resumes
+  on M (1 included).
+- ``train.pt``: the step, the world size, the scheduler and the EMA's counters;
+  ``rng-R.pt``: rank R's random states (restored when the world size is the same).
+  Tensors and plain values only, loaded with ``weights_only=True``: a checkpoint someone
+  hands you cannot run code.
+- ``config.yaml``; with ``consolidated``, also ``model.safetensors`` (the full trainable
+  weights, for small models other tools read, such as the Stage 1 aligner).
+
+Every rank writes into ``step-N.partial``; after a barrier rank 0 renames it and replaces
+``checkpoints/latest``, so a crash at any moment leaves the previous checkpoint whole and
+pointed to. Batches and noise are functions of ``(seed, step)``, so the step is the whole
+data position.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import random
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+from sara.config import config_to_yaml
+from sara.parallel.world import World
+
+TRAINABLE = StateDictOptions(ignore_frozen_params=True)
+KEEP = 2  # newest checkpoints kept
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds and a resume restores."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ema: EMAModel | None = None  # of the trainable parameters, in ``named_parameters`` order
+
+
+def _rng_state() -> dict[str, Any]:
+    """Every RNG's state as tensors and plain Python values: what ``weights_only`` loading accepts."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    numpy = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position)}
+    numpy |= {"has_gauss": int(has_gauss), "gauss": float(gauss)}
+    state = {"torch": torch.get_rng_state(), "numpy": numpy, "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy = state["numpy"]
+    keys = numpy["keys"].numpy().astype(np.uint32)
+    np.random.set_state((numpy["name"], keys, numpy["position"], numpy["has_gauss"], numpy["gauss"]))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _sharded(state: TrainState) -> dict[str, Any]:
+    """The DCP part of the state: trainable weights, optimizer, EMA weights (live tensors,
+    so that loading fills them in place)."""
+    model, optim = get_state_dict(state.model, state.optimizer, options=TRAINABLE)
+    out = {"model": model, "optim": optim}
+    if state.ema is not None:
+        names = [n for n, p in state.model.named_parameters() if p.requires_grad]
+        out["ema"] = dict(zip(names, state.ema.shadow_params, strict=True))
+    return out
+
+
+@contextlib.contextmanager
+def _one_process_ok():
+    """DCP warns that it assumes one process when there is no process group: here that is
+    the intent (a run of one process, or reading a checkpoint back)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is (disabled, )?unavailable or uninitialized")
+        yield
+
+
+def _barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+def save_checkpoint(
+    run_dir: str | Path, step: int, state: TrainState, config: Any, world: World, consolidated: bool = False
+) -> Path:
+    """Write the checkpoint of ``step`` (every rank calls it); keeps the newest two. Returns its folder."""
+    root = Path(run_dir) / "checkpoints"
+    final, partial = root / f"step-{step:07d}", root / f"step-{step:07d}.partial"
+    if world.is_main:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    _barrier(world)
+    with _one_process_ok():
+        dcp.save(_sharded(state), checkpoint_id=partial / "state", no_dist=not world.distributed)
+    torch.save(_rng_state(), partial / f"rng-{world.rank}.pt")
+    full = (
+        get_model_state_dict(
+            state.model, options=StateDictOptions(ignore_frozen_params=True, full_state_dict=True, cpu_offload=True)
+        )
+        if consolidated
+        else None
+    )
+    _barrier(world)
+    if world.is_main:
+        if full is not None:
+            save_file({k: v.contiguous() for k, v in full.items()}, partial / "model.safetensors")
+        ema = {k: v for k, v in state.ema.state_dict().items() if k != "shadow_params"} if state.ema else None
+        torch.save(
+            {"step": step, "world_size": world.size, "scheduler": state.scheduler.state_dict(), "ema": ema},
+            partial / "train.pt",
+        )
+        (partial / "config.yaml").write_text(config_to_yaml(config))
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        pointer = root / "latest.tmp"
+        pointer.write_text(final.name + "\n")
+        pointer.replace(root / "latest")
+        for old in sorted(p for p in root.glob("step-*") if not p.name.endswith(".partial"))[:-KEEP]:
+            shutil.rmtree(old)
+    _barrier(world)  # no rank reads or writes the run folder before the checkpoint is published
+    return final
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The folder ``checkpoints/latest`` points to, or ``None`` when the run has none."""
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    return pointer.parent / pointer.read_text().strip()
+
+
+def resume_point(run_dir: str | Path, resume: str | None) -> Path | None:
+    """The checkpoint a ``--resume`` value names: ``latest`` (none yet: start afresh, so one
+    command serves a first start and every restart), a checkpoint folder, or ``None``."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        return latest_checkpoint(run_dir)
+    if not (Path(resume) / "train.pt").is_file():
+        raise ValueError(f"--resume: {resume} is not a checkpoint folder (no train.pt)")
+    return Path(resume)
+
+
+def _load_plain(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, weights_only=True)  # tensors and plain values: runs no code
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else "not tensors and plain values"
+        raise ValueError(f"{path}: refused, it holds more than tensors and plain values ({reason})") from None
+
+
+def load_checkpoint(checkpoint: str | Path, state: TrainState, world: World) -> int:
+    """Restore weights, optimizer, scheduler, EMA and (same world size) RNG states; returns
+    the step to continue from. Every rank calls it."""
+    checkpoint = Path(checkpoint)
+    train = _load_plain(checkpoint / "train.pt")
+    sharded = _sharded(state)
+    with _one_process_ok():
+        dcp.load(sharded, checkpoint_id=checkpoint / "state", no_dist=not world.distributed)
+    set_state_dict(
+        state.model,
+        state.optimizer,
+        model_state_dict=sharded["model"],
+        optim_state_dict=sharded["optim"],
+        options=StateDictOptions(ignore_frozen_params=True, strict=False),
+    )
+    state.scheduler.load_state_dict(train["scheduler"])
+    if state.ema is not None:
+        state.ema.load_state_dict(train["ema"])  # the counters; the weights were loaded in place
+    rng = checkpoint / f"rng-{world.rank}.pt"
+    if train["world_size"] == world.size and rng.is_file():
+        _set_rng_state(_load_plain(rng))
+    return train["step"]
+
+
+def trainable_weights(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's full trainable weights, read in this process (any world size wrote it)."""
+    with _one_process_ok():
+        return _load_state_dict_from_keys(keys={"model"}, checkpoint_id=str(Path(checkpoint) / "state"))["model"]
+
+
+def load_weights(checkpoint: str | Path, model: nn.Module) -> None:
+    """Load a consolidated checkpoint's weights into ``model`` (every key must match)."""
+    model.load_state_dict(load_file(Path(checkpoint) / "model.safetensors"))

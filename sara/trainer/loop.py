@@ -1,0 +1,84 @@
+"""The training loop both stages run: steps, log points, checkpoints, preemption.
+
+A stage supplies ``step(k) -> figures`` (forward, backward, optimizer step on this rank;
+figures are this rank's tensors) and ``reduce(figures) -> floats`` (the step's figures
+over all ranks; a collective, so it runs on log steps only). The loop owns the rest: the
+scheduler and EMA updates, history, TensorBoard and the bar on rank 0, checkpoints every
+``save_every`` steps and at the end, and a clean stop — checkpoint, then return — when
+any rank receives SIGTERM or SIGUSR1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sara.parallel.collectives import world_max
+from sara.parallel.world import World
+from sara.trainer.checkpoint import TrainState, save_checkpoint
+from sara.trainer.logger import Logger
+from sara.trainer.memory import peak_mib
+from sara.trainer.preemption import Preemption
+
+
+@dataclass(frozen=True)
+class LoopPlan:
+    steps: int  # optimizer steps in all
+    log_every: int
+    save_every: int
+    desc: str  # the bar's label
+    shown: tuple[str, ...]  # figures on the bar
+    consolidated: bool = False  # checkpoints also hold model.safetensors (small models)
+
+
+def run_loop(
+    run: Path,
+    world: World,
+    state: TrainState,
+    config: Any,
+    plan: LoopPlan,
+    start: int,
+    step: Callable[[int], dict[str, Tensor]],
+    reduce: Callable[[dict[str, Tensor]], dict[str, float]],
+    after: Callable[[int, Logger], None] | None = None,
+    progress: bool = True,
+) -> bool:
+    """Steps ``start … plan.steps − 1``; ``True`` when all ran, ``False`` when a signal
+    stopped the run (after a checkpoint of the last step done)."""
+    logger = Logger(run, start, plan.steps, plan.desc, plan.shown, world.is_main, progress)
+    trained = [p for p in state.model.parameters() if p.requires_grad]
+    tick, since = time.perf_counter(), start
+    finished = True
+    with Preemption(world) as signals:
+        for index in range(start, plan.steps):
+            figures = step(index)
+            state.scheduler.step()
+            if state.ema is not None:
+                state.ema.step(trained)
+            logger.advance()
+            done = index + 1
+            if done % plan.log_every == 0 or done == plan.steps:
+                row = {"step": done, **reduce(figures), "lr": state.scheduler.get_last_lr()[0]}
+                row["s_per_step"] = (time.perf_counter() - tick) / (done - since)
+                row["peak_mib"] = world_max(torch.tensor(peak_mib(world.device)), world).item()  # the fullest rank
+                logger.log(row)
+                tick, since = time.perf_counter(), done
+            if after is not None:
+                after(done, logger)
+            stopping = signals.agreed()
+            if done % plan.save_every == 0 or done == plan.steps or stopping:
+                logger.save()
+                save_checkpoint(run, done, state, config, world, plan.consolidated)
+            if stopping and done < plan.steps:
+                finished = False
+                if world.is_main:
+                    logger.bar.write(f"stopped by a signal after step {done}; resume with --resume latest")
+                break
+    logger.close()
+    return finished
