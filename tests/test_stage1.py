@@ -7,8 +7,6 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from sara.trainer import loop
-from sara.trainer.checkpoint import latest_checkpoint, save_checkpoint
 from sara.cli import main
 from sara.data.manifest import load_manifest
 from sara.data.masks import save_mask
@@ -16,6 +14,8 @@ from sara.data.synthetic import SynthSpec, synthesize
 from sara.data.video import decode_clip
 from sara.stage1.evaluate import METRICS, embed_clips, unrelated_prompts
 from sara.stage1.run import load_run
+from sara.trainer import loop
+from sara.trainer.checkpoint import latest_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -7,13 +7,13 @@ import torch
 from diffusers import WanPipeline
 from safetensors.torch import load_file
 
-from sara.trainer import loop
-from sara.trainer.checkpoint import latest_checkpoint, save_checkpoint, trainable_weights
 from sara.cli import main
 from sara.data.synthetic import SynthSpec, synthesize
 from sara.data.video import decode_clip, write_video
 from sara.models.presets import wan_folder
 from sara.stage2.clips import drop_captions
+from sara.trainer import loop
+from sara.trainer.checkpoint import latest_checkpoint, save_checkpoint, trainable_weights
 
 pytestmark = pytest.mark.slow
 

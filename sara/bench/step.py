@@ -24,10 +24,10 @@ from sara.bench.memory import PeakMemory, sync
 from sara.config import load_config
 from sara.config.stage2 import Stage2Config
 from sara.data.synthetic import SynthSpec, synthesize
-from sara.stage2.cache import precompute
-from sara.stage2.clips import CachedClips, OnlineClips
 from sara.parallel.world import World
 from sara.stage2.build import build_model, resolve_setup
+from sara.stage2.cache import precompute
+from sara.stage2.clips import CachedClips, OnlineClips
 from sara.stage2.step import noise_generator, train_step
 from sara.trainer.batches import BucketSteps
 

@@ -13,13 +13,13 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
-from sara.trainer.checkpoint import latest_checkpoint, load_weights
 from sara.config import load_config
 from sara.config.stage1 import Stage1Config
 from sara.models.aligner import AlignerOutput, SemanticAligner
 from sara.models.presets import resolve
 from sara.models.text import CaptionEncoder
 from sara.models.vjepa2 import VideoEncoder
+from sara.trainer.checkpoint import latest_checkpoint, load_weights
 
 
 def locate(path: str | Path) -> tuple[Path, Path]:

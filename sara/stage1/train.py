@@ -22,10 +22,10 @@ from sara.models.aligner import SemanticAligner, parameter_count
 from sara.models.presets import resolve
 from sara.models.text import CaptionEmbedder, CaptionEncoder
 from sara.models.vjepa2 import VideoEncoder
+from sara.parallel.world import World
 from sara.stage1.evaluate import evaluate, format_metrics
 from sara.stage1.features import Encoders, Stage1Features, compute_features
 from sara.stage1.objective import gather, stage1_loss
-from sara.parallel.world import World
 from sara.trainer.batches import batch_samples, lr_factor
 from sara.trainer.checkpoint import TrainState, load_checkpoint, resume_point
 from sara.trainer.logger import Logger
