@@ -93,6 +93,11 @@ def launched() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a launched run, or the only process: the one that prints summaries."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_world(config: ParallelConfig, device: str = "auto") -> World:
     """The world of this process: the process group and mesh under a launcher, or a world
     of one. ``device`` ``auto`` gives each process the GPU of its ``LOCAL_RANK`` when there are GPUs."""

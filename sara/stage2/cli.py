@@ -54,9 +54,13 @@ def _train(args: argparse.Namespace) -> None:
     from sara.config.stage2 import Stage2Config
     from sara.stage2.train import train
 
+    from sara.parallel.world import is_main_process
+
     resume, overrides = resume_and_overrides(args)
     run = train(load_config(Stage2Config, args.config, overrides), resume=resume)
-    print(f"run {run}; Diffusers-format pipeline in {run / 'pipeline'}")
+    if is_main_process():
+        done = (run / "pipeline").is_dir()
+        print(f"run {run}; " + (f"Diffusers-format pipeline in {run / 'pipeline'}" if done else "stopped early, no export"))
 
 
 def _generate(args: argparse.Namespace) -> None:
