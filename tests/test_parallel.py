@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from distributed import spawn
+from peft import LoraConfig
 from test_stage2_objective import VFM_DIM, VIEW, make_batch, with_noise
 
 from sara.config.parallel import ParallelConfig
@@ -13,33 +14,39 @@ from sara.models.presets import resolve
 from sara.models.wan import load_transformers, read_layout
 from sara.parallel.dit import backward, parallelize, reduce_terms
 from sara.parallel.world import init_world
+from sara.stage2.build import LORA_TARGETS
 from sara.stage2.objective import Stage2Model
 
 BATCH = 4
 
 
-def build(folder, mode, checkpointing=False):
+def build(folder, mode, checkpointing=False, lora=False):
     config = Stage2ObjectiveConfig()
     config.align.mode = mode
     torch.manual_seed(0)
-    model = Stage2Model(load_transformers(read_layout(folder)), read_layout(folder), config, VFM_DIM, VIEW)
+    experts = load_transformers(read_layout(folder))
+    if lora:
+        for dit in experts.values():
+            dit.requires_grad_(False)
+            dit.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=LORA_TARGETS, init_lora_weights="gaussian"))
+    model = Stage2Model(experts, read_layout(folder), config, VFM_DIM, VIEW)
     if checkpointing:
         for dit in model.experts.values():
             dit.enable_gradient_checkpointing()
     return model
 
 
-def parallel_step(folder, mode, parallel, checkpointing, channels, side):
+def parallel_step(folder, mode, parallel, checkpointing, channels, side, lora=False):
     """On each rank: the one-process step on the whole batch, then the parallel step on this
     rank's share; returns both losses and the largest gradient difference."""
     world = init_world(ParallelConfig(**parallel), "cpu")
-    reference = build(folder, mode, checkpointing)
+    reference = build(folder, mode, checkpointing, lora)
     batch = with_noise(reference, make_batch(BATCH, channels=channels, side=side))
     loss, terms = reference(batch)
     loss.backward()
     expected = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
 
-    model = parallelize(build(folder, mode, checkpointing), world, ParallelConfig(**parallel))
+    model = parallelize(build(folder, mode, checkpointing, lora), world, ParallelConfig(**parallel))
     rows = torch.arange(BATCH).chunk(world.dp_size)[world.dp_rank]
     local_loss, local_terms = model({k: v[rows] for k, v in batch.items()})
     backward(local_loss, world)
@@ -94,3 +101,11 @@ def test_every_mode_under_fsdp_and_ulysses(folders, mode):
 def test_per_token_timesteps_and_gradient_checkpointing(folders):
     # TI2V-5B: one timestep per DiT token, split with the tokens; blocks recomputed in backward
     check(spawn(parallel_step, 4, folders["wan-ti2v"], "sara", {"ulysses": 2}, True, 48, 4))
+
+
+@pytest.mark.slow
+def test_lora_adapters_shard_with_their_frozen_base(folders):
+    # the frozen base is sharded too; only the adapters and projectors get gradients
+    results = spawn(parallel_step, 4, folders["wan"], "sara", {"ulysses": 2}, False, 16, 8, True)
+    check(results)
+    assert all(all("lora_" in n or n.startswith("projectors.") for n in r["errors"]) for r in results)

@@ -3,14 +3,17 @@ view, the clip shapes — and the model built from them (experts, adapters, proj
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
+import torch
+from diffusers import WanTransformer3DModel
 from peft import LoraConfig
 
 from sara.config.stage2 import Stage2Config
 from sara.data.buckets import Bucket
 from sara.models.presets import wan_folder
-from sara.models.wan import WanLayout, load_transformers, read_layout
+from sara.models.wan import SUBFOLDER, WanLayout, load_transformers, read_layout
 from sara.stage2.align import VfmView
 from sara.stage2.encoders import buckets, teacher
 from sara.stage2.objective import Stage2Model
@@ -41,14 +44,32 @@ def trained_experts(config: Stage2Config, layout: WanLayout) -> tuple[str, ...]:
     return names
 
 
-def build_model(config: Stage2Config, setup: Stage2Setup) -> Stage2Model:
-    """The trainable experts of the folder, their adapters and projectors (on the CPU)."""
-    experts = load_transformers(setup.layout, names=trained_experts(config, setup.layout))
-    if config.optim.lora_rank:
-        for dit in experts.values():
-            dit.requires_grad_(False)  # the adapters alone train; the projectors stay fully trainable
-            dit.add_adapter(lora_config(config))
-    model = Stage2Model(experts, setup.layout, config.objective, setup.vfm_dim, setup.view)
+def build_model(
+    config: Stage2Config, setup: Stage2Setup, meta: bool = False, frozen_dtype: torch.dtype = torch.float32
+) -> Stage2Model:
+    """The trainable experts of the folder, their adapters and projectors, on the CPU with
+    the folder's weights — or, with ``meta``, the same modules on the meta device, without
+    memory or weights (what ranks other than 0 build; :mod:`sara.parallel.load` fills
+    their shards). Frozen parameters (the base under LoRA) are kept in ``frozen_dtype``."""
+    names = trained_experts(config, setup.layout)
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        if meta:
+            experts = {
+                n: WanTransformer3DModel.from_config(
+                    WanTransformer3DModel.load_config(setup.layout.folder, subfolder=SUBFOLDER[n])
+                )
+                for n in names
+            }
+        else:
+            experts = load_transformers(setup.layout, names=names)
+        if config.optim.lora_rank:
+            for dit in experts.values():
+                dit.requires_grad_(False)  # the adapters alone train; the projectors stay fully trainable
+                dit.add_adapter(lora_config(config))
+        model = Stage2Model(experts, setup.layout, config.objective, setup.vfm_dim, setup.view)
+    for parameter in model.parameters():
+        if not parameter.requires_grad:
+            parameter.data = parameter.data.to(frozen_dtype)
     if config.optim.gradient_checkpointing:
         for dit in model.experts.values():
             dit.enable_gradient_checkpointing()

@@ -39,6 +39,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         )
     generate.set_defaults(handler=_generate)
 
+    plan = group.add_parser("plan", help="memory per GPU of a run (parameters, gradients, AdamW, EMA) for world sizes")
+    plan.add_argument("--model", required=True, help="wan2.2-ti2v-5b, wan2.2-t2v-a14b, or a Diffusers Wan folder")
+    plan.add_argument("--world", type=int, nargs="+", default=[8, 16], help="GPUs in the run")
+    plan.add_argument("--experts", type=int, default=1, help="experts that train (two-expert models)")
+    plan.add_argument("--lora-rank", type=int, default=0, help="0: full fine-tune")
+    plan.add_argument("--ema", action="store_true", help="an EMA of the trained weights")
+    plan.add_argument("--vfm-dim", type=int, default=1024, help="V-JEPA 2 width (ViT-L 1024, ViT-g 1408)")
+    plan.add_argument("--replicate", type=int, default=1, help="parallel.dp_replicate (HSDP)")
+    plan.set_defaults(handler=_plan)
+
 
 def _precompute(args: argparse.Namespace) -> None:
     from sara.config import load_config
@@ -52,15 +62,17 @@ def _precompute(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from sara.config import load_config
     from sara.config.stage2 import Stage2Config
-    from sara.stage2.train import train
-
     from sara.parallel.world import is_main_process
+    from sara.stage2.train import train
 
     resume, overrides = resume_and_overrides(args)
     run = train(load_config(Stage2Config, args.config, overrides), resume=resume)
     if is_main_process():
         done = (run / "pipeline").is_dir()
-        print(f"run {run}; " + (f"Diffusers-format pipeline in {run / 'pipeline'}" if done else "stopped early, no export"))
+        print(
+            f"run {run}; "
+            + (f"Diffusers-format pipeline in {run / 'pipeline'}" if done else "stopped early, no export")
+        )
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -75,3 +87,10 @@ def _generate(args: argparse.Namespace) -> None:
     sampling = Sampling(**{field.name: getattr(args, field.name) for field in fields(Sampling)})
     written = generate(args.pipeline, prompts, args.out, sampling, args.device)
     print(f"wrote {len(written)} videos (mp4 and GIF) to {args.out}")
+
+
+def _plan(args: argparse.Namespace) -> None:
+    from sara.parallel.plan import PlanSpec, format_plan
+
+    spec = PlanSpec(args.model, args.experts, args.lora_rank, args.ema, args.vfm_dim)
+    print(format_plan(spec, args.world, args.replicate))

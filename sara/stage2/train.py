@@ -20,7 +20,8 @@ from sara.config import save_config
 from sara.config.stage2 import Stage2Config
 from sara.models.aligner import parameter_count
 from sara.parallel.context import check_tokens
-from sara.parallel.dit import parallelize, reduce_terms
+from sara.parallel.dit import parallelize, param_dtype, reduce_terms
+from sara.parallel.load import load_from_rank0
 from sara.parallel.world import World, close_world, init_world
 from sara.stage2.build import Stage2Setup, build_model, resolve_setup
 from sara.stage2.clips import CachedClips, OnlineClips
@@ -52,10 +53,7 @@ def _train(config: Stage2Config, world: World, resume: str | None, progress: boo
     setup = resolve_setup(config)
     with RunLock(run, world):
         clips = OnlineClips(config, setup, world.device) if config.online else CachedClips(config)
-        torch.manual_seed(config.seed)
-        model = build_model(config, setup).to(world.device)
-        _check_shapes(model, setup, world)
-        model = parallelize(model, world, config.parallel)
+        model = _build(config, setup, world)
         if world.is_main:
             print(
                 f"stage2 {config.objective.align.mode}: experts {', '.join(model.experts)} "
@@ -93,6 +91,26 @@ def _train(config: Stage2Config, world: World, resume: str | None, progress: boo
             ema.copy_to(trained)
         export_pipeline(model, setup.layout, run / "pipeline", world)
     return run
+
+
+def _build(config: Stage2Config, setup: Stage2Setup, world: World) -> Stage2Model:
+    """The model on the device: built on the CPU in one process; on many, built on meta,
+    sharded, then filled from rank 0's CPU copy (no rank holds more than its shards)."""
+    # frozen weights are stored in the dtype they compute in: bf16 on GPUs (FSDP gathers in it,
+    # autocast computes in it); fp32 for one process on a CPU
+    sharded_or_gpu = world.distributed or world.device.type == "cuda"
+    frozen = param_dtype(config.parallel, world.device) if sharded_or_gpu else torch.float32
+    if not world.distributed:
+        torch.manual_seed(config.seed)
+        model = build_model(config, setup, frozen_dtype=frozen).to(world.device)
+        _check_shapes(model, setup, world)
+        return model
+    model = build_model(config, setup, meta=True, frozen_dtype=frozen)
+    _check_shapes(model, setup, world)
+    parallelize(model, world, config.parallel)
+    torch.manual_seed(config.seed)  # projectors and adapters start as in one process
+    source = build_model(config, setup, frozen_dtype=frozen) if world.is_main else None
+    return load_from_rank0(model, source, world)
 
 
 def _reducer(config: Stage2Config, world: World):
