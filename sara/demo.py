@@ -27,6 +27,7 @@ from sara.losses import trd_loss, trd_loss_dense
 from sara.losses.trd import auto_chunk, visited_panels
 from sara.models.presets import resolve
 from sara.models.sam3 import Sam3Segmenter
+from sara.parallel.report import parallel_part
 from sara.report import Section, image, paragraph, preformatted, table, text_table, write_report
 from sara.routing import MODES, pair_budget
 from sara.stage1.report import stage1_part
@@ -181,7 +182,7 @@ def run_demo(config: DemoConfig) -> Path:
     torch.manual_seed(config.seed)
     data_sections = [data_part(config, out), masks_part(config, out)]
     budget_section, saliencies = budget_part(config, out)
-    stages = [stage1_part(config, out), stage2_part(config, out)]
+    stages = [stage1_part(config, out), stage2_part(config, out), parallel_part(config, out)]
     sections = [*data_sections, *stages, budget_section, objective_part(config, saliencies)]
     report = write_report(out / "report.html", "SARA demo", sections)
     print(f"report: {report}")
