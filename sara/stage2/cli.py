@@ -28,6 +28,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     generate.add_argument("--manifest", help="also every caption of this manifest")
     generate.add_argument("--out", required=True, help="folder for the videos")
     generate.add_argument("--device", default="auto", help="auto: cuda when available, else cpu")
+    generate.add_argument(
+        "--ulysses", type=int, default=1, help="under torchrun: ranks that sample each video together"
+    )
     defaults = Sampling()
     for field in fields(Sampling):  # every sampling setting, named and defaulted as the dataclass says
         flag = "--" + {"guidance_scale": "cfg"}.get(field.name, field.name).replace("_", "-")
@@ -85,7 +88,7 @@ def _generate(args: argparse.Namespace) -> None:
     if not prompts:
         raise ValueError("give --prompt TEXT or --manifest FILE")
     sampling = Sampling(**{field.name: getattr(args, field.name) for field in fields(Sampling)})
-    written = generate(args.pipeline, prompts, args.out, sampling, args.device)
+    written = generate(args.pipeline, prompts, args.out, sampling, args.device, ulysses=args.ulysses)
     print(f"wrote {len(written)} videos (mp4 and GIF) to {args.out}")
 
 

@@ -7,10 +7,12 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
 
+from sara.config.parallel import ParallelConfig
 from sara.config.sampling import SCHEDULERS, Sampling
 from sara.data.video import write_gif, write_video
 from sara.data.visualize import slug
-from sara.device import pick_device
+from sara.parallel.context import apply_ulysses, check_tokens
+from sara.parallel.world import close_world, init_world
 
 
 def load_pipeline(folder: str | Path, scheduler: str, shift: float, device: torch.device) -> WanPipeline:
@@ -38,12 +40,15 @@ def render(
     sampling: Sampling,
     progress: bool = True,
     write: bool = True,
+    numbers: list[int] | None = None,
 ) -> list[Path]:
     """One video per prompt as ``NN-<prompt>.mp4`` and ``.gif`` in ``out``; returns the mp4
-    paths. ``write=False``: sample only (the ranks of a sharded model that do not write)."""
+    paths. ``numbers``: only these prompts (by position; each keeps its seed, ``seed + NN``).
+    ``write=False``: sample only (ranks that share a video with the one that writes it)."""
     pipe.set_progress_bar_config(disable=not progress)
     written = []
-    for number, prompt in enumerate(prompts):
+    for number in range(len(prompts)) if numbers is None else numbers:
+        prompt = prompts[number]
         video = pipe(
             prompt=prompt,
             negative_prompt=sampling.negative_prompt,
@@ -72,7 +77,35 @@ def generate(
     sampling: Sampling,
     device: str = "auto",
     progress: bool = True,
+    ulysses: int = 1,
 ) -> list[Path]:
-    """Videos of ``prompts`` from a Diffusers-format Wan folder (e.g. ``RUN_DIR/pipeline``)."""
-    pipe = load_pipeline(folder, sampling.scheduler, sampling.shift, pick_device(device))
-    return render(pipe, prompts, out, sampling, progress)
+    """Videos of ``prompts`` from a Diffusers-format Wan folder (e.g. ``RUN_DIR/pipeline``).
+
+    Under ``torchrun`` the prompts are dealt to the data-parallel ranks (prompt ``i`` to rank
+    ``i mod dp``), and with ``ulysses > 1`` each video is sampled sequence-parallel by a group
+    of that many ranks, whose first writes it. Each prompt keeps its seed, so the videos are
+    those of one process. Returns the paths this process wrote."""
+    world = init_world(ParallelConfig(ulysses=ulysses), device)
+    try:
+        pipe = load_pipeline(folder, sampling.scheduler, sampling.shift, world.device)
+        if world.cp > 1:
+            for dit in (pipe.transformer, pipe.transformer_2):
+                if dit is not None:
+                    apply_ulysses(dit, world)
+            _check_tokens(pipe, sampling, world.cp)
+        mine = list(range(len(prompts)))[world.dp_rank :: world.dp_size]
+        return render(pipe, prompts, out, sampling, progress and world.is_main, world.cp_rank == 0, mine)
+    finally:
+        close_world(world)
+
+
+def _check_tokens(pipe: WanPipeline, sampling: Sampling, cp: int) -> None:
+    """The video's DiT tokens must split over the sequence-parallel group."""
+    p_t, p_h, p_w = pipe.transformer.config.patch_size
+    latent = (
+        (sampling.frames - 1) // pipe.vae_scale_factor_temporal + 1,
+        sampling.height // pipe.vae_scale_factor_spatial,
+        sampling.width // pipe.vae_scale_factor_spatial,
+    )
+    tokens = (latent[0] // p_t) * (latent[1] // p_h) * (latent[2] // p_w)
+    check_tokens(tokens, cp, f"--frames {sampling.frames} --height {sampling.height} --width {sampling.width}")
