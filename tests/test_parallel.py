@@ -148,3 +148,44 @@ def test_distributed_generation_gives_the_videos_of_one_process(folders, tmp_pat
 def gif_frames(path):
     with Image.open(path) as gif:
         return np.stack([np.asarray(frame.convert("RGB"), dtype=np.int16) for frame in ImageSequence.Iterator(gif)])
+
+
+def precompute_on(world_dir, cache):
+    from sara.config import load_config
+    from sara.config.stage2 import Stage2Config
+    from sara.stage2.cache import precompute
+
+    overrides = [
+        f"data.train={world_dir / 'train.jsonl'}",
+        "data.frames=9",
+        "data.size=64",
+        "models.text_length=32",
+        f"models.tiny_root={cache.parent / ('models-' + cache.name)}",
+        f"precompute.cache_dir={cache}",
+        "precompute.batch_size=1",
+        "precompute.shard_size=2",
+        "objective.align.saliency=masks",
+        f"out_dir={cache.parent / 'run'}",
+    ]  # fmt: skip  (each cache its own tiny presets: the ranks of "two" write theirs at once)
+    return str(precompute(load_config(Stage2Config, None, overrides), progress=False))
+
+
+@pytest.mark.slow
+def test_sharded_precompute_equals_one_process(tmp_path):
+    from sara.data.synthetic import SynthSpec, synthesize
+    from sara.stage2.cache import FeatureCache
+
+    shapes = tmp_path / "world"
+    synthesize(SynthSpec(num=6, seed=5, frames=9, size=64, heldout_fraction=0.0), shapes, workers=1, progress=False)
+    (one,) = spawn(precompute_on, 1, shapes, tmp_path / "one")
+    spawn(precompute_on, 2, shapes, tmp_path / "two")
+    caches = [FeatureCache(tmp_path / name) for name in ("one", "two")]
+    assert caches[0].records == caches[1].records == list(range(6))
+    writers = {name.split("-")[1] for name in caches[1].shard_of.values()}
+    assert writers == {"000", "001"} and not list((tmp_path / "two").glob("index.rank-*"))  # both wrote; merged
+    for position in range(6):
+        alone, shared = caches[0][position], caches[1][position]
+        assert alone.keys() == shared.keys()
+        for key in alone:
+            if key != "index":
+                torch.testing.assert_close(shared[key], alone[key], rtol=1e-5, atol=1e-6)

@@ -56,30 +56,32 @@ def test_precompute_is_sharded_and_resumable(world, shared, tmp_path, capsys):
     assert main(["stage2", "precompute", *args]) == 0
     index = json.loads((tmp_path / "cache" / "index.json").read_text())
     assert sorted(map(int, index["clips"])) == list(range(6))
-    assert sorted(set(index["clips"].values())) == ["shard-00000.safetensors", "shard-00001.safetensors"]
-    shard = load_file(tmp_path / "cache" / "shard-00000.safetensors")
+    assert sorted(set(index["clips"].values())) == ["shard-000-00000.safetensors", "shard-000-00001.safetensors"]
+    shard = load_file(tmp_path / "cache" / "shard-000-00000.safetensors")
     assert shard["0/latents"].shape == (16, 3, 8, 8)  # 9 frames of 64² → 3 latent frames of 8²
     assert shard["0/vfm"].shape == (64, 192) and shard["0/mask_saliency"].shape == (64,)  # V-JEPA (4, 4, 4)
     assert shard["0/text"].shape[0] <= 32 and shard["0/text"].abs().amax(-1)[-1] > 0  # trailing padding trimmed
 
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("shard-*")}
-    (tmp_path / "cache" / "shard-00001.safetensors").unlink()  # as if killed before the last shard
-    index["clips"] = {r: s for r, s in index["clips"].items() if s != "shard-00001.safetensors"}
+    (tmp_path / "cache" / "shard-000-00001.safetensors").unlink()  # as if killed before the last shard
+    index["clips"] = {r: s for r, s in index["clips"].items() if s != "shard-000-00001.safetensors"}
     (tmp_path / "cache" / "index.json").write_text(json.dumps(index))
     assert main(["stage2", "precompute", *args]) == 0
     after = json.loads((tmp_path / "cache" / "index.json").read_text())
     assert sorted(map(int, after["clips"])) == list(range(6))
-    assert (tmp_path / "cache" / "shard-00000.safetensors").stat().st_mtime_ns == before["shard-00000.safetensors"]
+    assert (tmp_path / "cache" / "shard-000-00000.safetensors").stat().st_mtime_ns == before[
+        "shard-000-00000.safetensors"
+    ]
 
     view = {"precompute.cache_dir": tmp_path / "view", "models.vjepa2_stride": 2, "models.vjepa2_short_side": 32}
     assert main(["stage2", "precompute", *overrides(world, shared, tmp_path / "run", **view)]) == 0
-    shard = load_file(tmp_path / "view" / "shard-00000.safetensors")
+    shard = load_file(tmp_path / "view" / "shard-000-00000.safetensors")
     assert shard["0/vfm"].shape == (8, 192) and shard["0/mask_saliency"].shape == (8,)  # frames 1, 3, 5, 7 at 32²
     assert main(["stage2", "train", *overrides(world, shared, tmp_path / "view-run", steps=1, **view)]) == 0
 
     half = {"precompute.cache_dir": tmp_path / "half", "precompute.dtype": "bfloat16"}
     assert main(["stage2", "precompute", *overrides(world, shared, tmp_path / "run", **half)]) == 0
-    assert load_file(tmp_path / "half" / "shard-00000.safetensors")["0/vfm"].dtype == torch.bfloat16
+    assert load_file(tmp_path / "half" / "shard-000-00000.safetensors")["0/vfm"].dtype == torch.bfloat16
     assert main(["stage2", "train", *overrides(world, shared, tmp_path / "half-run", steps=1, **half)]) == 0
 
     changed = overrides(
@@ -166,7 +168,7 @@ def test_precompute_stores_the_aligner_saliency_of_the_full_caption(world, share
     assert main(["stage1", "train", *stage1]) == 0
     args = overrides(world, shared, tmp_path / "run", **{"precompute.cache_dir": tmp_path / "cache"})
     assert main(["stage2", "precompute", *args, f"models.aligner={tmp_path / 'stage1'}"]) == 0
-    shard = load_file(tmp_path / "cache" / "shard-00000.safetensors")
+    shard = load_file(tmp_path / "cache" / "shard-000-00000.safetensors")
     saliency = shard["0/saliency"]
     assert saliency.shape == (64,) and 0 <= saliency.min() and saliency.max() <= 1
     with_aligner = [*args, f"models.aligner={tmp_path / 'stage1'}", "objective.align.saliency=aligner"]

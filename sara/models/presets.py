@@ -11,6 +11,7 @@ no model library.
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 from pathlib import Path
 
@@ -45,10 +46,15 @@ def resolve(source: str, name: str, cache_root: str | Path, seed: int = 0) -> Pa
         raise ValueError(f"no tiny preset {name!r}; choose one of {', '.join(TINY)}")
     folder = Path(cache_root) / f"tiny-{name}-v{PRESET_FORMAT}-seed{seed}"
     if not folder.is_dir():
-        partial = folder.with_name(folder.name + ".partial")  # renamed only once complete
+        # renamed only once complete; one partial folder per process, as every rank of a
+        # distributed run may write the same preset at once (the same bytes: first rename wins)
+        partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         write_tiny(name, partial, seed)
-        partial.rename(folder)
+        try:
+            partial.rename(folder)
+        except OSError:  # another process got there first
+            shutil.rmtree(partial)
     return folder
 
 

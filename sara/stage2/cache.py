@@ -1,12 +1,13 @@
 """`sara stage2 precompute`: what the frozen encoders make of every clip, stored once.
 
-Layout of ``cache_dir``: ``shard-NNNNN.safetensors`` files holding, per clip ``r`` (its
+Layout of ``cache_dir``: ``shard-RRR-NNNNN.safetensors`` files (``RRR``: the rank that wrote it) holding, per clip ``r`` (its
 manifest record), the tensors ``r/latents``, ``r/text``, ``r/vfm`` and, when present,
 ``r/saliency`` and ``r/mask_saliency`` (see :mod:`sara.stage2.encoders`); and
 ``index.json`` — the settings that made the cache and the shard of each clip — and
 ``empty_caption.safetensors``, the states of the empty caption (caption dropout). A shard is
-written under a temporary name and renamed, then the index is replaced, so a killed run
-loses at most the clips of an unfinished shard and a rerun does only what is missing.
+written under a temporary name and renamed, then the index part of its rank is replaced,
+so a killed run loses at most the clips of an unfinished shard and a rerun does only what
+is missing.
 """
 
 from __future__ import annotations
@@ -16,16 +17,18 @@ import json
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from sara.config.parallel import ParallelConfig
 from sara.config.stage2 import Stage2Config
 from sara.data.datasets import BadSamples, Stage2Dataset, collate
 from sara.data.manifest import load_manifest
-from sara.device import pick_device
+from sara.parallel.world import World, close_world, init_world
 from sara.stage1.features import FEATURES_VERSION
 from sara.stage1.saliency import locate
 from sara.stage2.encoders import Stage2Encoders, buckets, teacher
@@ -84,18 +87,35 @@ def _check_settings(folder: Path, index: dict, settings: dict) -> None:
 
 
 def precompute(config: Stage2Config, progress: bool = True) -> Path:
-    """Encode every clip of ``data.train`` not yet in the cache; returns the cache folder."""
+    """Encode every clip of ``data.train`` not yet in the cache; returns the cache folder.
+
+    Under ``torchrun`` the clips are split across the ranks: batch ``b`` of the clips still to
+    do goes to rank ``b mod world``; each rank writes its own shards and its own index part
+    (``index.rank-R.json``, replaced after each shard), and rank 0 merges the parts into
+    ``index.json`` at the end — and at the start, those a killed run left behind."""
     _, view = teacher(config)  # frames and sizes must suit the VAE and V-JEPA 2
+    world = init_world(ParallelConfig(), config.device)  # every rank encodes its own clips
+    try:
+        return _precompute(config, view, world, progress)
+    finally:
+        close_world(world)
+
+
+def _precompute(config: Stage2Config, view, world: World, progress: bool) -> Path:
     folder = cache_dir(config)
-    folder.mkdir(parents=True, exist_ok=True)
-    index = _read_index(folder, fingerprint(config))
+    settings = fingerprint(config)
+    encoders = Stage2Encoders(config, view).to(world.device)
+    dtype = getattr(torch, config.precompute.dtype)
+    if world.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        _merge_parts(folder, _read_index(folder, settings))
+        if not (folder / EMPTY_CAPTION).is_file():
+            save_file({"text": encoders.empty_caption().to(dtype).contiguous()}, folder / f"{EMPTY_CAPTION}.tmp")
+            (folder / f"{EMPTY_CAPTION}.tmp").replace(folder / EMPTY_CAPTION)
+    _barrier(world)
+    index = _read_index(folder, settings)
     manifest = load_manifest(config.data.train)
     todo = [i for i in range(len(manifest)) if str(i) not in index["clips"]]
-    encoders = Stage2Encoders(config, view).to(pick_device(config.device))
-    dtype = getattr(torch, config.precompute.dtype)
-    if not (folder / EMPTY_CAPTION).is_file():
-        save_file({"text": encoders.empty_caption().to(dtype).contiguous()}, folder / f"{EMPTY_CAPTION}.tmp")
-        (folder / f"{EMPTY_CAPTION}.tmp").replace(folder / EMPTY_CAPTION)
     bad = BadSamples(config.data.max_bad_fraction)
     clips = Stage2Dataset(manifest, buckets(config), config.data, config.seed, union_masks=True)
     size = config.precompute.batch_size
@@ -103,35 +123,67 @@ def precompute(config: Stage2Config, progress: bool = True) -> Path:
     for record in todo:  # a batch holds clips of one bucket: they stack
         groups.setdefault(clips.bucket_of[record], []).append(record)
     batches = [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
-    loader = DataLoader(clips, batch_sampler=batches, collate_fn=collate, num_workers=config.data.num_workers)
+    mine = batches[world.rank :: world.size]
+    loader = DataLoader(clips, batch_sampler=mine, collate_fn=collate, num_workers=config.data.num_workers)
+    part = Part(folder, world.rank)
     pending: dict[str, Tensor] = {}
-    shard = len({name for name in index["clips"].values()})
-    for batch in tqdm(loader, desc="stage2 precompute", unit="batch", disable=not progress):
+    for batch in tqdm(loader, desc="stage2 precompute", unit="batch", disable=not (progress and world.is_main)):
         bad.update(batch)
         if not batch["size"]:
             continue
         for record, clip in zip(batch["index"], encoders(batch["frames"], batch["caption"], list(batch["masks"]))):
             pending |= {f"{record}/{key}": value.to(dtype).contiguous() for key, value in clip.items()}
         if len({k.split("/")[0] for k in pending}) >= config.precompute.shard_size:
-            shard = _flush(folder, index, pending, shard)
+            part.flush(pending)
     if pending:
-        _flush(folder, index, pending, shard)
+        part.flush(pending)
     bad.end_epoch(0)
+    _barrier(world)
+    if world.is_main:
+        _merge_parts(folder, _read_index(folder, settings))
+    _barrier(world)
     return folder
 
 
-def _flush(folder: Path, index: dict, tensors: dict[str, Tensor], shard: int) -> int:
-    """Write one shard atomically, then the index naming its clips; empties ``tensors``."""
-    name = f"shard-{shard:05d}.safetensors"
-    save_file(tensors, folder / f"{name}.tmp")
-    (folder / f"{name}.tmp").replace(folder / name)
-    for record in {k.split("/")[0] for k in tensors}:
-        index["clips"][record] = name
-    tmp = folder / "index.json.tmp"
-    tmp.write_text(json.dumps(index, indent=1))
-    tmp.replace(folder / "index.json")
-    tensors.clear()
-    return shard + 1
+def _barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+class Part:
+    """One rank's shards (``shard-RRR-NNNNN.safetensors``) and the index of their clips."""
+
+    def __init__(self, folder: Path, rank: int):
+        self.folder, self.prefix = folder, f"shard-{rank:03d}-"
+        self.path = folder / f"index.rank-{rank}.json"
+        self.clips: dict[str, str] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.count = len(list(folder.glob(f"{self.prefix}*.safetensors")))  # a resumed rank numbers on
+
+    def flush(self, tensors: dict[str, Tensor]) -> None:
+        """Write one shard atomically, then this rank's index naming its clips; empties ``tensors``."""
+        name = f"{self.prefix}{self.count:05d}.safetensors"
+        save_file(tensors, self.folder / f"{name}.tmp")
+        (self.folder / f"{name}.tmp").replace(self.folder / name)
+        self.count += 1
+        self.clips |= {record: name for record in {k.split("/")[0] for k in tensors}}
+        _write_json(self.path, self.clips)
+        tensors.clear()
+
+
+def _merge_parts(folder: Path, index: dict) -> None:
+    """Fold every rank's index part into ``index.json`` (atomically), then remove the parts."""
+    parts = sorted(folder.glob("index.rank-*.json"))
+    for path in parts:
+        index["clips"] |= json.loads(path.read_text())
+    _write_json(folder / "index.json", index)
+    for path in parts:
+        path.unlink()
+
+
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.replace(path)
 
 
 class FeatureCache(torch.utils.data.Dataset):
