@@ -60,3 +60,20 @@ def test_bench_step_prints_each_mode_as_a_ratio_to_sft(tmp_path, capsys):
         assert row["ratio_to_sft"] == pytest.approx(row["step_s"] / results["sft"]["step_s"])
     assert results["sft"]["ratio_to_sft"] == 1.0
     assert all(row["peak_mib"] >= 0 for row in results.values())  # the first step's peak, without a warm-up
+
+
+@pytest.mark.slow
+def test_bench_dist_counts_the_shards_and_the_sequence_traffic(tmp_path):
+    from sara.bench.dist import bench_shares, bench_sharding, format_dist
+
+    worlds = {"1": (1, {}), "2 fsdp": (2, {}), "2 ulysses": (2, {"dp_shard": 1, "ulysses": 2})}
+    sharding = bench_sharding(str(tmp_path), worlds=worlds)
+    one, fsdp, ulysses = (sharding[k] for k in worlds)
+    for part in ("params_mib", "grads_mib", "adamw_mib"):  # exact bytes of the local shards
+        assert fsdp[part] == pytest.approx(one[part] / 2, rel=0.02) and ulysses[part] == pytest.approx(fsdp[part])
+    assert not one["sent_mib"] and not fsdp["sent_mib"]  # no sequence parallelism, no such traffic
+    assert ulysses["sent_mib"]["all_to_all_single"] > 0 and ulysses["sent_mib"]["reduce_scatter_tensor"] > 0
+    shares = bench_shares([256], 64, [2], min_seconds=0.0)
+    assert [(r["tokens"], r["parts"]) for r in shares] == [(256, 1), (256, 2)]
+    table = format_dist(sharding, shares)
+    assert "2 ulysses" in table and "   256   2 |" in table

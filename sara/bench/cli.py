@@ -42,6 +42,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     step.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     step.set_defaults(handler=_step)
 
+    dist = group.add_parser("dist", help="sharding on gloo processes: state per rank, bytes sent, TRD shares")
+    dist.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384], help="N of the TRD shares")
+    dist.add_argument("--dim", type=int, default=1024, help="feature width D of the TRD shares")
+    dist.add_argument("--parts", type=int, nargs="+", default=[2, 4], help="P: ranks sharing one TRD loss")
+    dist.add_argument("--workdir", help="where the presets go (default: a new temporary folder)")
+    dist.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    dist.set_defaults(handler=_dist)
+
 
 def _trd(args: argparse.Namespace) -> None:
     import torch
@@ -101,3 +109,17 @@ def _step(args: argparse.Namespace) -> None:
         f"at {args.size}² on {args.device} ({torch.get_num_threads()} CPU threads); median of {args.steps} steps"
     )
     print(format_step(results))
+
+
+def _dist(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from sara.bench.dist import bench_sharding, bench_shares, format_dist
+
+    with tempfile.TemporaryDirectory() as scratch:
+        sharding = bench_sharding(args.workdir or scratch)
+    shares = bench_shares(args.tokens, args.dim, args.parts)
+    if args.json:
+        print(json.dumps({"sharding": sharding, "shares": shares}, indent=2))
+        return
+    print(format_dist(sharding, shares))

@@ -41,6 +41,7 @@ class Case:
     repeats: int  # least number of timed runs
     min_seconds: float  # ... and as many more as it takes to fill this long: short cases are noisy
     seed: int = 0
+    part: tuple[int, int] = (0, 1)  # blockwise: the share (i, n) of the pairs one rank computes
 
 
 def _inputs(case: Case):
@@ -67,7 +68,8 @@ def _flops(case: Case, saliency) -> float:
         return 2 * b * n * n * 4 * d  # S_p, S_y; two products in S_p's backward
     if case.path == "blockwise":
         w = torch.zeros(b, n) if saliency is None else saliency.cpu()
-        plan = visited_panels(w, case.mode, case.chunk)
+        index, count = case.part
+        plan = visited_panels(w, case.mode, case.chunk)[index::count]  # the panels of this share
         return sum(2 * b * (r1 - r0) * (c1 - c0) * 4 * d for r0, r1, c0, c1 in plan)
     raise ValueError(f"path: unknown {case.path!r}; choose one of matmul, dense, blockwise")
 
@@ -80,7 +82,7 @@ def _step(case: Case, pred: torch.Tensor, target: torch.Tensor, saliency: torch.
     if case.path == "dense":
         loss = lambda: trd_loss_dense(pred, target, saliency, case.mode)  # noqa: E731
     elif case.path == "blockwise":
-        loss = lambda: trd_loss(pred, target, saliency, case.mode, chunk_size=case.chunk)  # noqa: E731
+        loss = lambda: trd_loss(pred, target, saliency, case.mode, chunk_size=case.chunk, part=case.part)  # noqa: E731
     else:
         raise ValueError(f"path: unknown {case.path!r}; choose one of matmul, dense, blockwise")
 

@@ -23,7 +23,7 @@ def gather_tokens(x: Tensor, mesh: DeviceMesh) -> Tensor:
     it when they all compute the same loss — which is why each rank computes only its part.
     ``wait_tensor`` (not ``.wait()``, which detaches) keeps the graph.
     """
-    gathered = funcol.wait_tensor(funcol.all_gather_tensor_autograd(x.contiguous(), gather_dim=1, group=mesh))
+    gathered = funcol.wait_tensor(funcol.all_gather_single_autograd(x.contiguous(), gather_dim=1, group=mesh))
     # wait_tensor hands back a view; as a module output FSDP would have to warn about in-place
     # use of it, so the (small: B × N × D) result is materialised
     return gathered.clone()

@@ -28,6 +28,7 @@ from sara.config.parallel import ParallelConfig
 from sara.config.stage2 import Stage2Config
 from sara.data.datasets import BadSamples, Stage2Dataset, collate
 from sara.data.manifest import load_manifest
+from sara.models.presets import wan_folder
 from sara.parallel.world import World, close_world, init_world
 from sara.stage1.features import FEATURES_VERSION
 from sara.stage1.saliency import locate
@@ -94,6 +95,9 @@ def precompute(config: Stage2Config, progress: bool = True) -> Path:
     (``index.rank-R.json``, replaced after each shard), and rank 0 merges the parts into
     ``index.json`` at the end — and at the start, those a killed run left behind."""
     _, view = teacher(config)  # frames and sizes must suit the VAE and V-JEPA 2
+    # tiny presets are written before the process group exists: once it does, transformers
+    # saves weights on rank 0 only, and another rank's copy would be incomplete
+    wan_folder(config.models.wan, config.models.tiny_root)
     world = init_world(ParallelConfig(), config.device)  # every rank encodes its own clips
     try:
         return _precompute(config, view, world, progress)

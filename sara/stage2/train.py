@@ -38,19 +38,21 @@ from sara.trainer.preemption import RunLock
 def train(config: Stage2Config, resume: str | None = None, progress: bool = True) -> Path:
     """Train; returns the run folder (checkpoints, history, TensorBoard, ``pipeline/``).
     A run stopped by SIGTERM/SIGUSR1 returns after its checkpoint, without the export."""
+    # before the process group exists: a tiny preset written later would get its weights from
+    # rank 0 alone (transformers saves on rank 0 only), each rank writes its own copy here
+    setup = resolve_setup(config)
     world = init_world(config.parallel, config.device)
     try:
-        return _train(config, world, resume, progress)
+        return _train(config, setup, world, resume, progress)
     finally:
         close_world(world)
 
 
-def _train(config: Stage2Config, world: World, resume: str | None, progress: bool) -> Path:
+def _train(config: Stage2Config, setup: Stage2Setup, world: World, resume: str | None, progress: bool) -> Path:
     run = Path(config.out_dir)
     if world.is_main:
         run.mkdir(parents=True, exist_ok=True)
         save_config(config, run)
-    setup = resolve_setup(config)
     with RunLock(run, world):
         clips = OnlineClips(config, setup, world.device) if config.online else CachedClips(config)
         model = _build(config, setup, world)
