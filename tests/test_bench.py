@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from sara.bench.dist import bench_sharding, bench_shares, format_dist
 from sara.bench.trd import Case, _flops, dense_fits, format_rows
 from sara.cli import main
 
@@ -64,8 +65,6 @@ def test_bench_step_prints_each_mode_as_a_ratio_to_sft(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_bench_dist_counts_the_shards_and_the_sequence_traffic(tmp_path):
-    from sara.bench.dist import bench_shares, bench_sharding, format_dist
-
     worlds = {"1": (1, {}), "2 fsdp": (2, {}), "2 ulysses": (2, {"dp_shard": 1, "ulysses": 2})}
     sharding = bench_sharding(str(tmp_path), worlds=worlds)
     one, fsdp, ulysses = (sharding[k] for k in worlds)

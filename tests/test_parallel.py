@@ -12,14 +12,17 @@ from peft import LoraConfig
 from PIL import Image, ImageSequence
 from test_stage2_objective import VFM_DIM, VIEW, make_batch, with_noise
 
+from sara.config import load_config
 from sara.config.parallel import ParallelConfig
 from sara.config.sampling import Sampling
-from sara.config.stage2 import Stage2ObjectiveConfig
+from sara.config.stage2 import Stage2Config, Stage2ObjectiveConfig
+from sara.data.synthetic import SynthSpec, synthesize
 from sara.models.presets import resolve
 from sara.models.wan import load_transformers, read_layout
 from sara.parallel.dit import backward, parallelize, reduce_terms
 from sara.parallel.world import init_world
 from sara.stage2.build import LORA_TARGETS
+from sara.stage2.cache import FeatureCache, precompute
 from sara.stage2.generate import generate
 from sara.stage2.objective import Stage2Model
 
@@ -151,10 +154,6 @@ def gif_frames(path):
 
 
 def precompute_on(world_dir, cache):
-    from sara.config import load_config
-    from sara.config.stage2 import Stage2Config
-    from sara.stage2.cache import precompute
-
     overrides = [
         f"data.train={world_dir / 'train.jsonl'}",
         "data.frames=9",
@@ -172,9 +171,6 @@ def precompute_on(world_dir, cache):
 
 @pytest.mark.slow
 def test_sharded_precompute_equals_one_process(tmp_path):
-    from sara.data.synthetic import SynthSpec, synthesize
-    from sara.stage2.cache import FeatureCache
-
     shapes = tmp_path / "world"
     synthesize(SynthSpec(num=6, seed=5, frames=9, size=64, heldout_fraction=0.0), shapes, workers=1, progress=False)
     (one,) = spawn(precompute_on, 1, shapes, tmp_path / "one")
