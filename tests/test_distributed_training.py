@@ -150,3 +150,37 @@ def test_shapes_that_do_not_split_are_refused(tmp_path):
     _check_shapes(model, setup, World(rank=0, size=4, device=torch.device("cpu"), cp=4))  # 20 = 4 × 5
     with pytest.raises(ValueError, match="parallel.ulysses: 3 does not divide the DiT's 4 attention heads"):
         apply_ulysses(model.experts["high"], three)
+
+
+def test_stage1_under_torchrun_gives_the_losses_of_one_process(tmp_path):
+    shapes = tmp_path / "shapes"
+    synthesize(SynthSpec(num=16, seed=3, frames=8, size=64, heldout_fraction=0.25), shapes, workers=1, progress=False)
+    settings = {
+        "data.train": shapes / "train.jsonl", "data.heldout": shapes / "heldout.jsonl", "data.frames": 8,
+        "data.size": 64, "optim.steps": 6, "optim.batch_size": 8, "optim.warmup_steps": 1, "log_every": 1,
+        "eval_every": 3, "save_every": 3,
+    }  # fmt: skip
+
+    def args(out: Path, models: str) -> list[str]:
+        values = settings | {
+            "out_dir": out,
+            "models.tiny_root": tmp_path / models,
+            "cache_dir": tmp_path / models / "c",
+        }
+        return [f"{k}={v}" for k, v in values.items()]
+
+    assert main(["stage1", "train", *args(tmp_path / "one", "models-one")]) == 0
+    # two ranks on fresh tiny presets: each writes them, each encodes half the clips
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.Popen(
+        [*command, "-m", "sara", "stage1", "train", *args(tmp_path / "two", "models-two")],
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    finish(proc)
+    curves = [json.loads((tmp_path / run / "history.json").read_text()) for run in ("one", "two")]
+    for key in ("loss", "bce", "dice", "infonce"):
+        assert [r[key] for r in curves[1]] == pytest.approx([r[key] for r in curves[0]], rel=1e-5), key
+    figures = [json.loads((tmp_path / run / "eval.json").read_text()) for run in ("one", "two")]
+    assert figures[1] == pytest.approx(figures[0], rel=1e-4, abs=1e-6)

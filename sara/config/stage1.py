@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from sara.config.clips import ClipTiming
 from sara.config.loader import option
+from sara.config.parallel import ParallelConfig
 
 CAPTION_ENCODER_KINDS = ("umt5", "qwen3vl")
 EMBEDDER_INSTRUCTION = "Represent the user's input."  # Qwen3-VL-Embedding's default system turn
@@ -86,3 +87,4 @@ class Stage1Config:
     log_every: int = option(20, ge=1)  # steps between log lines and TensorBoard points
     eval_every: int = option(100, ge=1)  # steps between held-out evaluations
     save_every: int = option(100, ge=1)  # steps between checkpoints (and one at the end)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # under torchrun: data parallel (ulysses 1)

@@ -6,6 +6,7 @@ tensors before them and reduces the figures after.
 
 from __future__ import annotations
 
+import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 from torch import Tensor
@@ -43,3 +44,31 @@ def world_max(value: Tensor, world: World) -> Tensor:
     value = value.detach().clone().to(world.device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return value.cpu()
+
+
+def gather_rows(x: Tensor, counts: list[int], world: World) -> Tensor:
+    """``[counts[r], ...]`` on each rank ``r`` of the data-parallel group -> ``[Σ counts, ...]``
+    in rank order, with a backward (sum reduce-scatter) so the rows keep their gradients.
+    Ranks may hold different numbers of rows: each pads to the largest, and the padding
+    is cut away after the gather."""
+    if not world.distributed:
+        return x
+    most = max(counts)
+    padded = torch.cat([x, x.new_zeros(most - len(x), *x.shape[1:])]) if len(x) < most else x
+    gathered = funcol.wait_tensor(
+        funcol.all_gather_single_autograd(padded.contiguous(), gather_dim=0, group=world.dp_mesh)
+    )
+    return torch.cat([gathered[r * most : r * most + n] for r, n in enumerate(counts)])
+
+
+def average_gradients(parameters: list[Tensor], world: World) -> None:
+    """Data parallelism for a small replicated model: every gradient becomes its mean over
+    the data-parallel ranks, in one flat all-reduce."""
+    if not world.distributed:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=world.dp_mesh.get_group())
+    flat /= world.dp_size
+    for grad, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+        grad.copy_(part.view_as(grad))

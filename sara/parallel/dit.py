@@ -23,17 +23,11 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from sara.config.parallel import ParallelConfig
 from sara.parallel.collectives import gather_tokens, world_mean
 from sara.parallel.context import apply_ulysses
+from sara.parallel.precision import param_dtype
 from sara.parallel.world import World
 
 if TYPE_CHECKING:  # the parallel layer is applied to models; it does not build them
     from sara.stage2.objective import Stage2Model
-
-
-def param_dtype(config: ParallelConfig, device: torch.device) -> torch.dtype:
-    """The dtype FSDP gathers parameters in for compute."""
-    if config.param_dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, config.param_dtype)
 
 
 def parallelize(model: Stage2Model, world: World, config: ParallelConfig) -> Stage2Model:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from sara.config.stage1 import Stage1DataConfig
@@ -121,6 +121,23 @@ def _clip_tokens(
         key = _clip_key(manifest, index, random_window)
         save_file({"tokens": known[index]}, cache / f"{key}.tmp.safetensors")
         (cache / f"{key}.tmp.safetensors").replace(cache / f"{key}.safetensors")
+
+
+def encode_share(
+    manifest: Manifest, encoders: Encoders, data: Stage1DataConfig, cache_dir: Path, seed: int, rank: int, size: int
+) -> None:
+    """Fill the token cache with the clips ``rank`` of ``size`` processes owns (record index
+    ``≡ rank mod size``), so that many processes split the V-JEPA 2 pass and
+    :func:`compute_features` then finds every clip cached. Unreadable samples are left to it."""
+    cache = Path(cache_dir) / _fingerprint(encoders.video_folder, data, seed)
+    cache.mkdir(parents=True, exist_ok=True)
+    dataset = Stage1Dataset(manifest, [Bucket(data.frames, *data.shape)], data, seed)
+    mine = [i for i, (record, _) in enumerate(dataset.samples) if record % size == rank]
+    loader = DataLoader(Subset(dataset, mine), batch_size=8, collate_fn=collate, num_workers=data.num_workers)
+    known: dict[int, Tensor] = {}
+    for batch in loader:
+        if batch["size"]:
+            _clip_tokens(batch, manifest, encoders.video, cache, known, data.window == "random")
 
 
 def compute_features(

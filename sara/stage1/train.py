@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from sara.config import save_config
 from sara.config.stage1 import Stage1Config
@@ -22,10 +23,11 @@ from sara.models.aligner import SemanticAligner, parameter_count
 from sara.models.presets import resolve
 from sara.models.text import CaptionEmbedder, CaptionEncoder
 from sara.models.vjepa2 import VideoEncoder
-from sara.parallel.world import World
+from sara.parallel.collectives import average_gradients, gather_rows, world_mean
+from sara.parallel.world import World, close_world, init_world
 from sara.stage1.evaluate import evaluate, format_metrics
-from sara.stage1.features import Encoders, Stage1Features, compute_features
-from sara.stage1.objective import gather, stage1_loss
+from sara.stage1.features import Encoders, Stage1Features, compute_features, encode_share
+from sara.stage1.objective import contrast, gather, stage1_loss
 from sara.trainer.batches import batch_samples, lr_factor
 from sara.trainer.checkpoint import TrainState, load_checkpoint, resume_point
 from sara.trainer.logger import Logger
@@ -33,12 +35,20 @@ from sara.trainer.loop import LoopPlan, run_loop
 from sara.trainer.preemption import RunLock
 
 
+def encoder_folders(config: Stage1Config) -> tuple[Path, Path, Path]:
+    """The V-JEPA 2, caption encoder and caption embedder folders (tiny presets written once)."""
+    models = config.models
+    return (
+        resolve(models.vjepa2, "vjepa2", models.tiny_root),
+        resolve(models.caption_encoder, models.caption_encoder_kind, models.tiny_root),
+        resolve(models.embedder, "qwen3vl", models.tiny_root),
+    )
+
+
 def load_encoders(config: Stage1Config, device: torch.device) -> Encoders:
     """The frozen V-JEPA 2, caption encoder and caption embedder of a run, on ``device``."""
     models = config.models
-    video_folder = resolve(models.vjepa2, "vjepa2", models.tiny_root)
-    caption_folder = resolve(models.caption_encoder, models.caption_encoder_kind, models.tiny_root)
-    embedder_folder = resolve(models.embedder, "qwen3vl", models.tiny_root)
+    video_folder, caption_folder, embedder_folder = encoder_folders(config)
     return Encoders(
         video=VideoEncoder(video_folder).to(device),
         video_folder=video_folder,
@@ -47,17 +57,30 @@ def load_encoders(config: Stage1Config, device: torch.device) -> Encoders:
     )
 
 
-def load_features(config: Stage1Config, splits: tuple[str, ...], progress: bool = True) -> dict[str, Stage1Features]:
-    """Run the frozen encoders over the manifests of ``splits`` (``train``/``heldout``)."""
-    encoders = load_encoders(config, pick_device(config.device))
+def load_features(
+    config: Stage1Config, splits: tuple[str, ...], progress: bool = True, world: World | None = None
+) -> dict[str, Stage1Features]:
+    """Run the frozen encoders over the manifests of ``splits`` (``train``/``heldout``). With
+    many processes each first encodes its share of the clips into the token cache; then
+    every process reads all of them from it."""
+    world = world or World(rank=0, size=1, device=pick_device(config.device))
+    encoders = load_encoders(config, world.device)
     cache = Path(config.cache_dir or Path(config.out_dir) / "cache")
-    out = {}
+    manifests = {}
     for split in splits:
         path = getattr(config.data, split)
         if not Path(path).is_file():
             raise ValueError(f"data.{split}: manifest {path} not found (make one with `sara data synth --out DIR`)")
+        manifests[split] = load_manifest(path)
+        if world.distributed:
+            encode_share(manifests[split], encoders, config.data, cache, config.seed, world.rank, world.size)
+    if world.distributed:
+        dist.barrier()
+    out = {}
+    for split, manifest in manifests.items():
         bad = BadSamples(config.data.max_bad_fraction)
-        out[split] = compute_features(load_manifest(path), encoders, config.data, cache, bad, config.seed, progress)
+        show = progress and world.is_main
+        out[split] = compute_features(manifest, encoders, config.data, cache, bad, config.seed, show)
     return out
 
 
@@ -68,19 +91,37 @@ def build_aligner(config: Stage1Config, features: Stage1Features) -> SemanticAli
 
 
 def train(config: Stage1Config, resume: str | None = None, progress: bool = True) -> Path:
-    """Train the aligner; returns the run folder (checkpoints, ``eval.json``, TensorBoard logs)."""
+    """Train the aligner; returns the run folder (checkpoints, ``eval.json``, TensorBoard logs).
+
+    Under ``torchrun`` the aligner is data parallel (replicated; a few million parameters):
+    each process takes its share of every batch's samples and of its distinct clips, and
+    the InfoNCE term sees all of the clips' embeddings (gathered with their gradients)."""
+    if config.parallel.ulysses != 1:
+        raise ValueError(f"parallel.ulysses: {config.parallel.ulysses}; Stage 1 is data parallel only (1)")
+    # tiny presets are written before the process group exists: after, transformers would
+    # save their weights on rank 0 only and another rank's copy would be incomplete
+    encoder_folders(config)
+    world = init_world(config.parallel, config.device)
+    try:
+        return _train(config, world, resume, progress)
+    finally:
+        close_world(world)
+
+
+def _train(config: Stage1Config, world: World, resume: str | None, progress: bool) -> Path:
     run = Path(config.out_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    save_config(config, run)
-    world = World(rank=0, size=1, device=pick_device(config.device))
+    if world.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(config, run)
+    say = print if world.is_main else (lambda *args: None)
     with RunLock(run, world):
-        features = load_features(config, ("train", "heldout"), progress)
+        features = load_features(config, ("train", "heldout"), progress, world)
         train_set, heldout = features["train"], features["heldout"]
         if len(train_set.tokens) < 2:
             raise ValueError(f"data.train: {len(train_set.tokens)} usable clip(s); InfoNCE needs at least 2")
         torch.manual_seed(config.seed)
         aligner = build_aligner(config, train_set).to(world.device)
-        print(
+        say(
             f"aligner {config.models.aligner}: {parameter_count(aligner) / 1e6:.2f} M parameters; "
             f"{len(train_set)} train / {len(heldout)} held-out samples on the {train_set.grid} grid"
         )
@@ -91,37 +132,55 @@ def train(config: Stage1Config, resume: str | None = None, progress: bool = True
         start = 0
         if (checkpoint := resume_point(run, resume)) is not None:
             start = load_checkpoint(checkpoint, state, world)
-            print(f"resumed from {checkpoint} at step {start}")
+            say(f"resumed from {checkpoint} at step {start}")
         batch_size = min(optim.batch_size, len(train_set))
+        if batch_size % world.dp_size:
+            raise ValueError(f"optim.batch_size: {batch_size} samples do not split over {world.dp_size} processes")
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=world.device.type == "cuda")
         aligner.train()
 
         def step(index: int) -> dict[str, torch.Tensor]:
-            batch = gather(train_set, batch_samples(index, len(train_set), batch_size, config.seed), world.device)
+            samples = batch_samples(index, len(train_set), batch_size, config.seed)  # the global batch
+            clips = train_set.clip_of[samples].unique()  # its distinct clips, for InfoNCE
+            shares = clips.tensor_split(world.dp_size)  # each process embeds its share of them
+            mine = samples.chunk(world.dp_size)[world.dp_rank]
+            batch = gather(train_set, mine, shares[world.dp_rank], world.device) | contrast(
+                train_set, clips, world.device
+            )
+            counts = [len(share) for share in shares]
             with autocast:
-                loss, terms = stage1_loss(aligner, batch, config.loss)
+                loss, terms = stage1_loss(aligner, batch, config.loss, lambda video: gather_rows(video, counts, world))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            # the aligner is small: replicated, its gradients averaged. Every process computes the
+            # whole InfoNCE, and the gather's backward sums it into each one's clips: the mean
+            # counts it once
+            average_gradients(list(aligner.parameters()), world)
             grad_norm = torch.nn.utils.clip_grad_norm_(aligner.parameters(), optim.grad_clip)
             optimizer.step()
             return {"loss": loss, **terms, "grad_norm": grad_norm}
 
+        def reduce(figures: dict[str, torch.Tensor]) -> dict[str, float]:
+            grad_norm = figures.pop("grad_norm")
+            names = sorted(figures)
+            values = torch.stack([figures[n].float() for n in names])
+            values = world_mean(values) if world.distributed else values
+            return dict(zip(names, values.tolist(), strict=True)) | {"grad_norm": grad_norm.item()}
+
         def after(done: int, logger: Logger) -> None:
             if done % config.eval_every == 0 or done == optim.steps:
-                metrics = evaluate(aligner, heldout, world.device)
+                metrics = evaluate(aligner, heldout, world.device)  # every process: a sharded forward
                 logger.scalars("eval", metrics, done)
-                logger.bar.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+                if world.is_main:
+                    logger.bar.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
 
         plan = LoopPlan(
             optim.steps, config.log_every, config.save_every, "stage1", ("loss", "bce", "dice", "infonce"), True
         )
-        if not run_loop(run, world, state, config, plan, start, step, _as_floats, after, progress):
+        if not run_loop(run, world, state, config, plan, start, step, reduce, after, progress):
             return run
         metrics = evaluate(aligner, heldout, world.device)
-        (run / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        print(format_metrics(metrics, heldout))
+        if world.is_main:
+            (run / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            print(format_metrics(metrics, heldout))
     return run
-
-
-def _as_floats(figures: dict[str, torch.Tensor]) -> dict[str, float]:
-    return {key: value.item() for key, value in figures.items()}
