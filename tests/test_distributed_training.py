@@ -116,7 +116,7 @@ def test_sigusr1_checkpoints_exits_zero_and_resumes_on_another_world_size(shared
     assert main(["stage2", "train", *overrides(shared, tmp_path / "one", 12)]) == 0
     reference = losses(tmp_path / "one")
     run = tmp_path / "preempted"
-    proc = torchrun(2, overrides(shared, run, 400))
+    proc = torchrun(2, overrides(shared, run, 400, async_save=True))  # shards written in the background
     wait_for_checkpoint(run, proc)
     os.kill(workers(proc)[1], signal.SIGUSR1)  # one rank is told; all of them stop together
     out = finish(proc)

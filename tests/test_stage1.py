@@ -14,8 +14,7 @@ from sara.data.synthetic import SynthSpec, synthesize
 from sara.data.video import decode_clip
 from sara.stage1.evaluate import METRICS, embed_clips, unrelated_prompts
 from sara.stage1.run import load_run
-from sara.trainer import loop
-from sara.trainer.checkpoint import latest_checkpoint, save_checkpoint
+from sara.trainer.checkpoint import PendingCheckpoint, latest_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -57,13 +56,15 @@ def test_train_resume_is_exact_and_eval_writes_its_figures(world, shared, tmp_pa
     assert main(["stage1", "train", *overrides(world, shared, straight)]) == 0
     assert "M parameters" in capsys.readouterr().out
 
-    def crash_after_step_2(run, step, *args, **kwargs):  # the run dies right after its first checkpoint
-        folder = save_checkpoint(run, step, *args, **kwargs)
-        if step == 2:
+    publish = PendingCheckpoint.publish
+
+    def crash_after_step_2(pending):  # the run dies right after its first checkpoint
+        folder = publish(pending)
+        if folder.name == "step-0000002":
             raise KeyboardInterrupt
         return folder
 
-    monkeypatch.setattr(loop, "save_checkpoint", crash_after_step_2)
+    monkeypatch.setattr(PendingCheckpoint, "publish", crash_after_step_2)
     with pytest.raises(KeyboardInterrupt):
         main(["stage1", "train", *overrides(world, shared, split)])
     monkeypatch.undo()

@@ -12,8 +12,7 @@ from sara.data.synthetic import SynthSpec, synthesize
 from sara.data.video import decode_clip, write_video
 from sara.models.presets import wan_folder
 from sara.stage2.clips import drop_captions
-from sara.trainer import loop
-from sara.trainer.checkpoint import latest_checkpoint, save_checkpoint, trainable_weights
+from sara.trainer.checkpoint import PendingCheckpoint, latest_checkpoint, trainable_weights
 
 pytestmark = pytest.mark.slow
 
@@ -91,20 +90,23 @@ def test_precompute_is_sharded_and_resumable(world, shared, tmp_path, capsys):
     assert "cache made with other settings (sizes)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("ema", [None, 0.5])
-def test_train_resume_is_exact_and_exports_a_pipeline(world, shared, tmp_path, monkeypatch, ema):
+@pytest.mark.parametrize("ema, asynchronous", [(None, False), (0.5, False), (None, True)])
+def test_train_resume_is_exact_and_exports_a_pipeline(world, shared, tmp_path, monkeypatch, ema, asynchronous):
     assert main(["stage2", "precompute", *overrides(world, shared, tmp_path / "x")]) == 0
     straight, split = tmp_path / "straight", tmp_path / "split"
-    more = {"optim.ema_decay": "null" if ema is None else ema}
+    # asynchronous: step 2's shards are written in the background and published when step 4's begin
+    more = {"optim.ema_decay": "null" if ema is None else ema, "async_save": asynchronous}
     assert main(["stage2", "train", *overrides(world, shared, straight, **more)]) == 0
 
-    def crash_after_step_2(run, step, *args, **kwargs):
-        folder = save_checkpoint(run, step, *args, **kwargs)
-        if step == 2:
+    publish = PendingCheckpoint.publish
+
+    def crash_after_step_2(pending):  # the run dies right after its first checkpoint
+        folder = publish(pending)
+        if folder.name == "step-0000002":
             raise KeyboardInterrupt
         return folder
 
-    monkeypatch.setattr(loop, "save_checkpoint", crash_after_step_2)
+    monkeypatch.setattr(PendingCheckpoint, "publish", crash_after_step_2)
     with pytest.raises(KeyboardInterrupt):
         main(["stage2", "train", *overrides(world, shared, split, **more)])
     monkeypatch.undo()

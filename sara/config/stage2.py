@@ -108,5 +108,8 @@ class Stage2Config:
     online: bool = False  # run the frozen encoders every step instead of reading the cache
     log_every: int = option(10, ge=1)  # steps between log points (history.json, TensorBoard, bar)
     save_every: int = option(100, ge=1)  # steps between checkpoints (and one at the end)
+    # write checkpoint shards from a CPU copy in a background thread while training goes on;
+    # each is published (made `latest`) when the next one begins, or at the end
+    async_save: bool = False
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # FSDP2 and Ulysses degrees under torchrun

@@ -84,7 +84,10 @@ def _train(config: Stage2Config, setup: Stage2Setup, world: World, resume: str |
             terms, grad_norm = train_step(model, optimizer, batch, noise_generator(config.seed, index), config, world)
             return {**terms, "grad_norm": grad_norm}
 
-        plan = LoopPlan(config.optim.steps, config.log_every, config.save_every, "stage2", ("loss", "flow", "align"))
+        plan = LoopPlan(
+            config.optim.steps, config.log_every, config.save_every, "stage2", ("loss", "flow", "align"),
+            async_save=config.async_save,
+        )  # fmt: skip
         validate = _validation(config, setup, model, world, run)
         finished = run_loop(run, world, state, config, plan, start, step, _reducer(config, world), validate, progress)
         if not finished:

@@ -16,7 +16,9 @@ A checkpoint is a folder ``<run>/checkpoints/step-NNNNNNN/``:
 
 Every rank writes into ``step-N.partial``; after a barrier rank 0 renames it and replaces
 ``checkpoints/latest``, so a crash at any moment leaves the previous checkpoint whole and
-pointed to. Batches and noise are functions of ``(seed, step)``, so the step is the whole
+pointed to. Asynchronously (``begin_checkpoint(..., asynchronous=True)``) the shards are
+copied to CPU memory and written in the background while training goes on; the
+checkpoint is published when the next one begins, or when the run ends. Batches and noise are functions of ``(seed, step)``, so the step is the whole
 data position.
 """
 
@@ -50,6 +52,7 @@ from sara.config import config_to_yaml
 from sara.parallel.world import World
 
 TRAINABLE = StateDictOptions(ignore_frozen_params=True)
+CONSOLIDATED = StateDictOptions(ignore_frozen_params=True, full_state_dict=True, cpu_offload=True)
 KEEP = 2  # newest checkpoints kept
 
 
@@ -95,12 +98,15 @@ def _sharded(state: TrainState) -> dict[str, Any]:
     return out
 
 
+ONE_PROCESS = "torch.distributed is (disabled, )?unavailable or uninitialized"
+
+
 @contextlib.contextmanager
 def _one_process_ok():
     """DCP warns that it assumes one process when there is no process group: here that is
     the intent (a run of one process, or reading a checkpoint back)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is (disabled, )?unavailable or uninitialized")
+        warnings.filterwarnings("ignore", message=ONE_PROCESS)
         yield
 
 
@@ -109,45 +115,98 @@ def _barrier(world: World) -> None:
         dist.barrier()
 
 
-def save_checkpoint(
-    run_dir: str | Path, step: int, state: TrainState, config: Any, world: World, consolidated: bool = False
-) -> Path:
-    """Write the checkpoint of ``step`` (every rank calls it); keeps the newest two. Returns its folder."""
+@dataclass
+class PendingCheckpoint:
+    """A checkpoint whose shards are written (or being written, asynchronously); ``publish``
+    waits for them on every rank and makes it the latest."""
+
+    final: Path
+    partial: Path
+    world: World
+    plain: dict[str, Any]  # train.pt: step, world size, scheduler, EMA counters (as at the step)
+    config: str  # config.yaml
+    full: dict[str, torch.Tensor] | None = None  # model.safetensors (consolidated), on rank 0
+    future: Any = None  # DCP's background save, when asynchronous
+
+    def publish(self) -> Path:
+        if self.future is not None:  # this rank's shards are on disk
+            getattr(self.future, "upload_completion", self.future).result()
+        _barrier(self.world)
+        if self.world.is_main:
+            if self.full is not None:
+                save_file({k: v.contiguous() for k, v in self.full.items()}, self.partial / "model.safetensors")
+            torch.save(self.plain, self.partial / "train.pt")
+            (self.partial / "config.yaml").write_text(self.config)
+            shutil.rmtree(self.final, ignore_errors=True)
+            self.partial.rename(self.final)
+            root = self.final.parent
+            pointer = root / "latest.tmp"
+            pointer.write_text(self.final.name + "\n")
+            pointer.replace(root / "latest")
+            for old in sorted(p for p in root.glob("step-*") if not p.name.endswith(".partial"))[:-KEEP]:
+                shutil.rmtree(old)
+        _barrier(self.world)  # no rank reads or writes the run folder before the checkpoint is published
+        return self.final
+
+
+_ASYNC_GROUPS: dict[int, Any] = {}
+
+
+def _async_group(world: World):
+    """A gloo group for the background saves' own collectives, so that they never share a
+    communicator with training's (created once, by every rank together)."""
+    if not world.distributed:
+        return None
+    if world.size not in _ASYNC_GROUPS:
+        _ASYNC_GROUPS[world.size] = dist.new_group(backend="gloo")
+    return _ASYNC_GROUPS[world.size]
+
+
+def begin_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    state: TrainState,
+    config: Any,
+    world: World,
+    consolidated: bool = False,
+    asynchronous: bool = False,
+) -> PendingCheckpoint:
+    """Start the checkpoint of ``step`` (every rank calls it): each rank writes its shards —
+    with ``asynchronous``, from a copy in CPU memory, in a background thread, while training
+    goes on — and the rest is captured now and written by :meth:`PendingCheckpoint.publish`."""
     root = Path(run_dir) / "checkpoints"
     final, partial = root / f"step-{step:07d}", root / f"step-{step:07d}.partial"
     if world.is_main:
-        shutil.rmtree(partial, ignore_errors=True)
+        for stale in root.glob("step-*.partial"):  # left by a run that died before publishing
+            shutil.rmtree(stale)
         partial.mkdir(parents=True)
     _barrier(world)
+    sharded = _sharded(state)
     with _one_process_ok():
-        dcp.save(_sharded(state), checkpoint_id=partial / "state", no_dist=not world.distributed)
+        if asynchronous:
+            if not world.distributed:  # the background thread warns outside any catch_warnings
+                warnings.filterwarnings("ignore", message=ONE_PROCESS)
+            future = dcp.async_save(
+                sharded,
+                checkpoint_id=partial / "state",
+                process_group=_async_group(world),
+                no_dist=not world.distributed,
+            )
+        else:
+            dcp.save(sharded, checkpoint_id=partial / "state", no_dist=not world.distributed)
+            future = None
     torch.save(_rng_state(), partial / f"rng-{world.rank}.pt")
-    full = (
-        get_model_state_dict(
-            state.model, options=StateDictOptions(ignore_frozen_params=True, full_state_dict=True, cpu_offload=True)
-        )
-        if consolidated
-        else None
-    )
-    _barrier(world)
-    if world.is_main:
-        if full is not None:
-            save_file({k: v.contiguous() for k, v in full.items()}, partial / "model.safetensors")
-        ema = {k: v for k, v in state.ema.state_dict().items() if k != "shadow_params"} if state.ema else None
-        torch.save(
-            {"step": step, "world_size": world.size, "scheduler": state.scheduler.state_dict(), "ema": ema},
-            partial / "train.pt",
-        )
-        (partial / "config.yaml").write_text(config_to_yaml(config))
-        shutil.rmtree(final, ignore_errors=True)
-        partial.rename(final)
-        pointer = root / "latest.tmp"
-        pointer.write_text(final.name + "\n")
-        pointer.replace(root / "latest")
-        for old in sorted(p for p in root.glob("step-*") if not p.name.endswith(".partial"))[:-KEEP]:
-            shutil.rmtree(old)
-    _barrier(world)  # no rank reads or writes the run folder before the checkpoint is published
-    return final
+    full = get_model_state_dict(state.model, options=CONSOLIDATED) if consolidated else None
+    ema = {k: v for k, v in state.ema.state_dict().items() if k != "shadow_params"} if state.ema else None
+    plain = {"step": step, "world_size": world.size, "scheduler": state.scheduler.state_dict(), "ema": ema}
+    return PendingCheckpoint(final, partial, world, plain, config_to_yaml(config), full, future)
+
+
+def save_checkpoint(
+    run_dir: str | Path, step: int, state: TrainState, config: Any, world: World, consolidated: bool = False
+) -> Path:
+    """Write and publish the checkpoint of ``step`` (every rank calls it); keeps the newest two."""
+    return begin_checkpoint(run_dir, step, state, config, world, consolidated).publish()
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

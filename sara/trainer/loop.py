@@ -4,7 +4,7 @@ A stage supplies ``step(k) -> figures`` (forward, backward, optimizer step on th
 figures are this rank's tensors) and ``reduce(figures) -> floats`` (the step's figures
 over all ranks; a collective, so it runs on log steps only). The loop owns the rest: the
 scheduler and EMA updates, history, TensorBoard and the bar on rank 0, checkpoints every
-``save_every`` steps and at the end, and a clean stop — checkpoint, then return — when
+``save_every`` steps and at the end (optionally written in the background), and a clean stop — checkpoint, then return — when
 any rank receives SIGTERM or SIGUSR1.
 """
 
@@ -21,7 +21,7 @@ from torch import Tensor
 
 from sara.parallel.collectives import world_max
 from sara.parallel.world import World
-from sara.trainer.checkpoint import TrainState, save_checkpoint
+from sara.trainer.checkpoint import TrainState, begin_checkpoint
 from sara.trainer.logger import Logger
 from sara.trainer.memory import peak_mib
 from sara.trainer.preemption import Preemption
@@ -35,6 +35,7 @@ class LoopPlan:
     desc: str  # the bar's label
     shown: tuple[str, ...]  # figures on the bar
     consolidated: bool = False  # checkpoints also hold model.safetensors (small models)
+    async_save: bool = False  # write checkpoint shards in the background (published at the next one)
 
 
 def run_loop(
@@ -54,7 +55,7 @@ def run_loop(
     logger = Logger(run, start, plan.steps, plan.desc, plan.shown, world.is_main, progress)
     trained = [p for p in state.model.parameters() if p.requires_grad]
     tick, since = time.perf_counter(), start
-    finished = True
+    finished, pending = True, None
     with Preemption(world) as signals:
         for index in range(start, plan.steps):
             figures = step(index)
@@ -74,7 +75,12 @@ def run_loop(
             stopping = signals.agreed()
             if done % plan.save_every == 0 or done == plan.steps or stopping:
                 logger.save()
-                save_checkpoint(run, done, state, config, world, plan.consolidated)
+                if pending is not None:  # the previous checkpoint is complete before the next begins
+                    pending.publish()
+                pending = begin_checkpoint(run, done, state, config, world, plan.consolidated, plan.async_save)
+                if not plan.async_save or done == plan.steps or stopping:
+                    pending.publish()
+                    pending = None
             if stopping and done < plan.steps:
                 finished = False
                 if world.is_main:
