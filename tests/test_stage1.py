@@ -14,6 +14,7 @@ from sara.data.synthetic import SynthSpec, synthesize
 from sara.data.video import decode_clip
 from sara.stage1.evaluate import METRICS, embed_clips, unrelated_prompts
 from sara.stage1.run import load_run
+from sara.stage1.train import load_encoders
 from sara.trainer.checkpoint import PendingCheckpoint, latest_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -250,3 +251,33 @@ def test_video_to_text_retrieval_needs_the_video(retrieval_run):
     assert hits(video).mean().item() == pytest.approx(metrics["retrieval_r1"])
     shuffled = torch.stack([hits(video.roll(k, dims=0)) for k in range(1, 30)]).mean().item()  # 29 shuffles
     assert shuffled <= 2 * chance and metrics["retrieval_r1_shuffled"] <= 2 * chance
+
+
+def _tensor_bytes(obj) -> int:
+    return sum(v.nbytes for v in vars(obj).values() if isinstance(v, torch.Tensor))
+
+
+def test_features_stay_on_disk_and_read_back_exactly(world, shared, tmp_path):
+    """Memory holds an index row per sample whatever the data set's size; every table reads
+    back the rows the encoders made."""
+    out = tmp_path / "run"
+    assert main(["stage1", "train", *overrides(world, shared, out, steps=1)]) == 0
+    config, _, features = load_run(out, ("train", "heldout"), progress=False)
+    for table in features.values():
+        assert all(_tensor_bytes(t) == 0 for t in (table.tokens, table.text, table.text_mask, table.targets))
+        # clip_of, prompt_row (int64), whole (bool) per sample; clip_caption (int64) per clip: no N, D or L
+        assert _tensor_bytes(table) == 17 * len(table) + 8 * len(table.tokens)
+    train = features["train"]
+    encoders = load_encoders(config, torch.device("cpu"))
+    prompt = train.prompts[3]
+    states, mask = encoders.captions([prompt])  # (1, l, Dt), (1, l)
+    row = train.prompt_row[3]
+    length = mask.shape[1]
+    torch.testing.assert_close(train.text[row][:length], states[0], rtol=1e-4, atol=1e-5)  # alone, not in a batch
+    assert torch.equal(train.text_mask[row][:length], mask[0]) and not train.text_mask[row][length:].any()
+    caption_row = train.clip_caption[0].item()
+    record = load_manifest(world / "train.jsonl").records[train.records[0]]
+    torch.testing.assert_close(
+        train.embeddings[caption_row], encoders.embedder([record.prompt()])[0], rtol=1e-4, atol=1e-5
+    )
+    assert train.tokens[[0, 1]].shape == (2, *train.tokens.shape[1:]) and train.targets[:].shape == train.targets.shape

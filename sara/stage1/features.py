@@ -18,11 +18,13 @@ which the global head must find from the video alone (see :mod:`sara.models.alig
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
@@ -34,6 +36,7 @@ from sara.data.manifest import Manifest
 from sara.data.masks import pool_to_grid
 from sara.models.text import CaptionEmbedder, CaptionEncoder
 from sara.models.vjepa2 import VideoEncoder
+from sara.stage1.store import RowTable, TableWriter
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Encoders:
     embedder: CaptionEmbedder
 
 
+CHUNK = 64  # rows encoded and written together
 FEATURES_VERSION = 2  # 2: V-JEPA 2 positions from the clip's own grid (older caches are not reused)
 
 
@@ -53,18 +57,19 @@ FEATURES_VERSION = 2  # 2: V-JEPA 2 positions from the clip's own grid (older ca
 class Stage1Features:
     """One row per sample — (clip, entity), or (clip, full caption) — indexing tables of clips and texts."""
 
-    tokens: Tensor  # (C, N, Dv) V-JEPA tokens per clip
+    tokens: RowTable  # (C, N, Dv) V-JEPA tokens per clip
     grid: tuple[int, int, int]  # (T', H', W'), N = T'·H'·W'
     records: list[int]  # clip row → manifest record index
     clip_caption: Tensor  # (C,) clip → row of embeddings: the clip's full caption
-    embeddings: Tensor  # (K, E) normalised embeddings of each distinct full caption
+    embeddings: RowTable  # (K, E) normalised embeddings of each distinct full caption
     clip_of: Tensor  # (S,) sample → clip row
-    targets: Tensor  # (S, N) covered fraction of each token's cell by the sample's entity (or entities)
+    targets: RowTable | Tensor  # (S, N) covered fraction of each token's cell by the sample's entity (or entities)
     prompts: list[str]  # (S) what the aligner reads: an entity prompt, or the full caption
-    text: Tensor  # (P, L, Dt) caption-encoder tokens of each distinct prompt
-    text_mask: Tensor  # (P, L) True at words
+    text: RowTable  # (P, L, Dt) caption-encoder tokens of each distinct prompt
+    text_mask: RowTable  # (P, L) True at words
     prompt_row: Tensor  # (S,) sample → row of text
     whole: Tensor  # (S,) bool: the prompt is the clip's full caption, the target all its entities
+    scratch: tempfile.TemporaryDirectory | None = field(default=None, repr=False, compare=False)  # the tables' files
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -100,16 +105,17 @@ def _clip_key(manifest: Manifest, index: int, random_window: bool) -> str:
 
 
 def _clip_tokens(
-    batch: dict, manifest: Manifest, encoder: VideoEncoder, cache: Path, known: dict[int, Tensor], random_window: bool
+    batch: dict, manifest: Manifest, encoder: VideoEncoder, cache: Path, known: dict[int, Path], random_window: bool
 ) -> None:
-    """Fill ``known`` with the tokens of the batch's clips, from the cache or the encoder."""
+    """Make sure the token file of each of the batch's clips exists (encoding those missing);
+    ``known`` maps each clip's record to its file."""
     todo = []
     for position, index in enumerate(batch["index"]):
         if index in known:
             continue
         path = cache / f"{_clip_key(manifest, index, random_window)}.safetensors"
         if path.is_file():
-            known[index] = load_file(path)["tokens"]
+            known[index] = path
         else:
             todo.append(position)
     if not todo:
@@ -117,10 +123,10 @@ def _clip_tokens(
     tokens = encoder(batch["frames"][todo]).cpu()  # (b, N, Dv)
     for position, row in zip(todo, tokens):
         index = batch["index"][position]
-        known[index] = row.contiguous()
-        key = _clip_key(manifest, index, random_window)
-        save_file({"tokens": known[index]}, cache / f"{key}.tmp.safetensors")
-        (cache / f"{key}.tmp.safetensors").replace(cache / f"{key}.safetensors")
+        path = cache / f"{_clip_key(manifest, index, random_window)}.safetensors"
+        save_file({"tokens": row.contiguous()}, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+        known[index] = path
 
 
 def encode_share(
@@ -150,15 +156,22 @@ def compute_features(
     progress: bool = True,
 ) -> Stage1Features:
     """Decode every (clip, entity) sample once and encode what the aligner reads; with
-    ``data.caption_samples``, add a (clip, full caption) sample per clip whose entities all load."""
+    ``data.caption_samples``, add a (clip, full caption) sample per clip whose entities all load.
+
+    The tables stay on disk (:mod:`sara.stage1.store`): V-JEPA tokens in the per-clip cache,
+    caption states, targets and embeddings in a scratch folder of this process beside it;
+    memory holds one index row per sample."""
     video = encoders.video
     grid = video.grid(data.frames, *data.shape)
     cache = Path(cache_dir) / _fingerprint(encoders.video_folder, data, seed)
     cache.mkdir(parents=True, exist_ok=True)
+    scratch = tempfile.TemporaryDirectory(dir=cache, prefix=f"features-{manifest.path.stem}-")
+    folder = Path(scratch.name)
     dataset = Stage1Dataset(manifest, [Bucket(data.frames, *data.shape)], data, seed)
     loader = DataLoader(dataset, batch_size=8, collate_fn=collate, num_workers=data.num_workers)
-    known: dict[int, Tensor] = {}
-    samples: list[tuple[int, str, Tensor, bool]] = []
+    known: dict[int, Path] = {}
+    samples: list[tuple[int, str, bool]] = []  # (record, prompt, whole)
+    targets, pending = TableWriter(folder, "targets"), []
     unions: dict[int, list] = {}  # clip → [entities seen, union of their masks] until all are seen
     for batch in tqdm(loader, desc=f"features {manifest.path.name}", unit="batch", disable=not progress):
         bad.update(batch)
@@ -167,14 +180,20 @@ def compute_features(
         _clip_tokens(batch, manifest, video, cache, known, data.window == "random")
         for index, prompt, masks in zip(batch["index"], batch["prompt"], batch["masks"]):
             record = manifest.records[index]
-            samples.append((index, prompt, pool_to_grid(masks, video.tubelet, video.patch).flatten(), False))
+            samples.append((index, prompt, False))
+            pending.append(pool_to_grid(masks, video.tubelet, video.patch).flatten())
             if not data.caption_samples:
                 continue
             seen = unions.setdefault(index, [0, torch.zeros_like(masks)])
             seen[0], seen[1] = seen[0] + 1, torch.maximum(seen[1], masks)
             if seen[0] == len(record.entities):  # never, when one of its entities was skipped
-                union = pool_to_grid(unions.pop(index)[1], video.tubelet, video.patch).flatten()
-                samples.append((index, record.prompt(), union, True))
+                samples.append((index, record.prompt(), True))
+                pending.append(pool_to_grid(unions.pop(index)[1], video.tubelet, video.patch).flatten())
+        if len(pending) >= CHUNK:
+            targets.add(torch.stack(pending))
+            pending.clear()
+    if pending:
+        targets.add(torch.stack(pending))
     bad.end_epoch(0)
     if not samples:
         raise ValueError(f"{manifest.path}: no (clip, entity) sample could be read")
@@ -184,29 +203,36 @@ def compute_features(
     prompt_row = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
     captions = [manifest.records[index].prompt() for index in records]
     caption_row = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    text, text_mask = _encode_all(encoders.captions, list(prompt_row), folder)
+    embeddings = TableWriter(folder, "embeddings")
     distinct = list(caption_row)
-    text, text_mask = _encode_all(encoders.captions, list(prompt_row))
-    embeddings = torch.cat([encoders.embedder(distinct[i : i + 64]).cpu() for i in range(0, len(distinct), 64)])
+    for start in range(0, len(distinct), CHUNK):
+        embeddings.add(encoders.embedder(distinct[start : start + CHUNK]).cpu())
+    with safe_open(known[records[0]], "pt") as handle:
+        token_shape, token_dtype = tuple(handle.get_slice("tokens").get_shape()), handle.get_tensor("tokens").dtype
     return Stage1Features(
-        tokens=torch.stack([known[i] for i in records]),
+        tokens=RowTable([(known[i], "tokens", None) for i in records], token_shape, token_dtype),
         grid=grid,
         records=records,
         clip_caption=torch.tensor([caption_row[c] for c in captions]),
-        embeddings=embeddings,
+        embeddings=embeddings.table(),
         clip_of=torch.tensor([row_of[s[0]] for s in samples]),
-        targets=torch.stack([s[2] for s in samples]),
+        targets=targets.table(),
         prompts=prompts,
         text=text,
         text_mask=text_mask,
         prompt_row=torch.tensor([prompt_row[p] for p in prompts]),
-        whole=torch.tensor([s[3] for s in samples]),
+        whole=torch.tensor([s[2] for s in samples]),
+        scratch=scratch,
     )
 
 
-def _encode_all(encoder: CaptionEncoder, texts: list[str], chunk: int = 64) -> tuple[Tensor, Tensor]:
-    """Caption-encoder tokens of every text, padded to one length: ``(P, L, Dt)``, ``(P, L)``."""
-    parts = [encoder(texts[i : i + chunk]) for i in range(0, len(texts), chunk)]
-    length = max(h.shape[1] for h, _ in parts)
-    hidden = torch.cat([torch.nn.functional.pad(h.cpu(), (0, 0, 0, length - h.shape[1])) for h, _ in parts])
-    mask = torch.cat([torch.nn.functional.pad(m.cpu(), (0, length - m.shape[1])) for _, m in parts])
-    return hidden, mask
+def _encode_all(encoder: CaptionEncoder, texts: list[str], folder: Path) -> tuple[RowTable, RowTable]:
+    """Caption-encoder tokens of every text and their masks, written chunk by chunk: tables
+    ``(P, L, Dt)`` and ``(P, L)`` padded to the longest text."""
+    hidden, masks = TableWriter(folder, "text"), TableWriter(folder, "text_mask")
+    for start in range(0, len(texts), CHUNK):
+        states, mask = encoder(texts[start : start + CHUNK])
+        hidden.add(states.cpu())
+        masks.add(mask.cpu())
+    return hidden.table(padded=True), masks.table(padded=True)
