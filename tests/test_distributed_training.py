@@ -22,7 +22,7 @@ from sara.data.synthetic import SynthSpec, synthesize
 from sara.parallel.context import apply_ulysses
 from sara.parallel.world import World
 from sara.stage2.build import build_model, resolve_setup
-from sara.stage2.train import _check_shapes
+from sara.stage2.train import check_shapes
 from sara.trainer.checkpoint import latest_checkpoint, trainable_weights
 
 pytestmark = pytest.mark.slow
@@ -146,8 +146,8 @@ def test_shapes_that_do_not_split_are_refused(tmp_path):
     model = build_model(config, setup)
     three = World(rank=0, size=3, device=torch.device("cpu"), cp=3)
     with pytest.raises(ValueError, match=r"data.buckets: 17 frames of 32×32: 20 DiT tokens do not split over"):
-        _check_shapes(model, setup, three)
-    _check_shapes(model, setup, World(rank=0, size=4, device=torch.device("cpu"), cp=4))  # 20 = 4 × 5
+        check_shapes(model, setup, three)
+    check_shapes(model, setup, World(rank=0, size=4, device=torch.device("cpu"), cp=4))  # 20 = 4 × 5
     with pytest.raises(ValueError, match="parallel.ulysses: 3 does not divide the DiT's 4 attention heads"):
         apply_ulysses(model.experts["high"], three)
 

@@ -1,8 +1,9 @@
 """`sara stage2 train`: continual training of the Wan DiT with flow matching + ``λ ·`` alignment.
 
-In order: the world (one process, or ``torchrun``'s), the run's set-up resolved once, the
-model built on the CPU, parallelized (Ulysses, FSDP2) and moved to the device, the
-optimizer, a resume, the loop (:mod:`sara.trainer.loop`), and the export of the trained
+In order: the run's set-up resolved once, the world (one process, or ``torchrun``'s), the
+model built (on many processes: on the meta device, parallelized — Ulysses, FSDP2 — and
+filled from rank 0's copy), the optimizer, a resume, the loop (:mod:`sara.trainer.loop`),
+and the export of the trained
 expert(s) as a Diffusers-format pipeline (``RUN_DIR/pipeline``) that `WanPipeline` and
 `sara stage2 generate` load. Step ``k`` trains on the global batch chosen by
 ``(seed, k)`` with noise drawn from ``(seed, k)`` (:mod:`sara.stage2.step`), so a
@@ -20,8 +21,9 @@ from sara.config import save_config
 from sara.config.stage2 import Stage2Config
 from sara.models.aligner import parameter_count
 from sara.parallel.context import check_tokens
-from sara.parallel.dit import parallelize, param_dtype, reduce_terms
+from sara.parallel.dit import parallelize, reduce_terms
 from sara.parallel.load import load_from_rank0
+from sara.parallel.precision import param_dtype
 from sara.parallel.world import World, close_world, init_world
 from sara.stage2.build import Stage2Setup, build_model, resolve_setup
 from sara.stage2.clips import CachedClips, OnlineClips
@@ -108,10 +110,10 @@ def _build(config: Stage2Config, setup: Stage2Setup, world: World) -> Stage2Mode
     if not world.distributed:
         torch.manual_seed(config.seed)
         model = build_model(config, setup, frozen_dtype=frozen).to(world.device)
-        _check_shapes(model, setup, world)
+        check_shapes(model, setup, world)
         return model
     model = build_model(config, setup, meta=True, frozen_dtype=frozen)
-    _check_shapes(model, setup, world)
+    check_shapes(model, setup, world)
     parallelize(model, world, config.parallel)
     torch.manual_seed(config.seed)  # projectors and adapters start as in one process
     source = build_model(config, setup, frozen_dtype=frozen) if world.is_main else None
@@ -145,7 +147,7 @@ def _validation(config: Stage2Config, setup: Stage2Setup, model: Stage2Model, wo
     return after
 
 
-def _check_shapes(model: Stage2Model, setup: Stage2Setup, world: World) -> None:
+def check_shapes(model: Stage2Model, setup: Stage2Setup, world: World) -> None:
     """Every clip shape must split its DiT tokens over the sequence-parallel group."""
     if world.cp == 1:
         return
