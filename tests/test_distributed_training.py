@@ -92,7 +92,7 @@ def losses(run: Path) -> list[float]:
 
 
 def test_torchrun_gives_the_losses_of_one_process_and_resumes_exactly_after_sigkill(shared, tmp_path):
-    steps = 24
+    steps = 48  # long enough that the kill lands mid-run
     assert main(["stage2", "train", *overrides(shared, tmp_path / "one", steps)]) == 0
     reference = losses(tmp_path / "one")
     finish(torchrun(2, overrides(shared, tmp_path / "two", steps, **{"parallel.ulysses": 2})))
