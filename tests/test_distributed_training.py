@@ -104,6 +104,8 @@ def test_torchrun_gives_the_losses_of_one_process_and_resumes_exactly_after_sigk
     killed = tmp_path / "killed"
     proc = torchrun(2, overrides(shared, killed, steps))
     wait_for_checkpoint(killed, proc)
+    for pid in workers(proc):  # torchrun puts its workers in sessions of their own
+        os.kill(pid, signal.SIGKILL)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     interrupted = int(latest_checkpoint(killed).name.removeprefix("step-"))
