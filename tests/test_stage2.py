@@ -249,9 +249,20 @@ def test_lora_trains_adapters_and_exports_merged_weights(world, shared, tmp_path
     # the checkpoint holds what trains, adapters and projectors; the frozen base is the folder's
     assert all("lora_" in k or k.startswith("projectors.") for k in saved)
     assert any("lora_A" in k for k in saved) and any(k.startswith("projectors.") for k in saved)
-    exported = WanPipeline.from_pretrained(tmp_path / "run" / "pipeline").transformer.state_dict()
+    merged = WanPipeline.from_pretrained(tmp_path / "run" / "pipeline")
+    exported = merged.transformer.state_dict()
     assert exported.keys() == original.keys()  # plain Wan weights, LoRA merged in
     assert not torch.equal(exported["blocks.0.attn1.to_q.weight"], original["blocks.0.attn1.to_q.weight"])
+    # the adapter file alone, loaded into the base pipeline, gives the merged transformer's output
+    base = WanPipeline.from_pretrained(wan_folder("tiny", shared / "models"))
+    base.load_lora_weights(str(tmp_path / "run" / "lora"), weight_name="transformer.safetensors")
+    g = torch.Generator().manual_seed(0)
+    x, text = (
+        torch.randn(1, 16, 3, 8, 8, generator=g),
+        torch.randn(1, 12, merged.transformer.config.text_dim, generator=g),
+    )
+    outputs = [p.transformer(x, timestep=torch.tensor([500.0]), encoder_hidden_states=text)[0] for p in (merged, base)]
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
 
 
 def test_clips_of_two_shapes_train_in_same_shape_batches(world, shared, tmp_path):
