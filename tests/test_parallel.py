@@ -18,10 +18,9 @@ from sara.config.sampling import Sampling
 from sara.config.stage2 import Stage2Config, Stage2ObjectiveConfig
 from sara.data.synthetic import SynthSpec, synthesize
 from sara.models.presets import resolve
-from sara.models.wan import load_transformers, read_layout
+from sara.models.wan import LORA_TARGETS, load_transformers, read_layout
 from sara.parallel.dit import backward, parallelize, reduce_terms
 from sara.parallel.world import init_world
-from sara.stage2.build import LORA_TARGETS
 from sara.stage2.cache import FeatureCache, precompute
 from sara.stage2.generate import generate
 from sara.stage2.objective import Stage2Model

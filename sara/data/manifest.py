@@ -12,6 +12,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sara.files import write_text_atomic
+
 
 class CastMember(BaseModel):
     """An entity of an MTSS caption."""
@@ -119,10 +121,7 @@ class Manifest:
         """Write the records as JSONL (atomically: a crash leaves the old file intact)."""
         path = Path(path or self.path)
         lines = [json.dumps(r.model_dump(mode="json", exclude_none=True)) for r in self.records]
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("\n".join(lines) + "\n")
-        tmp.replace(path)
-        return path
+        return write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def _raw_records(path: Path) -> list:

@@ -31,6 +31,7 @@ from sara.models.weights import WeightsError, seeded
 
 HIGH, LOW = "high", "low"  # the experts of a two-expert model, by the noise they own
 SUBFOLDER = {HIGH: "transformer", LOW: "transformer_2"}  # where each expert lives in a Wan folder
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the attention projections of every Wan block
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,16 @@ class WanLayout:
         if self.boundary is None:
             return torch.zeros_like(timesteps, dtype=torch.long)
         return (timesteps < self.boundary).long()
+
+
+def latent_shape(frames: int, height: int, width: int, temporal: int, spatial: int) -> tuple[int, int, int]:
+    """Latent ``(F, h, w)`` of a ``4k + 1``-frame clip under a VAE of these compressions."""
+    return (frames - 1) // temporal + 1, height // spatial, width // spatial
+
+
+def dit_grid(patch_size: tuple[int, int, int], latent: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The DiT's token grid over latents ``(F, h, w)``: one token per patch."""
+    return tuple(side // patch for side, patch in zip(latent, patch_size, strict=True))
 
 
 def read_layout(folder: str | Path) -> WanLayout:

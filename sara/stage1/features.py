@@ -129,15 +129,22 @@ def _clip_tokens(
         known[index] = path
 
 
+def _token_cache(
+    manifest: Manifest, encoders: Encoders, data: Stage1DataConfig, cache_dir: Path, seed: int
+) -> tuple[Path, Stage1Dataset]:
+    """The token cache folder of these encoder weights and clip settings, and the samples."""
+    cache = Path(cache_dir) / _fingerprint(encoders.video_folder, data, seed)
+    cache.mkdir(parents=True, exist_ok=True)
+    return cache, Stage1Dataset(manifest, [Bucket(data.frames, *data.shape)], data, seed)
+
+
 def encode_share(
     manifest: Manifest, encoders: Encoders, data: Stage1DataConfig, cache_dir: Path, seed: int, rank: int, size: int
 ) -> None:
     """Fill the token cache with the clips ``rank`` of ``size`` processes owns (record index
     ``≡ rank mod size``), so that many processes split the V-JEPA 2 pass and
     :func:`compute_features` then finds every clip cached. Unreadable samples are left to it."""
-    cache = Path(cache_dir) / _fingerprint(encoders.video_folder, data, seed)
-    cache.mkdir(parents=True, exist_ok=True)
-    dataset = Stage1Dataset(manifest, [Bucket(data.frames, *data.shape)], data, seed)
+    cache, dataset = _token_cache(manifest, encoders, data, cache_dir, seed)
     mine = [i for i, (record, _) in enumerate(dataset.samples) if record % size == rank]
     loader = DataLoader(Subset(dataset, mine), batch_size=8, collate_fn=collate, num_workers=data.num_workers)
     known: dict[int, Tensor] = {}
@@ -163,11 +170,9 @@ def compute_features(
     memory holds one index row per sample."""
     video = encoders.video
     grid = video.grid(data.frames, *data.shape)
-    cache = Path(cache_dir) / _fingerprint(encoders.video_folder, data, seed)
-    cache.mkdir(parents=True, exist_ok=True)
+    cache, dataset = _token_cache(manifest, encoders, data, cache_dir, seed)
     scratch = tempfile.TemporaryDirectory(dir=cache, prefix=f"features-{manifest.path.stem}-")
     folder = Path(scratch.name)
-    dataset = Stage1Dataset(manifest, [Bucket(data.frames, *data.shape)], data, seed)
     loader = DataLoader(dataset, batch_size=8, collate_fn=collate, num_workers=data.num_workers)
     known: dict[int, Path] = {}
     samples: list[tuple[int, str, bool]] = []  # (record, prompt, whole)

@@ -13,12 +13,10 @@ from peft import LoraConfig
 from sara.config.stage2 import Stage2Config
 from sara.data.buckets import Bucket
 from sara.models.presets import wan_folder
-from sara.models.wan import SUBFOLDER, WanLayout, load_transformers, read_layout
+from sara.models.wan import LORA_TARGETS, SUBFOLDER, WanLayout, load_transformers, read_layout
 from sara.stage2.align import VfmView
 from sara.stage2.encoders import buckets, teacher
 from sara.stage2.objective import Stage2Model
-
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the attention projections of every Wan block
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from sara.config.parallel import ParallelConfig
 from sara.config.stage2 import Stage2Config
 from sara.data.datasets import BadSamples, Stage2Dataset, collate
 from sara.data.manifest import load_manifest
+from sara.files import write_text_atomic
 from sara.models.presets import wan_folder
 from sara.parallel.world import World, close_world, init_world
 from sara.stage1.features import FEATURES_VERSION
@@ -170,7 +171,7 @@ class Part:
         (self.folder / f"{name}.tmp").replace(self.folder / name)
         self.count += 1
         self.clips |= {record: name for record in {k.split("/")[0] for k in tensors}}
-        _write_json(self.path, self.clips)
+        write_text_atomic(self.path, json.dumps(self.clips, indent=1))
         tensors.clear()
 
 
@@ -179,15 +180,9 @@ def _merge_parts(folder: Path, index: dict) -> None:
     parts = sorted(folder.glob("index.rank-*.json"))
     for path in parts:
         index["clips"] |= json.loads(path.read_text())
-    _write_json(folder / "index.json", index)
+    write_text_atomic(folder / "index.json", json.dumps(index, indent=1))
     for path in parts:
         path.unlink()
-
-
-def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    tmp.replace(path)
 
 
 class FeatureCache(torch.utils.data.Dataset):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ from sara.config.parallel import ParallelConfig
 from sara.config.sampling import SCHEDULERS, Sampling
 from sara.data.video import write_gif, write_video
 from sara.data.visualize import slug
+from sara.models.wan import dit_grid, latent_shape
 from sara.parallel.context import apply_ulysses, check_tokens
 from sara.parallel.world import close_world, init_world
 
@@ -101,11 +103,8 @@ def generate(
 
 def _check_tokens(pipe: WanPipeline, sampling: Sampling, cp: int) -> None:
     """The video's DiT tokens must split over the sequence-parallel group."""
-    p_t, p_h, p_w = pipe.transformer.config.patch_size
-    latent = (
-        (sampling.frames - 1) // pipe.vae_scale_factor_temporal + 1,
-        sampling.height // pipe.vae_scale_factor_spatial,
-        sampling.width // pipe.vae_scale_factor_spatial,
+    latent = latent_shape(
+        sampling.frames, sampling.height, sampling.width, pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial
     )
-    tokens = (latent[0] // p_t) * (latent[1] // p_h) * (latent[2] // p_w)
+    tokens = math.prod(dit_grid(pipe.transformer.config.patch_size, latent))
     check_tokens(tokens, cp, f"--frames {sampling.frames} --height {sampling.height} --width {sampling.width}")

@@ -19,6 +19,8 @@ that do, one expert per step.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from diffusers import WanTransformer3DModel
 from torch import Tensor, nn
@@ -26,7 +28,7 @@ from torch import Tensor, nn
 from sara.config.stage2 import ALIGN_MODES, Stage2ObjectiveConfig
 from sara.losses import repa_loss, trd_loss
 from sara.losses.flow import flow_matching_loss, noisy_latents, shift_sigma, unshift_sigma
-from sara.models.wan import HIGH, WanLayout
+from sara.models.wan import HIGH, WanLayout, dit_grid
 from sara.stage2.align import Projector, VfmView, capture_output, resample_to_vjepa
 
 
@@ -127,8 +129,7 @@ class Stage2Model(nn.Module):
         """The expert's prediction and, when a term aligns it, block ``align.block``'s output ``(b, N_dit, D)``."""
         dit = self.experts[name]
         if self.layout.expand_timesteps:  # TI2V-5B: one timestep per DiT token, as its pipeline feeds it
-            p_t, p_h, p_w = dit.config.patch_size
-            tokens = (xt.shape[2] // p_t) * (xt.shape[3] // p_h) * (xt.shape[4] // p_w)
+            tokens = math.prod(dit_grid(dit.config.patch_size, xt.shape[2:]))
             timesteps = timesteps[:, None].expand(-1, tokens)
         if self.config.align.mode == "sft":
             return dit(xt, timestep=timesteps, encoder_hidden_states=text, return_dict=False)[0], None
@@ -142,9 +143,7 @@ class Stage2Model(nn.Module):
         self, name: str, latent_shape: torch.Size, batch: dict[str, Tensor], rows: Tensor, hidden: Tensor
     ) -> Tensor:
         """The alignment term of the samples ``rows`` from their block states ``hidden`` ``(b, N_dit, D)``."""
-        dit = self.experts[name]
-        p_t, p_h, p_w = dit.config.patch_size
-        grid = (latent_shape[0] // p_t, latent_shape[1] // p_h, latent_shape[2] // p_w)
+        grid = dit_grid(self.experts[name].config.patch_size, latent_shape)
         vfm_grid = self.vfm_grid(tuple(latent_shape))
         tokens = resample_to_vjepa(
             self.projectors[name](hidden), grid, vfm_grid, self.view, self.layout.vae_temporal

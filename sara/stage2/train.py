@@ -12,6 +12,7 @@ resumed run replays exactly what an uninterrupted one computes.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from diffusers.training_utils import EMAModel
 from sara.config import save_config
 from sara.config.stage2 import Stage2Config
 from sara.models.aligner import parameter_count
+from sara.models.wan import dit_grid, latent_shape
 from sara.parallel.context import check_tokens
 from sara.parallel.dit import parallelize, reduce_terms
 from sara.parallel.load import load_from_rank0
@@ -151,13 +153,9 @@ def check_shapes(model: Stage2Model, setup: Stage2Setup, world: World) -> None:
     """Every clip shape must split its DiT tokens over the sequence-parallel group."""
     if world.cp == 1:
         return
-    p_t, p_h, p_w = next(iter(model.experts.values())).config.patch_size
+    patch = next(iter(model.experts.values())).config.patch_size
     layout = setup.layout
     for bucket in setup.buckets:
-        latent = (
-            (bucket.frames - 1) // layout.vae_temporal + 1,
-            bucket.height // layout.vae_spatial,
-            bucket.width // layout.vae_spatial,
-        )
-        tokens = (latent[0] // p_t) * (latent[1] // p_h) * (latent[2] // p_w)
+        latent = latent_shape(bucket.frames, bucket.height, bucket.width, layout.vae_temporal, layout.vae_spatial)
+        tokens = math.prod(dit_grid(patch, latent))
         check_tokens(tokens, world.cp, f"data.buckets: {bucket.frames} frames of {bucket.height}×{bucket.width}")

@@ -49,6 +49,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
 from sara.config import config_to_yaml
+from sara.files import write_text_atomic
 from sara.parallel.world import World
 
 TRAINABLE = StateDictOptions(ignore_frozen_params=True)
@@ -140,9 +141,7 @@ class PendingCheckpoint:
             shutil.rmtree(self.final, ignore_errors=True)
             self.partial.rename(self.final)
             root = self.final.parent
-            pointer = root / "latest.tmp"
-            pointer.write_text(self.final.name + "\n")
-            pointer.replace(root / "latest")
+            write_text_atomic(root / "latest", self.final.name + "\n")
             for old in sorted(p for p in root.glob("step-*") if not p.name.endswith(".partial"))[:-KEEP]:
                 shutil.rmtree(old)
         _barrier(self.world)  # no rank reads or writes the run folder before the checkpoint is published

@@ -12,6 +12,8 @@ from pathlib import Path
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from sara.files import write_text_atomic
+
 
 def load_history(run: Path, start: int) -> list[dict]:
     """Logged rows up to ``start`` (a resumed run continues the same curve)."""
@@ -53,9 +55,7 @@ class Logger:
         """Write ``history.json`` (atomically); called before each checkpoint, so rows past
         a checkpoint are dropped on resume."""
         if self.enabled:
-            tmp = self.run / "history.json.tmp"
-            tmp.write_text(json.dumps(self.history))
-            tmp.replace(self.run / "history.json")
+            write_text_atomic(self.run / "history.json", json.dumps(self.history))
 
     def close(self) -> None:
         self.bar.close()

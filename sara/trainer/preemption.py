@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from sara.parallel.collectives import world_max
 from sara.parallel.world import World
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -41,11 +42,7 @@ class Preemption:
 
     def agreed(self) -> bool:
         """Whether any rank has been asked to stop (every rank gets the same answer)."""
-        if not self.world.distributed:
-            return self.received
-        flag = torch.tensor([float(self.received)], device=self.world.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return world_max(torch.tensor(float(self.received)), self.world).item() > 0
 
 
 class RunLock:
