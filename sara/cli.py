@@ -16,6 +16,7 @@ from sara.bench import cli as bench_cli
 from sara.config.arguments import add_config_arguments
 from sara.config.schema import GridConfig
 from sara.data import cli as data_cli
+from sara.eval import cli as eval_cli
 from sara.models import cli as models_cli
 from sara.stage1 import cli as stage1_cli
 from sara.stage2 import cli as stage2_cli
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(demo, "configs/demo.yaml")
     demo.set_defaults(handler=_demo)
     _add_budget(commands)
-    for group in (data_cli, stage1_cli, stage2_cli, models_cli, bench_cli):
+    for group in (data_cli, stage1_cli, stage2_cli, models_cli, eval_cli, bench_cli):
         group.register(commands)
     return parser
 

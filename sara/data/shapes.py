@@ -58,12 +58,23 @@ def area(kind: str) -> float:
 
 def draw(kind: str, cx: float, cy: float, r: float, angle: float, size: int) -> np.ndarray:
     """A filled shape of reach ``r`` centred at ``(cx, cy)``, turned by ``angle``: ``bool [size, size]``."""
-    image = Image.new("1", (size, size), 0)
+    return draw_many(kind, [(cx, cy, r, angle)], size)[0]
+
+
+def draw_many(kind: str, poses: list[tuple[float, float, float, float]], size: int) -> np.ndarray:
+    """The shape at each pose ``(cx, cy, r, angle)``: ``bool [P, size, size]``, drawn on one
+    canvas of ``P`` stacked frames (one image conversion, not ``P``). With several poses each
+    shape must lie within its frame's rows, or it would spill into the next."""
+    if len(poses) > 1 and any(cy - r < 0 or cy + r > size for _, cy, r, _ in poses):
+        raise ValueError(f"draw_many: a shape leaves its {size}-pixel frame; draw it alone")
+    image = Image.new("1", (size, size * len(poses)), 0)
     canvas = ImageDraw.Draw(image)
     points = outline(kind)
-    if points is None:
-        canvas.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
-    else:
+    for i, (cx, cy, r, angle) in enumerate(poses):
+        cy = cy + i * size  # the i-th frame of the canvas
+        if points is None:
+            canvas.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
+            continue
         c, s = math.cos(angle), math.sin(angle)
         canvas.polygon([(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in points], fill=1)
-    return np.array(image, dtype=bool)
+    return np.array(image, dtype=bool).reshape(len(poses), size, size)

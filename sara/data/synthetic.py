@@ -34,6 +34,10 @@ from sara.data.masks import pool_to_grid, save_mask
 from sara.data.video import write_video
 from sara.vocabulary import COLOURS, MOTIONS, NUMBERS, SHAPES
 
+# colour–shape pairs a "seen" world never draws and an "unseen" one draws alone: one per
+# colour, every kind at least once, so each word is seen in training, only these bindings not
+UNSEEN_PAIRS = tuple(zip(COLOURS, SHAPES * 2))
+PAIRS = ("all", "seen", "unseen")
 CLUTTER = [(120, 100, 80), (110, 110, 110), (150, 120, 150), (90, 120, 110), (160, 150, 110)]  # no entity colour
 LAYOUT_TRIES = 10  # layouts drawn at one size before the shapes shrink
 MAX_LAYOUTS = 200  # a clip that no layout satisfies is a bug, not a sample to skip
@@ -51,9 +55,17 @@ class SynthSpec:
     fg_fraction: float = 0.5  # mean share of each frame the shapes cover
     min_visible: float = 0.5  # least share of its own area each entity shows in every frame
     heldout_fraction: float = 0.1  # clips kept out of training
+    min_entities: int = 1
     max_entities: int = 3
+    pairs: str = "all"  # colour–shape pairs drawn: all, seen (never UNSEEN_PAIRS) or unseen (only those)
     tubelet: int = 2  # V-JEPA 2's token cell (frames × pixels²), for the reported FG fraction
     patch: int = 16
+
+    def __post_init__(self):
+        if self.pairs not in PAIRS:
+            raise ValueError(f"pairs {self.pairs!r}; choose one of {', '.join(PAIRS)}")
+        if not 1 <= self.min_entities <= self.max_entities <= len(SHAPES):
+            raise ValueError(f"entities: need 1 <= min_entities <= max_entities <= {len(SHAPES)}")
 
 
 @dataclass
@@ -146,6 +158,22 @@ def _caption(entities: list[dict], drawn: list[np.ndarray], scene: str) -> dict:
     }
 
 
+def _cast(rng: np.random.Generator, count: int, pairs: str) -> tuple[np.ndarray, np.ndarray]:
+    """Kinds and colours of ``count`` entities, all distinct, under the ``pairs`` rule."""
+    if pairs == "unseen":
+        chosen: dict[str, str] = {}  # kind -> colour: unseen pairs of distinct kinds
+        for i in rng.permutation(len(UNSEEN_PAIRS)):
+            colour, kind = UNSEEN_PAIRS[i]
+            chosen.setdefault(kind, colour)
+        kinds = list(chosen)[:count]
+        return np.array(kinds), np.array([chosen[k] for k in kinds])
+    while True:  # "seen": drawn again until no pair is unseen (the default draws once)
+        kinds = rng.choice(SHAPES, size=count, replace=False)
+        colours = rng.choice(list(COLOURS), size=count, replace=False)
+        if pairs == "all" or not set(zip(colours, kinds)) & set(UNSEEN_PAIRS):
+            return kinds, colours
+
+
 def _layout(rng: np.random.Generator, kinds, colours, shares, spec: SynthSpec) -> list[dict]:
     """Sizes from ``shares`` of the frame; paths, angles and spins drawn anew."""
     size = spec.size
@@ -191,9 +219,8 @@ def _least_visible(entities: list[dict], visible: list[np.ndarray], scale: float
 def render_clip(spec: SynthSpec, index: int) -> Rendered:
     """One clip whose every entity shows at least ``spec.min_visible`` of itself in every frame."""
     rng = np.random.default_rng([spec.seed, index])
-    count = int(rng.integers(1, spec.max_entities + 1))
-    kinds = rng.choice(SHAPES, size=count, replace=False)
-    colours = rng.choice(list(COLOURS), size=count, replace=False)
+    count = int(rng.integers(spec.min_entities, spec.max_entities + 1))
+    kinds, colours = _cast(rng, count, spec.pairs)
     target = spec.fg_fraction * rng.uniform(0.8, 1.2)
     shares = rng.dirichlet(np.ones(count)) * target
     back_to_front = np.argsort(-shares, kind="stable")  # larger shapes behind: small ones rarely hide them
@@ -273,7 +300,8 @@ def synthesize(spec: SynthSpec, out: str | Path, workers: int = 2, progress: boo
     splits = {"train": [r for i, r in enumerate(records) if i not in heldout]}
     splits["heldout"] = [r for i, r in enumerate(records) if i in heldout]
     for split, rows in splits.items():
-        (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if rows:  # a prompt set is all held out: no empty train.jsonl beside it
+            (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     least = [e["least_visible"] for r in records for e in r["render"]["entities"]]
     return {
         "clips": {split: len(rows) for split, rows in splits.items()},
