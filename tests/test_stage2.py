@@ -135,6 +135,46 @@ def test_cache_fed_and_online_training_give_the_same_losses(world, shared, tmp_p
     assert runs[False] == pytest.approx(runs[True], rel=1e-5)
 
 
+def test_heldout_loss_is_logged_beside_the_training_terms(world, shared, tmp_path, capsys):
+    """Every `loss_every` steps the held-out batch's terms join that step's history row and
+    TensorBoard's val/*; precompute caches the held-out clips beside the training cache; an
+    online run gives the same figures; the figures are those of the weights alone (a
+    resumed run gives the uninterrupted one's)."""
+    cache = tmp_path / "cache"
+    held = {"precompute.cache_dir": cache, "validation.heldout": world / "train.jsonl"}
+    held |= {"validation.loss_every": 2, "validation.loss_clips": 4}
+    assert main(["stage2", "precompute", *overrides(world, shared, tmp_path / "x", **held)]) == 0
+    assert len(json.loads((cache / "heldout" / "index.json").read_text())["clips"]) == 6
+    runs = {}
+    for online in (False, True):
+        out = tmp_path / f"online-{online}"
+        assert main(["stage2", "train", *overrides(world, shared, out, online=online, **held)]) == 0
+        runs[online] = json.loads((out / "history.json").read_text())
+    rows = runs[False]
+    assert [("val_flow" in r) for r in rows] == [False, True, False, True]
+    for row in rows[1::2]:
+        assert row["val_loss"] == pytest.approx(row["val_flow"] + 0.5 * row["val_align"])
+        assert row["val_flow"] != row["flow"] and row["val_align"] > 0
+    assert rows[1]["val_flow"] != rows[3]["val_flow"]  # the weights moved
+    online = [r["val_loss"] for r in runs[True][1::2]]
+    assert online == pytest.approx([r["val_loss"] for r in rows[1::2]], rel=1e-5)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "online-False" / "tensorboard")).Reload()
+    assert {"val/flow", "val/align", "val/loss"} <= set(events.Tags()["scalars"])
+
+    resumed = tmp_path / "resumed"
+    assert main(["stage2", "train", *overrides(world, shared, resumed, steps=2, **held)]) == 0
+    assert main(["stage2", "train", *overrides(world, shared, resumed, **held), "--resume", "latest"]) == 0
+    again = json.loads((resumed / "history.json").read_text())
+    assert [r.get("val_loss") for r in again] == [r.get("val_loss") for r in rows]
+
+    bad = {"validation.loss_every": 2}
+    assert main(["stage2", "train", *overrides(world, shared, tmp_path / "bad", **bad)]) == 2
+    assert "validation.loss_every: needs validation.heldout" in capsys.readouterr().err
+
+
 def test_generate_writes_videos_of_the_requested_frames_and_size(world, shared, tmp_path):
     assert main(["stage2", "precompute", *overrides(world, shared, tmp_path / "x")]) == 0
     assert (

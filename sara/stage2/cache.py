@@ -12,6 +12,7 @@ is missing.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from sara.config.parallel import ParallelConfig
-from sara.config.stage2 import Stage2Config
+from sara.config.stage2 import Stage2Config, ValidationConfig
 from sara.data.datasets import BadSamples, Stage2Dataset, collate
 from sara.data.manifest import load_manifest
 from sara.files import write_text_atomic
@@ -73,6 +74,18 @@ def cache_dir(config: Stage2Config) -> Path:
     return Path(config.precompute.cache_dir or Path(config.out_dir) / "cache")
 
 
+def heldout_config(config: Stage2Config) -> Stage2Config:
+    """The config that precomputes and reads the held-out clips of the validation loss:
+    ``validation.heldout`` as the manifest, ``CACHE/heldout`` as the cache, no caption
+    dropout, nothing further held out."""
+    held = copy.deepcopy(config)
+    held.data.train = config.validation.heldout
+    held.data.caption_dropout = 0.0
+    held.precompute.cache_dir = str(cache_dir(config) / "heldout")
+    held.validation = ValidationConfig()
+    return held
+
+
 def _read_index(folder: Path, settings: dict) -> dict:
     path = folder / "index.json"
     if not path.is_file():
@@ -89,7 +102,8 @@ def _check_settings(folder: Path, index: dict, settings: dict) -> None:
 
 
 def precompute(config: Stage2Config, progress: bool = True) -> Path:
-    """Encode every clip of ``data.train`` not yet in the cache; returns the cache folder.
+    """Encode every clip of ``data.train`` (and of ``validation.heldout`` when the validation
+    loss is on, into ``CACHE/heldout``) not yet in the cache; returns the cache folder.
 
     Under ``torchrun`` the clips are split across the ranks: batch ``b`` of the clips still to
     do goes to rank ``b mod world``; each rank writes its own shards and its own index part
@@ -101,6 +115,8 @@ def precompute(config: Stage2Config, progress: bool = True) -> Path:
     wan_folder(config.models.wan, config.models.tiny_root)
     world = init_world(ParallelConfig(), config.device)  # every rank encodes its own clips
     try:
+        if config.validation.heldout and config.validation.loss_every:
+            _precompute(heldout_config(config), view, world, progress)
         return _precompute(config, view, world, progress)
     finally:
         close_world(world)

@@ -76,7 +76,7 @@ class Stage2Model(nn.Module):
         boundary = self.layout.boundary / 1000
         return (boundary, 1.0) if name == HIGH else (0.0, boundary)
 
-    def draw(self, shape: torch.Size, generator: torch.Generator) -> dict[str, Tensor]:
+    def draw(self, shape: torch.Size, generator: torch.Generator, expert: str | None = None) -> dict[str, Tensor]:
         """``noise`` ``shape``, ``sigma`` ``[B]`` and ``expert`` ``[B]`` (index into
         ``layout.experts``) for a batch of latents of ``shape``, on the CPU from ``generator``,
         so that every device and world size draws the same numbers.
@@ -91,7 +91,10 @@ class Stage2Model(nn.Module):
         ranges = {n: [unshift_sigma(torch.tensor(v), shift).item() for v in self.expert_range(n)] for n in self.experts}
         names = list(ranges)
         mass = torch.tensor([high - low for low, high in ranges.values()])
-        name = names[torch.multinomial(mass, 1, generator=generator).item()] if len(names) > 1 else names[0]
+        if expert is not None:
+            name = expert
+        else:
+            name = names[torch.multinomial(mass, 1, generator=generator).item()] if len(names) > 1 else names[0]
         low, high = ranges[name]
         u = low + (high - low) * torch.rand(shape[0], generator=generator)
         return {

@@ -30,6 +30,7 @@ from sara.parallel.world import World, close_world, init_world
 from sara.stage2.build import Stage2Setup, build_model, resolve_setup
 from sara.stage2.clips import CachedClips, OnlineClips
 from sara.stage2.export import export_pipeline
+from sara.stage2.heldout import HeldoutLoss
 from sara.stage2.objective import Stage2Model
 from sara.stage2.step import local_rows, noise_generator, train_step
 from sara.stage2.validate import Validator
@@ -42,6 +43,8 @@ from sara.trainer.preemption import RunLock
 def train(config: Stage2Config, resume: str | None = None, progress: bool = True) -> Path:
     """Train; returns the run folder (checkpoints, history, TensorBoard, ``pipeline/``).
     A run stopped by SIGTERM/SIGUSR1 returns after its checkpoint, without the export."""
+    if config.validation.loss_every and not config.validation.heldout:
+        raise ValueError("validation.loss_every: needs validation.heldout, a manifest of held-out clips")
     # before the process group exists: a tiny preset written later would get its weights from
     # rank 0 alone (transformers saves on rank 0 only), each rank writes its own copy here
     setup = resolve_setup(config)
@@ -135,16 +138,21 @@ def _reducer(config: Stage2Config, world: World):
 
 
 def _validation(config: Stage2Config, setup: Stage2Setup, model: Stage2Model, world: World, run: Path):
-    """Validation videos every ``validation.every`` steps (``None`` when off)."""
-    if not config.validation.every:
+    """Validation videos every ``validation.every`` steps and the held-out loss every
+    ``validation.loss_every`` (``None`` when both are off). Each is set up when first due."""
+    validation = config.validation
+    if not validation.every and not validation.loss_every:
         return None
-    validator = None
+    videos, heldout = None, None
 
     def after(done: int, logger) -> None:
-        nonlocal validator
-        if done % config.validation.every == 0:
-            validator = validator or Validator(config, setup, model, world)
-            validator(run / "samples" / f"step-{done:07d}")
+        nonlocal videos, heldout
+        if validation.loss_every and done % validation.loss_every == 0:
+            heldout = heldout or HeldoutLoss(config, setup, model, world)
+            logger.merge(done, heldout())
+        if validation.every and done % validation.every == 0:
+            videos = videos or Validator(config, setup, model, world)
+            videos(run / "samples" / f"step-{done:07d}")
 
     return after
 

@@ -46,6 +46,17 @@ class Logger:
                 self.writer.add_scalar(f"train/{key}", value, row["step"])
         self.bar.set_postfix({k: f"{row[k]:.4f}" for k in self.shown if k in row})
 
+    def merge(self, step: int, values: dict[str, float]) -> None:
+        """Figures made after the log point of ``step`` (held-out losses): into that step's
+        history row (a new row if it has none) and TensorBoard's ``val/*``."""
+        if not self.enabled:
+            return
+        if self.history and self.history[-1]["step"] == step:
+            self.history[-1].update(values)
+        else:
+            self.history.append({"step": step, **values})
+        self.scalars("val", {k.removeprefix("val_"): v for k, v in values.items()}, step)
+
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         if self.enabled:
             for key, value in values.items():
