@@ -16,12 +16,14 @@ def pyplot():
 
 
 def loss_curves(history: list[dict], keys: tuple[str, ...], path: str | Path) -> Path:
-    """The logged ``keys`` of a training history (rows with a ``step``) against the step."""
+    """The logged ``keys`` of a training history (rows with a ``step``) against the step; a
+    key logged on some rows only (held-out figures) is drawn with markers at those rows."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3))
-    steps = [r["step"] for r in history]
     for key in keys:
-        ax.plot(steps, [r[key] for r in history], label=key)
+        rows = [r for r in history if key in r]
+        sparse = len(rows) < len(history)
+        ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker="o" if sparse else None, label=key)
     ax.set_xlabel("step")
     ax.legend()
     fig.tight_layout()

@@ -11,7 +11,8 @@ import pytest
 
 from sara.cli import main
 from sara.data.manifest import load_manifest
-from sara.data.prompts import Endpoint, PromptError, fill_prompts, parse_answer
+from sara.data.prompts import fill_prompts, parse_answer
+from sara.endpoint import AnswerError, Endpoint
 
 CAST = {"global_setup": "A park.", "cast": [{"name": "dog"}, {"name": "red ball"}], "scene": "", "shots": ["play"]}
 
@@ -71,7 +72,7 @@ def test_parse_answer_is_strict():
         '{"items": ["a"]}',
         json.dumps({"entities": ["x"] * 9}),
     ]:
-        with pytest.raises(PromptError):
+        with pytest.raises(AnswerError):
             parse_answer(bad)
 
 

@@ -74,7 +74,8 @@ def _synth(args: argparse.Namespace) -> None:
 
 def _prompts(args: argparse.Namespace) -> None:
     from sara.data.manifest import load_manifest
-    from sara.data.prompts import Endpoint, fill_prompts
+    from sara.data.prompts import fill_prompts
+    from sara.endpoint import Endpoint
 
     if (args.endpoint is None) != (args.model is None):
         raise ValueError("--endpoint and --model go together")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ import httpx
 from tqdm import tqdm
 
 from sara.data.manifest import Entity, Manifest
+from sara.endpoint import AnswerError, Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -30,51 +30,24 @@ INSTRUCTION = (
 )
 
 
-class PromptError(ValueError):
-    """An answer that is not the strict JSON asked for, or a server that did not answer."""
-
-
 def parse_answer(content: str) -> list[str]:
     """The entity list of an answer ``{"entities": [str, ...]}``; anything else raises."""
     try:
         data = json.loads(content)
     except json.JSONDecodeError:
-        raise PromptError("answer is not JSON") from None
+        raise AnswerError("answer is not JSON") from None
     entities = data.get("entities") if isinstance(data, dict) else None
     if not isinstance(entities, list) or not entities:
-        raise PromptError("answer has no non-empty 'entities' list")
+        raise AnswerError("answer has no non-empty 'entities' list")
     if not all(isinstance(e, str) and e.strip() and len(e.split()) <= 8 for e in entities) or len(entities) > 8:
-        raise PromptError("answer's entities are not 1–8 short strings")
+        raise AnswerError("answer's entities are not 1–8 short strings")
     return [e.strip() for e in entities]
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """An OpenAI-compatible chat endpoint: base URL (ending in ``/v1``) and model name."""
-
-    url: str
-    model: str
-    timeout: float = 30.0
-    retries: int = 2
-
-    def entities(self, client: httpx.Client, caption: str) -> list[str]:
-        """Ask for the entities of one caption; retried ``retries`` times, then raises."""
-        body = {
-            "model": self.model,
-            "messages": [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": caption}],
-            "temperature": 0,
-            "response_format": {"type": "json_object"},
-        }
-        problem = ""
-        for attempt in range(self.retries + 1):
-            try:
-                response = client.post(f"{self.url.rstrip('/')}/chat/completions", json=body, timeout=self.timeout)
-                response.raise_for_status()
-                return parse_answer(response.json()["choices"][0]["message"]["content"])
-            except (httpx.HTTPError, PromptError, KeyError, IndexError, TypeError, ValueError) as exc:
-                problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
-                time.sleep(0.2 * attempt)  # brief back-off before the next try
-        raise PromptError(f"no usable answer after {self.retries + 1} tries ({problem})")
+def ask_entities(endpoint: Endpoint, client: httpx.Client, caption: str) -> list[str]:
+    """The entities of one caption (raises :class:`AnswerError` when no strict answer comes)."""
+    messages = [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": caption}]
+    return endpoint.ask(client, messages, parse_answer, {"type": "json_object"})
 
 
 @dataclass
@@ -98,8 +71,8 @@ def fill_prompts(
         if endpoint is None:
             return None
         try:
-            return endpoint.entities(client, manifest.records[index].prompt())
-        except PromptError as exc:
+            return ask_entities(endpoint, client, manifest.records[index].prompt())
+        except AnswerError as exc:
             log.warning("%s: prompts: %s; using the caption's cast list", manifest.describe(index), exc)
             return None
 

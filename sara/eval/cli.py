@@ -1,5 +1,5 @@
-"""`sara eval …`: score videos against their prompts (the exact shapes metric), write the
-held-out prompt set of unseen colour–shape pairs."""
+"""`sara eval …`: score videos against their prompts (the exact shapes metric, a VLM
+rubric), write the held-out prompt set of unseen colour–shape pairs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from sara.data.synthetic import SynthSpec
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    evaluate = commands.add_parser("eval", help="evaluation: the exact shapes metric, the held-out prompt set")
+    evaluate = commands.add_parser(
+        "eval", help="evaluation: the exact shapes metric, a VLM rubric, the held-out prompt set"
+    )
     group = evaluate.add_subparsers(dest="eval", required=True)
     shapes = group.add_parser("shapes", help="score shapes-world videos against their prompts (no model, exact)")
     shapes.add_argument("videos", nargs="?", help="folder of videos (ID.mp4 or NN-*.mp4); default: the manifest's own")
@@ -18,6 +20,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     shapes.add_argument("--shuffle", action="store_true", help="pair each video with the next record's prompt")
     shapes.add_argument("--seed", type=int, default=0, help="of the bootstrap")
     shapes.set_defaults(handler=_shapes)
+
+    rubric = group.add_parser("rubric", help="a VLM behind an OpenAI-compatible endpoint scores videos on a rubric")
+    rubric.add_argument("videos", nargs="?", help="folder of videos (ID.mp4 or NN-*.mp4); default: the manifest's own")
+    rubric.add_argument("--manifest", required=True, help="the prompts: one record per video")
+    rubric.add_argument("--endpoint", required=True, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    rubric.add_argument("--model", required=True, help="model name the endpoint serves")
+    rubric.add_argument("--rubric", default="configs/eval/rubric.yaml", help="the dimensions and instruction (YAML)")
+    rubric.add_argument("--frames", type=int, default=8, help="frames sampled uniformly per request (8–16)")
+    rubric.add_argument("--repeats", type=int, default=1, help="requests per video with shifted frames: judge noise")
+    rubric.add_argument("--out", required=True, help="rubric.jsonl, summary.json and the answer cache go here")
+    rubric.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
+    rubric.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    rubric.add_argument("--retries", type=int, default=2, help="extra tries per request")
+    rubric.set_defaults(handler=_rubric)
 
     spec = SynthSpec()
     prompts = group.add_parser("shapes-set", help="held-out prompts: 2–3 entities of unseen colour–shape pairs")
@@ -51,6 +67,37 @@ def _shapes(args: argparse.Namespace) -> None:
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "scores.jsonl", "".join(json.dumps(r) + "\n" for r in results))
         write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def _rubric(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from sara.data.manifest import load_manifest
+    from sara.endpoint import Endpoint
+    from sara.eval.report import format_summaries
+    from sara.eval.rubric import Judge, judge_videos, load_rubric, summarise_rubric
+    from sara.eval.videos import find_videos
+    from sara.files import write_text_atomic
+
+    if not 1 <= args.frames <= 32 or args.repeats < 1:
+        raise ValueError("--frames: 1 to 32 and --repeats: at least 1")
+    manifest = load_manifest(args.manifest)
+    rubric = load_rubric(args.rubric)
+    judge = Judge(Endpoint(args.endpoint, args.model, args.timeout, args.retries), rubric, args.frames, args.repeats)
+    items = list(zip(find_videos(manifest, args.videos), (r.prompt() for r in manifest.records)))
+    out = Path(args.out)
+    rows = judge_videos(items, judge, out / "cache", args.concurrency)
+    summary = summarise_rubric(rows, rubric)
+    write_text_atomic(out / "rubric.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_text_atomic(out / "summary.json", json.dumps({"rubric": rubric.version, **summary}, indent=2) + "\n")
+    failed = sum(r["scores"] is None for r in rows)
+    print(f"{len(rows) - failed} of {len(rows)} requests answered ({sum(r.get('cached', False) for r in rows)} cached)")
+    if summary:
+        table = format_summaries({name: {"score": s} for name, s in summary.items()}, ("score",))
+        noise = "\n".join(f"{name}: judge noise {s['noise']:.2f}" for name, s in summary.items())
+        print(table + ("\n" + noise if args.repeats > 1 else ""))
+    return 1 if failed else 0
 
 
 def _shapes_set(args: argparse.Namespace) -> None:

@@ -38,7 +38,8 @@ import torch.nn.functional as F
 
 from sara.data import shapes
 from sara.data.manifest import Manifest
-from sara.data.video import decode_clip, resize_crop
+from sara.data.video import resize_crop
+from sara.eval.videos import find_videos, read_video
 from sara.vocabulary import COLOURS, MOTIONS, SHAPES
 
 METRICS = ("presence", "binding", "direction", "count", "persistence", "all")
@@ -192,40 +193,15 @@ def score_video(video: torch.Tensor, facts: dict) -> dict:
     return {**scores, "extras": extras, "entities": [asdict(e) for e in entities]}
 
 
-def read_video(path: str | Path) -> torch.Tensor:
-    """Every frame of a video file at its own size: ``uint8 [T, H, W, 3]``."""
-    return decode_clip(path, None, None).frames.permute(0, 2, 3, 1)
-
-
-def find_videos(manifest: Manifest, folder: str | Path | None) -> list[Path]:
-    """The video scored for each record: its own (``folder=None``), else in ``folder`` the
-    file named by its id (``ID.mp4``) or by its position (``NN-*.mp4``, as ``sara stage2
-    generate --manifest`` names them).
-
-    Raises:
-        ValueError: a record without ``render`` facts, or without a video in ``folder``.
-    """
-    found = []
-    for index, record in enumerate(manifest.records):
-        if "render" not in (record.model_extra or {}):
-            raise ValueError(f"{manifest.describe(index)}: render: missing (only shapes-world records can be scored)")
-        if folder is None:
-            found.append(manifest.resolve(record.video))
-            continue
-        named = Path(folder) / f"{record.model_extra.get('id')}.mp4"
-        numbered = sorted(Path(folder).glob(f"{index:02d}-*.mp4"))
-        if not named.is_file() and not numbered:
-            raise ValueError(f"{manifest.describe(index)}: no {named.name} or {index:02d}-*.mp4 in {folder}")
-        found.append(named if named.is_file() else numbered[0])
-    return found
-
-
 def score_manifest(manifest: Manifest, folder: str | Path | None = None, rotate: int = 0) -> list[dict]:
     """Score the video of each record (see :func:`find_videos`) against the prompt of record
     ``i + rotate``: ``rotate=0`` pairs each video with its own prompt, any other shift gives
     mismatched pairs (the chance floor)."""
     from tqdm import tqdm
 
+    for index, record in enumerate(manifest.records):
+        if "render" not in (record.model_extra or {}):
+            raise ValueError(f"{manifest.describe(index)}: render: missing (only shapes-world records can be scored)")
     videos = find_videos(manifest, folder)
     results = []
     for index, path in enumerate(tqdm(videos, desc="score", leave=False)):
