@@ -5,7 +5,10 @@ non-uniform background (noise, stripes, gradients, or a clutter of shapes in oth
 colours), so that finding "the red square" needs the text. Shapes are drawn back to
 front; each entity's mask is its *visible* part, so crossings give real occlusions.
 Shape sizes are drawn so that on average ``fg_fraction`` of the frame (hence of the
-V-JEPA token grid) is covered. Everything is a function of ``(seed, clip index)``.
+V-JEPA token grid) is covered, each entity at least ``min_share`` of it (no specks).
+Everything is a function of ``(seed, clip index)``; ``pairs`` can keep a fixed set of
+colour–shape pairs out of a world (``seen``) or draw only those (``unseen``: the held-out
+prompt set of ``sara eval shapes-set``).
 
 **What a caption names is on screen.** In every frame, every entity shows at least
 ``min_visible`` of its own area — neither hidden behind the shapes drawn in front of it nor
@@ -53,6 +56,7 @@ class SynthSpec:
     size: int = 128  # square frames, pixels
     fps: int = 16
     fg_fraction: float = 0.5  # mean share of each frame the shapes cover
+    min_share: float = 0.03  # least share of the frame one entity's shape is drawn at (no specks)
     min_visible: float = 0.5  # least share of its own area each entity shows in every frame
     heldout_fraction: float = 0.1  # clips kept out of training
     min_entities: int = 1
@@ -222,7 +226,7 @@ def render_clip(spec: SynthSpec, index: int) -> Rendered:
     count = int(rng.integers(spec.min_entities, spec.max_entities + 1))
     kinds, colours = _cast(rng, count, spec.pairs)
     target = spec.fg_fraction * rng.uniform(0.8, 1.2)
-    shares = rng.dirichlet(np.ones(count)) * target
+    shares = spec.min_share + rng.dirichlet(np.ones(count)) * max(target - count * spec.min_share, 0.0)
     back_to_front = np.argsort(-shares, kind="stable")  # larger shapes behind: small ones rarely hide them
     kinds, colours, shares = kinds[back_to_front], colours[back_to_front], shares[back_to_front]
     background, background_kind, scene = _background(rng, spec.size)
