@@ -23,6 +23,7 @@ from sara.data.saliency import mask_saliency
 from sara.data.synthetic import SynthSpec, synthesize
 from sara.data.video import decode_clip, transform_masks
 from sara.data.visualize import overlay, save_png, strip
+from sara.eval.report import evaluation_part
 from sara.losses import trd_loss, trd_loss_dense
 from sara.losses.trd import auto_chunk, visited_panels
 from sara.models.presets import resolve
@@ -182,7 +183,12 @@ def run_demo(config: DemoConfig) -> Path:
     torch.manual_seed(config.seed)
     data_sections = [data_part(config, out), masks_part(config, out)]
     budget_section, saliencies = budget_part(config, out)
-    stages = [stage1_part(config, out), stage2_part(config, out), parallel_part(config, out)]
+    stages = [
+        stage1_part(config, out),
+        stage2_part(config, out),
+        evaluation_part(config, out),
+        parallel_part(config, out),
+    ]
     sections = [*data_sections, *stages, budget_section, objective_part(config, saliencies)]
     report = write_report(out / "report.html", "SARA demo", sections)
     print(f"report: {report}")

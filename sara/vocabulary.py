@@ -26,3 +26,7 @@ MOTIONS = {  # unit direction (dy, dx) and how the caption says it
     "bottom right to top left": (-0.7071, -0.7071),
 }
 NUMBERS = {1: "one", 2: "two", 3: "three"}
+# colour–shape pairs a "seen" world never draws and an "unseen" one draws alone: one per
+# colour, every kind at least once, so each word is seen in training, only these bindings not
+UNSEEN_PAIRS = tuple(zip(COLOURS, SHAPES * 2))
+PAIRS = ("all", "seen", "unseen")  # which pairs a world draws

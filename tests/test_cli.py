@@ -98,7 +98,7 @@ def test_demo_writes_a_self_contained_report(tmp_path, capsys):
         "stage2_world.heldout_fraction=0.5",
     ]
     small += ["stage2.data.frames=9", "stage2.data.size=64", "stage2.models.text_length=32", "stage2.optim.steps=2"]
-    small += ["generate_steps=2", "bench_steps=1"]
+    small += ["generate_steps=2", "bench_steps=1", "eval_prompts=3"]
     assert main(["demo", f"out_dir={out}", *small, "grid.frames=8", "grid.size=64"]) == 0
     files = ["config.yaml", "budget.txt", "budget.json", "budget.png", "example_saliency.png", "report.html"]
     files += ["data/train.jsonl", "data/heldout.jsonl", "data_masks.png", "data_budget.png", "data_budget.txt"]
@@ -108,13 +108,16 @@ def test_demo_writes_a_self_contained_report(tmp_path, capsys):
     heldout = json.loads((out / "shapes" / "heldout.jsonl").read_text().splitlines()[0])
     figures = sorted((out / "stage1_figures" / heldout["id"]).glob("*.png"))
     assert len(figures) == len(heldout["entities"]) + 1  # each entity, then the full caption
-    assert report.count("data:image/png;base64,") == 6 + len(figures) + 2  # + stage 2 loss and frames
+    assert report.count("data:image/png;base64,") == 6 + len(figures) + 3  # + stage 2 loss and frames, eval frames
     assert report.count("data:image/gif;base64,") == 2
     assert "Stage 2: the DiT with SARA" in report and "sara_online" in report
     assert len(list((out / "stage2_videos").glob("*.mp4"))) == 2
     assert "http://" not in report and "https://" not in report
     assert "Data: the synthetic shapes world" in report and "0 problem(s)" in report
     assert "Pair budget" in report and "dense vs blockwise" in report
+    assert "Evaluation: the exact shapes metric" in report and len(list((out / "eval_videos").glob("*.mp4"))) == 3
+    scores = json.loads((out / "eval_shapes.json").read_text())
+    assert scores["mismatched prompts (floor)"]["all"]["mean"] == 0.0 and len(scores) == 3
     assert "SAM 3 masks" in report and "Stage 1: the Semantic Aligner" in report and "prompted_iou" in report
     assert set(json.loads((out / "stage1" / "eval.json").read_text())) == set(METRICS)
     assert "retrieval_r1_shuffled" in report and "every entity shows at least" in report

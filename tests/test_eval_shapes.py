@@ -10,10 +10,10 @@ import torch
 from sara.cli import main
 from sara.data import shapes
 from sara.data.manifest import load_manifest
-from sara.data.synthetic import UNSEEN_PAIRS, SynthSpec, render_clip
+from sara.data.synthetic import SynthSpec, render_clip
 from sara.eval.shapes import METRICS, score_video
 from sara.eval.stats import bootstrap, excludes_zero, hierarchical
-from sara.vocabulary import COLOURS
+from sara.vocabulary import COLOURS, UNSEEN_PAIRS
 
 SPEC = SynthSpec(frames=17, size=128, seed=5)
 CLIPS = [render_clip(SPEC, i) for i in range(24)]

@@ -9,6 +9,7 @@ from sara.config.loader import option
 from sara.config.stage1 import Stage1Config, Stage1DataConfig, Stage1ModelsConfig
 from sara.config.stage2 import Stage2Config, Stage2DataConfig, Stage2ModelsConfig, Stage2OptimConfig
 from sara.routing import MODES
+from sara.vocabulary import PAIRS
 
 
 @dataclass
@@ -41,6 +42,7 @@ class SynthConfig:
     fg_fraction: float = option(0.5, gt=0, lt=1)  # mean FG share of the token grid
     min_visible: float = option(0.5, ge=0, le=1)  # least share of its area each entity shows in every frame
     heldout_fraction: float = option(0.2, ge=0, lt=1)  # clips in heldout.jsonl
+    pairs: str = option("all", choices=PAIRS)  # colour–shape pairs: all, seen (never the unseen ones), unseen
 
 
 @dataclass
@@ -64,14 +66,15 @@ class DemoConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     trd: TRDConfig = field(default_factory=TRDConfig)
     stage1_world: SynthConfig = field(  # the larger world the aligner learns from
-        default_factory=lambda: SynthConfig(num=1000, frames=16, size=128, heldout_fraction=0.1)
+        default_factory=lambda: SynthConfig(num=1000, frames=16, size=128, heldout_fraction=0.1, pairs="seen")
     )
     stage1: Stage1Config = field(default_factory=lambda: _demo_stage1())
     stage2_world: SynthConfig = field(  # 4k + 1-frame clips for the DiT (Wan's causal VAE)
-        default_factory=lambda: SynthConfig(num=200, frames=17, size=128, heldout_fraction=0.1)
+        default_factory=lambda: SynthConfig(num=200, frames=17, size=128, heldout_fraction=0.1, pairs="seen")
     )
     stage2: Stage2Config = field(default_factory=lambda: _demo_stage2())
     generate_steps: int = option(20, ge=1)  # denoising steps of the demo's videos
+    eval_prompts: int = option(16, ge=2)  # held-out prompts of unseen pairs the demo generates and scores
     bench_steps: int = option(10, ge=1)  # timed steps per case of the demo's `sara bench step`
 
 

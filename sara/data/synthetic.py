@@ -35,12 +35,8 @@ import torch
 from sara.data import shapes
 from sara.data.masks import pool_to_grid, save_mask
 from sara.data.video import write_video
-from sara.vocabulary import COLOURS, MOTIONS, NUMBERS, SHAPES
+from sara.vocabulary import COLOURS, MOTIONS, NUMBERS, PAIRS, SHAPES, UNSEEN_PAIRS
 
-# colour–shape pairs a "seen" world never draws and an "unseen" one draws alone: one per
-# colour, every kind at least once, so each word is seen in training, only these bindings not
-UNSEEN_PAIRS = tuple(zip(COLOURS, SHAPES * 2))
-PAIRS = ("all", "seen", "unseen")
 CLUTTER = [(120, 100, 80), (110, 110, 110), (150, 120, 150), (90, 120, 110), (160, 150, 110)]  # no entity colour
 LAYOUT_TRIES = 10  # layouts drawn at one size before the shapes shrink
 MAX_LAYOUTS = 200  # a clip that no layout satisfies is a bug, not a sample to skip

@@ -51,9 +51,9 @@ def _shapes(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from sara.data.manifest import load_manifest
-    from sara.eval.report import format_summaries
     from sara.eval.shapes import METRICS, score_manifest
     from sara.eval.stats import summarise
+    from sara.eval.tables import format_summaries
     from sara.files import write_text_atomic
 
     manifest = load_manifest(args.manifest)
@@ -75,8 +75,8 @@ def _rubric(args: argparse.Namespace) -> int:
 
     from sara.data.manifest import load_manifest
     from sara.endpoint import Endpoint
-    from sara.eval.report import format_summaries
     from sara.eval.rubric import Judge, judge_videos, load_rubric, summarise_rubric
+    from sara.eval.tables import format_summaries
     from sara.eval.videos import find_videos
     from sara.files import write_text_atomic
 

@@ -65,7 +65,7 @@ def stage2_part(config: DemoConfig, out: Path) -> Section:
     bench_text = format_step(timing)
     print(bench_text)
     history = json.loads((run / "history.json").read_text())
-    curve = loss_curves(history, ("loss", "flow", "align"), out / "stage2_loss.png")
+    curve = loss_curves(history, ("loss", "flow", "align", "val_loss", "val_align"), out / "stage2_loss.png")
     rows = [strip(decode_clip(v, None, None).frames.permute(0, 2, 3, 1).numpy(), count=8) for v in videos]
     frames = save_png(out / "stage2_samples.png", np.concatenate(rows))
     clips = len(FeatureCache(cache))
