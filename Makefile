@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sara-installed
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test test-fast lint demo bench clean
+.PHONY: setup test test-fast lint demo bench vbench-env clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,13 @@ test-fast: setup
 
 demo: setup
 	$(VENV)/bin/sara demo --config configs/demo.yaml
+
+# VBench in an environment of its own (it pins transformers 4.33.2 and numpy<2), for a CUDA
+# machine: `sara eval vbench` runs its `vbench evaluate` from here
+vbench-env:
+	test -x .venv-vbench/bin/python || $(PYTHON) -m venv .venv-vbench
+	.venv-vbench/bin/python -m pip install --quiet --upgrade pip
+	.venv-vbench/bin/python -m pip install --quiet vbench
 
 bench: setup
 	$(VENV)/bin/sara bench trd

@@ -1,9 +1,12 @@
-"""Command-line arguments of every command that runs from a config: ``--config FILE``,
-``key=value`` overrides and, for trainers, ``--resume``."""
+"""Command-line arguments shared by commands: ``--config FILE``, ``key=value`` overrides and,
+for trainers, ``--resume``; the sampling settings of every command that generates videos."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
+
+from sara.config.sampling import SCHEDULERS, Sampling
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, example: str, resume: bool = False) -> None:
@@ -21,3 +24,19 @@ def resume_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str
     if args.resume is not None and "=" in args.resume:
         return "latest", [args.resume, *args.overrides]
     return args.resume, args.overrides
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`Sampling` field, named, typed, defaulted and explained as the field."""
+    defaults = Sampling()
+    for field in fields(Sampling):
+        flag = "--" + {"guidance_scale": "cfg"}.get(field.name, field.name).replace("_", "-")
+        choices = SCHEDULERS if field.name == "scheduler" else None
+        default = getattr(defaults, field.name)
+        parser.add_argument(
+            flag, dest=field.name, type=type(default), default=default, choices=choices, help=field.metadata["help"]
+        )
+
+
+def sampling_from_arguments(args: argparse.Namespace) -> Sampling:
+    return Sampling(**{field.name: getattr(args, field.name) for field in fields(Sampling)})

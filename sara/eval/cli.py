@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from sara.config.arguments import add_sampling_arguments
 from sara.data.synthetic import SynthSpec
 
 
@@ -34,6 +35,27 @@ def register(commands: argparse._SubParsersAction) -> None:
     rubric.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     rubric.add_argument("--retries", type=int, default=2, help="extra tries per request")
     rubric.set_defaults(handler=_rubric)
+
+    sample = group.add_parser("vbench-sample", help="videos of VBench prompt suites by its protocol ({prompt}-{i}.mp4)")
+    sample.add_argument("--pipeline", required=True, help="Diffusers-format Wan folder, e.g. RUN_DIR/pipeline")
+    sample.add_argument("--dimension", nargs="+", required=True, help="VBench dimensions whose prompts to sample")
+    sample.add_argument("--suite", help="folder with VBench_full_info.json or prompts_per_dimension/ (default: the "
+                        "vbench package of .venv-vbench)")  # fmt: skip
+    sample.add_argument("--out", required=True, help="folder for the videos and seeds.json")
+    sample.add_argument("--per-prompt", type=int, default=5, help="videos per prompt (VBench: 5)")
+    sample.add_argument("--device", default="auto", help="auto: cuda when available, else cpu")
+    add_sampling_arguments(sample)
+    sample.set_defaults(handler=_vbench_sample)
+
+    vbench = group.add_parser("vbench", help="run VBench (its own environment, CUDA) on sampled videos; collect scores")
+    vbench.add_argument("videos", help="folder of {prompt}-{i}.mp4 (sara eval vbench-sample)")
+    vbench.add_argument("--dimension", nargs="+", required=True, help="VBench dimensions to evaluate")
+    vbench.add_argument("--out", required=True, help="VBench's results and our vbench.json")
+    vbench.add_argument("--suite", help="folder with VBench_full_info.json (default: the vbench package)")
+    vbench.add_argument("--env", default=".venv-vbench", help="VBench's virtual environment (make vbench-env)")
+    vbench.add_argument("--cache", help="weights folder (default: $VBENCH_CACHE_DIR, else ~/.cache/vbench)")
+    vbench.add_argument("--collect", action="store_true", help="only read the results already in --out")
+    vbench.set_defaults(handler=_vbench)
 
     spec = SynthSpec()
     prompts = group.add_parser("shapes-set", help="held-out prompts: 2–3 entities of unseen colour–shape pairs")
@@ -105,3 +127,62 @@ def _shapes_set(args: argparse.Namespace) -> None:
 
     path = write_prompt_set(args.out, args.num, args.seed, args.frames, args.size, args.workers)
     print(f"wrote {args.num} held-out prompts of unseen colour–shape pairs to {path}")
+
+
+def _suite(given: str | None, env: str = ".venv-vbench"):
+    from pathlib import Path
+
+    from sara.eval.vbench import installed_suite
+
+    suite = Path(given) if given else installed_suite(Path(env))
+    if suite is None:
+        raise ValueError(f"--suite: not given and no vbench package in {env} (make vbench-env)")
+    return suite
+
+
+def _vbench_sample(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from sara.config.arguments import sampling_from_arguments
+    from sara.eval.vbench import read_prompts, sample_plan, seeds_record
+    from sara.files import write_text_atomic
+    from sara.stage2.generate import generate
+
+    sampling = sampling_from_arguments(args)
+    prompts = read_prompts(_suite(args.suite), args.dimension)
+    jobs = sample_plan(prompts, args.out, sampling.seed, args.per_prompt)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(args.out) / "seeds.json", json.dumps(seeds_record(jobs), indent=1) + "\n")
+    written = generate(args.pipeline, [], args.out, sampling, args.device, jobs=jobs, gif=False)
+    print(f"wrote {len(written)} videos of {len(prompts)} prompts to {args.out} (seeds in seeds.json)")
+
+
+def _vbench(args: argparse.Namespace) -> int:
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from sara.eval.vbench import FULL_INFO, read_results, vbench_command, vbench_environment
+    from sara.files import write_text_atomic
+
+    out = Path(args.out)
+    if not args.collect:
+        env = Path(args.env)
+        if not (env / "bin" / "vbench").is_file():
+            raise ValueError(f"{env}: no VBench environment (make vbench-env)")
+        full_info = _suite(args.suite, args.env) / FULL_INFO
+        if not full_info.is_file():
+            raise ValueError(f"{full_info}: missing (VBench's standard mode reads the prompts of each video there)")
+        cache = args.cache or os.environ.get("VBENCH_CACHE_DIR") or Path.home() / ".cache" / "vbench"
+        command = vbench_command(args.videos, args.dimension, out, full_info, env)
+        print(" ".join(command))
+        if subprocess.run(command, env=vbench_environment(cache)).returncode:
+            print("VBench failed; see its output above", flush=True)
+            return 1
+    table = read_results(out)
+    write_text_atomic(out / "vbench.json", json.dumps(table, indent=2) + "\n")
+    for dimension, row in table.items():
+        print(f"{dimension:24s} {row['score']:.4f}  ({row['videos']} videos)")
+    return 0

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 
-from sara.config.arguments import add_config_arguments, resume_and_overrides
-from sara.config.sampling import SCHEDULERS, Sampling
+from sara.config.arguments import (
+    add_config_arguments,
+    add_sampling_arguments,
+    resume_and_overrides,
+    sampling_from_arguments,
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -31,15 +34,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     generate.add_argument(
         "--ulysses", type=int, default=1, help="under torchrun: ranks that sample each video together"
     )
-    defaults = Sampling()
-    for field in fields(Sampling):  # every sampling setting, named and defaulted as the dataclass says
-        flag = "--" + {"guidance_scale": "cfg"}.get(field.name, field.name).replace("_", "-")
-        choices = SCHEDULERS if field.name == "scheduler" else None
-        kind = type(getattr(defaults, field.name))
-        default = getattr(defaults, field.name)
-        generate.add_argument(
-            flag, dest=field.name, type=kind, default=default, choices=choices, help=field.metadata["help"]
-        )
+    add_sampling_arguments(generate)
     generate.set_defaults(handler=_generate)
 
     plan = group.add_parser("plan", help="memory per GPU of a run (parameters, gradients, AdamW, EMA) for world sizes")
@@ -87,7 +82,7 @@ def _generate(args: argparse.Namespace) -> None:
         prompts += [r.prompt() for r in load_manifest(args.manifest).records]
     if not prompts:
         raise ValueError("give --prompt TEXT or --manifest FILE")
-    sampling = Sampling(**{field.name: getattr(args, field.name) for field in fields(Sampling)})
+    sampling = sampling_from_arguments(args)
     written = generate(args.pipeline, prompts, args.out, sampling, args.device, ulysses=args.ulysses)
     print(f"wrote {len(written)} videos (mp4 and GIF) to {args.out}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,40 +36,46 @@ def load_pipeline(folder: str | Path, scheduler: str, shift: float, device: torc
     return pipe.to(device)
 
 
+@dataclass(frozen=True)
+class Job:
+    """One video to sample: its prompt, its seed, and its path without suffix."""
+
+    prompt: str
+    seed: int
+    stem: Path
+
+
+def numbered(prompts: list[str], out: str | Path, seed: int) -> list[Job]:
+    """Prompt ``i`` as ``out/NN-<prompt>`` with seed ``seed + i``."""
+    return [Job(p, seed + i, Path(out) / f"{i:02d}-{slug(p)}") for i, p in enumerate(prompts)]
+
+
 def render(
-    pipe: WanPipeline,
-    prompts: list[str],
-    out: str | Path,
-    sampling: Sampling,
-    progress: bool = True,
-    write: bool = True,
-    numbers: list[int] | None = None,
+    pipe: WanPipeline, jobs: list[Job], sampling: Sampling, progress: bool = True, write: bool = True, gif: bool = True
 ) -> list[Path]:
-    """One video per prompt as ``NN-<prompt>.mp4`` and ``.gif`` in ``out``; returns the mp4
-    paths. ``numbers``: only these prompts (by position; each keeps its seed, ``seed + NN``).
+    """Sample each job's video into ``STEM.mp4`` (and ``STEM.gif``); returns the mp4 paths.
     ``write=False``: sample only (ranks that share a video with the one that writes it)."""
     pipe.set_progress_bar_config(disable=not progress)
     written = []
-    for number in range(len(prompts)) if numbers is None else numbers:
-        prompt = prompts[number]
+    for job in jobs:
         video = pipe(
-            prompt=prompt,
+            prompt=job.prompt,
             negative_prompt=sampling.negative_prompt,
             height=sampling.height,
             width=sampling.width,
             num_frames=sampling.frames,
             num_inference_steps=sampling.steps,
             guidance_scale=sampling.guidance_scale,
-            generator=torch.Generator().manual_seed(sampling.seed + number),
+            generator=torch.Generator().manual_seed(job.seed),
             max_sequence_length=sampling.text_length,
             output_type="np",
         ).frames[0]  # (T, H, W, 3) floats in [0, 1]
         array = (torch.from_numpy(video) * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 3, 1, 2)
-        stem = Path(out) / f"{number:02d}-{slug(prompt)}"
         if not write:
             continue
-        written.append(write_video(stem.with_suffix(".mp4"), array, sampling.fps))
-        write_gif(stem.with_suffix(".gif"), array, sampling.fps)
+        written.append(write_video(job.stem.with_name(job.stem.name + ".mp4"), array, sampling.fps))
+        if gif:
+            write_gif(job.stem.with_name(job.stem.name + ".gif"), array, sampling.fps)
     return written
 
 
@@ -80,13 +87,16 @@ def generate(
     device: str = "auto",
     progress: bool = True,
     ulysses: int = 1,
+    jobs: list[Job] | None = None,
+    gif: bool = True,
 ) -> list[Path]:
     """Videos of ``prompts`` from a Diffusers-format Wan folder (e.g. ``RUN_DIR/pipeline``).
 
     Under ``torchrun`` the prompts are dealt to the data-parallel ranks (prompt ``i`` to rank
     ``i mod dp``), and with ``ulysses > 1`` each video is sampled sequence-parallel by a group
     of that many ranks, whose first writes it. Each prompt keeps its seed, so the videos are
-    those of one process. Returns the paths this process wrote."""
+    those of one process. ``jobs``: these videos instead of ``prompts`` numbered in ``out``
+    (``NN-<prompt>``, seed ``sampling.seed + NN``). Returns the paths this process wrote."""
     world = init_world(ParallelConfig(ulysses=ulysses), device)
     try:
         pipe = load_pipeline(folder, sampling.scheduler, sampling.shift, world.device)
@@ -95,8 +105,9 @@ def generate(
                 if dit is not None:
                     apply_ulysses(dit, world)
             _check_tokens(pipe, sampling, world.cp)
-        mine = list(range(len(prompts)))[world.dp_rank :: world.dp_size]
-        return render(pipe, prompts, out, sampling, progress and world.is_main, world.cp_rank == 0, mine)
+        jobs = jobs if jobs is not None else numbered(prompts, out, sampling.seed)
+        mine = jobs[world.dp_rank :: world.dp_size]
+        return render(pipe, mine, sampling, progress and world.is_main, world.cp_rank == 0, gif=gif)
     finally:
         close_world(world)
 

@@ -13,7 +13,7 @@ from sara.data.manifest import load_manifest
 from sara.models.wan import SUBFOLDER
 from sara.parallel.world import World
 from sara.stage2.build import Stage2Setup
-from sara.stage2.generate import render
+from sara.stage2.generate import numbered, render
 from sara.stage2.objective import Stage2Model
 
 
@@ -43,6 +43,7 @@ class Validator:
     def __call__(self, out: Path) -> list[Path]:
         self.model.eval()
         try:
-            return render(self.pipe, self.prompts, out, self.sampling, progress=False, write=self.world.is_main)
+            jobs = numbered(self.prompts, out, self.sampling.seed)
+            return render(self.pipe, jobs, self.sampling, progress=False, write=self.world.is_main)
         finally:
             self.model.train()
