@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sara-installed
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test test-fast lint demo bench vbench-env clean
+.PHONY: setup test test-fast lint demo repro bench vbench-env clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,9 @@ vbench-env:
 	test -x .venv-vbench/bin/python || $(PYTHON) -m venv .venv-vbench
 	.venv-vbench/bin/python -m pip install --quiet --upgrade pip
 	.venv-vbench/bin/python -m pip install --quiet vbench
+
+repro: setup
+	$(VENV)/bin/sara repro --config configs/repro.yaml
 
 bench: setup
 	$(VENV)/bin/sara bench trd

@@ -29,6 +29,21 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(load_config(DemoConfig, args.config, args.overrides))
 
 
+def _repro(args: argparse.Namespace) -> None:
+    import time
+
+    from sara.config import load_config
+    from sara.config.repro import ReproConfig
+    from sara.eval.repro import run_repro, write_study
+
+    config = load_config(ReproConfig, args.config, args.overrides)
+    start = time.perf_counter()
+    results = run_repro(config)
+    table = write_study(config, results, time.perf_counter() - start)
+    print(table.read_text())
+    print(f"table: {table}; report: {table.with_name('report.html')}")
+
+
 def _budget(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -77,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the pipeline end to end on generated data; writes report.html")
     add_config_arguments(demo, "configs/demo.yaml")
     demo.set_defaults(handler=_demo)
+    repro = commands.add_parser("repro", help="the toy reproduction: SFT vs TRD vs SARA, scored by the shapes metric")
+    add_config_arguments(repro, "configs/repro.yaml")
+    repro.set_defaults(handler=_repro)
     _add_budget(commands)
     for group in (data_cli, stage1_cli, stage2_cli, models_cli, eval_cli, bench_cli):
         group.register(commands)

@@ -1,0 +1,68 @@
+"""The table of the toy reproduction: every seed, per-arm means with hierarchical bootstrap
+intervals (seeds, then prompts), and paired differences against ``sft`` and ``trd``. An
+ordering is claimed only where a paired interval excludes zero."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sara.eval.shapes import METRICS
+from sara.eval.stats import excludes_zero, hierarchical
+from sara.eval.tables import interval_text
+
+BASELINES = ("sft", "trd")
+
+
+def scores_table(results: dict, teacher: str, seeds: list[int], arm: str, metric: str) -> np.ndarray:
+    """``[seeds, prompts]`` of one metric for one arm."""
+    return np.array([[row[metric] for row in results[(teacher, seed, arm)]] for seed in seeds])
+
+
+def study_tables(results: dict, teachers: list[str], seeds: list[int], arms: list[str]) -> dict:
+    """Per teacher: ``arms`` (per arm and metric: the hierarchical summary and each seed's
+    mean) and ``paired`` (per ``arm − baseline`` and metric: the summary of the differences)."""
+    tables = {}
+    for teacher in teachers:
+        per_arm = {
+            arm: {
+                m: hierarchical(t := scores_table(results, teacher, seeds, arm, m)) | {"seeds": t.mean(1).tolist()}
+                for m in METRICS
+            }
+            for arm in arms
+        }
+        paired = {}
+        for base in (b for b in BASELINES if b in arms):
+            for arm in (a for a in arms if a != base):
+                paired[f"{arm} − {base}"] = {
+                    m: hierarchical(
+                        scores_table(results, teacher, seeds, arm, m) - scores_table(results, teacher, seeds, base, m)
+                    )
+                    for m in METRICS
+                }
+        tables[teacher] = {"arms": per_arm, "paired": paired}
+    return tables
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def format_study(tables: dict, seeds: list[int]) -> str:
+    """Markdown: per teacher, the arms table, every seed's ``all``, and the paired differences
+    (``*``: the 95 % interval excludes zero)."""
+    lines = []
+    for teacher, table in tables.items():
+        lines += [f"### Teacher: {teacher}", "", "Mean [95 % interval] over seeds and prompts:", ""]
+        lines += [_row(["arm", *METRICS]), _row(["---"] * (len(METRICS) + 1))]
+        lines += [_row([arm, *(interval_text(row[m]) for m in METRICS)]) for arm, row in table["arms"].items()]
+        lines += ["", "`all` per seed:", "", _row(["arm", *(f"seed {s}" for s in seeds)])]
+        lines += [_row(["---"] * (len(seeds) + 1))]
+        lines += [_row([arm, *(f"{v:.3f}" for v in row["all"]["seeds"])]) for arm, row in table["arms"].items()]
+        if table["paired"]:
+            lines += ["", "Paired differences (same seed, prompt and noise; `*`: interval excludes 0):", ""]
+            lines += [_row(["difference", *METRICS]), _row(["---"] * (len(METRICS) + 1))]
+            for name, row in table["paired"].items():
+                cells = [interval_text(row[m]) + (" *" if excludes_zero(row[m]) else "") for m in METRICS]
+                lines.append(_row([name, *cells]))
+        lines.append("")
+    return "\n".join(lines)
