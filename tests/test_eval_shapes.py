@@ -146,3 +146,22 @@ def test_prompt_set_and_cli(tmp_path, capsys):
     plain.write_text(json.dumps({"id": "a", "video": "a.mp4", "caption": "a red circle"}) + "\n")
     assert main(["eval", "shapes", "--manifest", str(plain)]) == 2
     assert "plain.jsonl: record 0 (a): render: missing" in capsys.readouterr().err
+
+
+def test_the_oracle_teacher_encodes_each_tokens_entity_colours():
+    """On a rendered clip: per token, the share of every entity colour and of the background
+    sums to 1; a token inside one entity is that colour's one-hot."""
+    from sara.data.masks import pool_to_grid
+    from sara.stage2.oracle import WIDTH, OracleTeacher
+
+    clip = CLIPS[0]
+    frames = torch.from_numpy(clip.video[:16]).permute(0, 3, 1, 2)[None]  # (1, T, 3, H, W)
+    features = OracleTeacher(tubelet=2, patch=16)(frames)[0]  # (N, K + 1)
+    assert features.shape == (8 * 8 * 8, WIDTH)
+    torch.testing.assert_close(features.sum(-1), torch.ones(len(features)), atol=1e-6, rtol=0)
+    covered = 0
+    for fact, mask in zip(clip.facts["entities"], clip.masks):  # each entity's visible part
+        inside = pool_to_grid(torch.from_numpy(mask[:16]), 2, 16).flatten() == 1  # tokens it covers whole
+        assert (features[inside, list(COLOURS).index(fact["colour"])] > 0.9).all()
+        covered += int(inside.sum())
+    assert covered > 10

@@ -1,5 +1,5 @@
-"""`sara repro` end to end at a smoke size: every (seed, arm) trained, sampled with paired
-noise and scored; the table, results and report written; a second call trains nothing."""
+"""`sara repro` end to end at a smoke size: every (teacher, seed, arm) trained, sampled with
+paired noise and scored; the table, results and report written; a second call trains nothing."""
 
 import json
 
@@ -28,7 +28,11 @@ def test_repro_runs_every_arm_and_seed_and_resumes(tmp_path, capsys):
     assert losses[(0, "sft")][0]["flow"] == losses[(0, "sara")][0]["flow"] != losses[(1, "sft")][0]["flow"]
     assert all(r["align"] == 0 for r in losses[(0, "sft")]) and all(r["align"] > 0 for r in losses[(0, "sara")])
 
-    tables = json.loads((out / "results.json").read_text())["vjepa2"]
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"vjepa2", "oracle"}
+    oracle = json.loads((out / "runs" / "oracle" / "seed0" / "sara" / "history.json").read_text())
+    assert oracle[0]["flow"] == losses[(0, "sara")][0]["flow"] and oracle[0]["align"] != losses[(0, "sara")][0]["align"]
+    tables = results["vjepa2"]
     assert set(tables["arms"]) == {"sft", "sara"} and set(tables["paired"]) == {"sara − sft"}
     assert len(tables["arms"]["sara"]["all"]["seeds"]) == 2 and tables["arms"]["sara"]["all"]["n"] == 4
     table = (out / "table.md").read_text()

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from sara.config.loader import option
 from sara.config.schema import SynthConfig
-from sara.config.stage2 import Stage2Config, Stage2DataConfig, Stage2ModelsConfig, Stage2OptimConfig
+from sara.config.stage2 import TEACHERS, Stage2Config, Stage2DataConfig, Stage2ModelsConfig, Stage2OptimConfig
 
 # arm name -> (objective.align.mode, objective.align.routing)
 ARMS = {
@@ -16,7 +16,6 @@ ARMS = {
     "sara-and": ("sara", "and"),
     "sara-xor": ("sara", "xor"),
 }
-TEACHERS = ("vjepa2",)  # the tiny V-JEPA 2: random-feature relations (the negative control)
 
 
 def _repro_stage2() -> Stage2Config:
@@ -41,7 +40,9 @@ class ReproConfig:
     out_dir: str = "${oc.env:SARA_OUTPUT_ROOT,outputs}/repro"  # study folder: world, runs, videos, table
     arms: list[str] = option(["sft", "trd", "sara"], choices=tuple(ARMS))  # sft, trd, sara (or), sara-and, sara-xor
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # training seeds: init, data order, noise
-    teachers: list[str] = option(["vjepa2"], choices=TEACHERS)  # the TRD teacher of each study
+    # the TRD teacher of each study: vjepa2 (the tiny one: random-feature relations, a negative
+    # control) and oracle (the renderer's entity colours per token: the scene's structure)
+    teachers: list[str] = option(["vjepa2", "oracle"], choices=TEACHERS)
     world: SynthConfig = field(  # the training world: never the unseen colour–shape pairs
         default_factory=lambda: SynthConfig(num=200, frames=17, size=128, heldout_fraction=0.1, pairs="seen")
     )

@@ -12,6 +12,7 @@ ALIGN_MODES = ("sft", "repa", "trd", "sara")
 ROUTINGS = ("or", "and", "xor")
 SALIENCY_SOURCES = ("aligner", "masks")
 EXPERTS = ("high", "low")
+TEACHERS = ("vjepa2", "oracle")
 
 
 @dataclass
@@ -31,6 +32,9 @@ class Stage2DataConfig(ClipTiming):
 class Stage2ModelsConfig:
     wan: str = "tiny"  # Diffusers-format Wan folder, or tiny | tiny-a14b | tiny-ti2v
     vjepa2: str = "tiny"  # the TRD teacher: V-JEPA 2 folder, or tiny
+    # vjepa2: its features; oracle (shapes world only): each token's share of every entity
+    # colour and of the background, on V-JEPA 2's grid — the toy study's upper-bound teacher
+    teacher: str = option("vjepa2", choices=TEACHERS)
     vjepa2_stride: int = option(1, choices=(1, 2))  # V-JEPA 2 reads every n-th frame from frame 1
     vjepa2_short_side: int | None = option(None, ge=16)  # V-JEPA 2's input short side; null: the clip's size
     text_length: int = option(512, ge=1)  # caption tokens the DiT reads, zero-padded (Wan: 512)

@@ -39,6 +39,7 @@ def arm_config(config: ReproConfig, teacher: str, seed: int, arm: str) -> Stage2
     """The Stage 2 config of one run: the shared one with this seed, mode and routing."""
     stage2 = copy.deepcopy(config.stage2)
     stage2.seed = seed
+    stage2.models.teacher = teacher
     stage2.objective.align.mode, stage2.objective.align.routing = ARMS[arm]
     stage2.out_dir = str(Path(config.out_dir) / "runs" / teacher / f"seed{seed}" / arm)
     stage2.precompute.cache_dir = str(Path(config.out_dir) / "cache" / teacher)

@@ -5,7 +5,7 @@ The renderer knows every named entity's colour, kind, size and motion (a record'
 video is scored without any learned model:
 
 - **colour masks.** Each pixel takes the nearest palette colour when it lies within
-  ``TOLERANCE`` of it (half the distance of the closest pair, yellow–orange); a 3×3 opening
+  ``palette.TOLERANCE`` of it (half the distance of the closest pair, yellow–orange); a 3×3 opening
   removes speckle (noise backgrounds, compression at edges).
 - **presence / persistence.** A frame shows an entity when its colour covers ``PRESENT`` of
   the entity's drawn area; persistence is the share of frames that show it, presence says
@@ -34,17 +34,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sara.data import shapes
 from sara.data.manifest import Manifest
+from sara.data.palette import colour_masks
 from sara.data.video import resize_crop
 from sara.eval.videos import find_videos, read_video
 from sara.vocabulary import COLOURS, MOTIONS, SHAPES
 
 METRICS = ("presence", "binding", "direction", "count", "persistence", "all")
-PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)  # (K, 3)
-TOLERANCE = 35.0  # RGB distance to a palette colour; the closest pair (yellow, orange) is 71 apart
 PRESENT = 0.25  # share of the entity's drawn area its colour must cover in a frame that shows it
 MAJORITY = 0.5  # share of frames: present, or an extra shape
 EXTRA_AREA = 0.004  # share of the frame an unnamed palette colour must cover to be a shape
@@ -64,17 +62,6 @@ class EntityScore:
     bound: bool
     motion: str | None  # the direction it travels ("static" if it barely moves; None: absent)
     direction: bool
-
-
-def colour_masks(video: torch.Tensor) -> torch.Tensor:
-    """Pixels of each palette colour, opened: ``uint8 [T, H, W, 3] -> bool [K, T, H, W]``."""
-    x = video.float()
-    distance = torch.cdist(x.reshape(-1, 3), torch.from_numpy(PALETTE))  # (T·H·W, K)
-    nearest, index = distance.min(dim=1)
-    near = F.one_hot(index, len(PALETTE)).bool() & (nearest < TOLERANCE)[:, None]
-    masks = near.T.reshape(len(PALETTE), *video.shape[:3]).float()  # (K, T, H, W)
-    eroded = -F.max_pool2d(-masks, 3, stride=1, padding=1)  # opening: erosion then dilation
-    return F.max_pool2d(eroded, 3, stride=1, padding=1).bool()
 
 
 def _centroid(mask: np.ndarray) -> tuple[float, float]:

@@ -21,6 +21,8 @@ from sara.models.vjepa2 import VideoEncoder
 from sara.models.wan import load_vae
 from sara.stage1.saliency import SaliencyModel
 from sara.stage2.align import VJEPA_FIRST_FRAME, VfmView
+from sara.stage2.oracle import WIDTH as ORACLE_WIDTH
+from sara.stage2.oracle import OracleTeacher
 
 
 def buckets(config: Stage2Config) -> list[Bucket]:
@@ -33,7 +35,8 @@ def buckets(config: Stage2Config) -> list[Bucket]:
 
 
 def teacher(config: Stage2Config) -> tuple[int, VfmView]:
-    """``(width, view)`` of the V-JEPA 2 teacher; checks that the clips suit it and Wan's VAE."""
+    """``(width, view)`` of the teacher (V-JEPA 2's features, or the oracle's on its grid);
+    checks that the clips suit it and Wan's VAE."""
     models = config.models
     vjepa = VJEPA2Config.from_pretrained(resolve(models.vjepa2, "vjepa2", models.tiny_root))
     view = VfmView(vjepa.tubelet_size, vjepa.patch_size, models.vjepa2_stride, models.vjepa2_short_side)
@@ -45,7 +48,7 @@ def teacher(config: Stage2Config) -> tuple[int, VfmView]:
         )
     buckets(config)
     view.latent_frame_of(1)  # a tubelet must not straddle latent frames
-    return vjepa.hidden_size, view
+    return ORACLE_WIDTH if models.teacher == "oracle" else vjepa.hidden_size, view
 
 
 def trim_text(text: Tensor) -> Tensor:
@@ -79,7 +82,11 @@ class Stage2Encoders(torch.nn.Module):
         )
         self.text_encoder = self.text.text_encoder.requires_grad_(False)  # registered: moves with .to()
         self.teacher_folder = resolve(models.vjepa2, "vjepa2", models.tiny_root)
-        self.teacher = VideoEncoder(self.teacher_folder)
+        geometry = VJEPA2Config.from_pretrained(self.teacher_folder)
+        oracle = models.teacher == "oracle"
+        self.teacher = (
+            OracleTeacher(geometry.tubelet_size, geometry.patch_size) if oracle else VideoEncoder(self.teacher_folder)
+        )
         self.view = view
         self.saliency = SaliencyModel.from_run(models.aligner) if models.aligner else None
         latents_mean = torch.tensor(self.vae.config.latents_mean).view(1, -1, 1, 1, 1)
