@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from sara.config import ConfigError, DemoConfig, Stage1Config, config_to_yaml, load_config, save_config
+from sara.config.repro import ReproConfig
 from sara.config.stage2 import Stage2Config
 from sara.eval.rubric import Rubric
 
@@ -20,11 +21,11 @@ def write(tmp_path, text, name="run.yaml"):
 def test_every_shipped_config_loads(monkeypatch):
     for name in ("WAN22_TI2V_5B", "WAN22_T2V_A14B", "VJEPA2", "SARA_ALIGNER"):  # real-weights folders
         monkeypatch.setenv(name, f"/weights/{name.lower()}")
-    schemas = {"": DemoConfig, "stage1": Stage1Config, "stage2": Stage2Config, "eval": Rubric}
+    schemas = {"demo": DemoConfig, "repro": ReproConfig, "stage1": Stage1Config, "stage2": Stage2Config, "eval": Rubric}
     configs = sorted((REPO / "configs").rglob("*.yaml"))
     assert len(configs) >= 5
     for path in configs:
-        schema = schemas[path.parent.name if path.parent.name != "configs" else ""]
+        schema = schemas[path.parent.name if path.parent.name != "configs" else path.stem]
         assert isinstance(load_config(schema, path), schema), path
 
 
