@@ -6,6 +6,7 @@ Each part writes its files into the run folder and returns a report section.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -175,10 +176,32 @@ def objective_part(config: DemoConfig, saliencies: dict[str, torch.Tensor]) -> S
     return Section("Objective: routed TRD, dense vs blockwise", body)
 
 
+MARKER = ".sara-demo"  # what makes a folder the demo's own, to be emptied by the next run
+KEPT = ("models",)  # tiny presets: versioned by their folder names, written once
+
+
+def _fresh_folder(out: Path) -> Path:
+    """``out`` emptied of a previous demo run (its caches would be refused once the code that
+    made them changes), keeping the tiny presets; a non-empty folder that is not a demo's is
+    an error, never emptied."""
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise ValueError(f"out_dir: {out} holds files of something other than a demo run; choose another folder")
+        for item in out.iterdir():
+            if item.name in (*KEPT, MARKER):
+                continue
+            if item.is_dir():
+                shutil.rmtree(item)
+            else:
+                item.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()
+    return out
+
+
 def run_demo(config: DemoConfig) -> Path:
     """Run every demo part into ``config.out_dir``; returns the report's path."""
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _fresh_folder(Path(config.out_dir))
     save_config(config, out)
     torch.manual_seed(config.seed)
     data_sections = [data_part(config, out), masks_part(config, out)]

@@ -20,9 +20,10 @@ def loss_curves(history: list[dict], keys: tuple[str, ...], path: str | Path) ->
     key logged on some rows only (held-out figures) is drawn with markers at those rows."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3))
+    most = max(sum(key in r for r in history) for key in keys)
     for key in keys:
         rows = [r for r in history if key in r]
-        sparse = len(rows) < len(history)
+        sparse = len(rows) < most
         ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker="o" if sparse else None, label=key)
     ax.set_xlabel("step")
     ax.legend()

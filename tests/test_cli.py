@@ -156,3 +156,21 @@ def test_bench_trd_prints_a_row_per_size_and_mode(capsys):
         for path in ("dense", "blockwise"):
             assert row[path]["seconds"] > 0 and row[path]["gflops"] > 0 and row[path]["peak_gib"] >= 0
         assert row["matmul_gflops"] > 0
+
+
+def test_the_demo_empties_only_its_own_folder(tmp_path):
+    """A second demo run starts afresh (an old cache would be refused), keeping the tiny
+    presets; a folder that is not a demo's is never emptied."""
+    from sara.demo import _fresh_folder
+
+    (tmp_path / "mine.txt").write_text("precious")
+    with pytest.raises(ValueError, match="holds files of something other than a demo run"):
+        _fresh_folder(tmp_path)
+    assert (tmp_path / "mine.txt").read_text() == "precious"
+    demo = _fresh_folder(tmp_path / "demo")
+    for folder in ("models", "stage2"):
+        (demo / folder).mkdir()
+        (demo / folder / "file").write_text("")
+    (demo / "report.html").write_text("")
+    _fresh_folder(demo)
+    assert sorted(p.name for p in demo.iterdir()) == [".sara-demo", "models"] and (demo / "models" / "file").is_file()

@@ -173,6 +173,9 @@ def test_heldout_loss_is_logged_beside_the_training_terms(world, shared, tmp_pat
     bad = {"validation.loss_every": 2}
     assert main(["stage2", "train", *overrides(world, shared, tmp_path / "bad", **bad)]) == 2
     assert "validation.loss_every: needs validation.heldout" in capsys.readouterr().err
+    apart = held | {"validation.loss_every": 3, "log_every": 2}
+    assert main(["stage2", "train", *overrides(world, shared, tmp_path / "apart", **apart)]) == 2
+    assert "validation.loss_every: 3 must be a multiple of log_every (2)" in capsys.readouterr().err
 
 
 def test_generate_writes_videos_of_the_requested_frames_and_size(world, shared, tmp_path):

@@ -93,7 +93,7 @@ class Stage2OptimConfig:
 class ValidationConfig:
     every: int = option(0, ge=0)  # steps between validation videos (RUN_DIR/samples/step-N); 0: none
     heldout: str | None = None  # manifest of held-out clips for the validation loss (precomputed beside the cache)
-    loss_every: int = option(0, ge=0)  # steps between held-out loss figures (flow, align); 0: none
+    loss_every: int = option(0, ge=0)  # steps between held-out loss figures (a multiple of log_every); 0: none
     loss_clips: int = option(8, ge=1)  # the fixed held-out batch: its first clips of one shape
     prompts: list[str] = field(default_factory=list)  # empty: the first two captions of data.train
     steps: int = option(20, ge=1)  # denoising steps (UniPC)

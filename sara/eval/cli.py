@@ -1,5 +1,5 @@
 """`sara eval …`: score videos against their prompts (the exact shapes metric, a VLM
-rubric), write the held-out prompt set of unseen colour–shape pairs."""
+rubric, VBench), write the held-out prompt set of unseen colour–shape pairs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sara.data.synthetic import SynthSpec
 
 def register(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
-        "eval", help="evaluation: the exact shapes metric, a VLM rubric, the held-out prompt set"
+        "eval", help="evaluation: the exact shapes metric, the held-out prompt set, a VLM rubric, VBench"
     )
     group = evaluate.add_subparsers(dest="eval", required=True)
     shapes = group.add_parser("shapes", help="score shapes-world videos against their prompts (no model, exact)")

@@ -18,18 +18,17 @@ def scores_table(results: dict, teacher: str, seeds: list[int], arm: str, metric
     return np.array([[row[metric] for row in results[(teacher, seed, arm)]] for seed in seeds])
 
 
+def _summary(table: np.ndarray) -> dict:
+    """The hierarchical summary of ``[seeds, prompts]`` scores, and each seed's mean."""
+    return hierarchical(table) | {"seeds": table.mean(axis=1).tolist()}
+
+
 def study_tables(results: dict, teachers: list[str], seeds: list[int], arms: list[str]) -> dict:
     """Per teacher: ``arms`` (per arm and metric: the hierarchical summary and each seed's
     mean) and ``paired`` (per ``arm − baseline`` and metric: the summary of the differences)."""
     tables = {}
     for teacher in teachers:
-        per_arm = {
-            arm: {
-                m: hierarchical(t := scores_table(results, teacher, seeds, arm, m)) | {"seeds": t.mean(1).tolist()}
-                for m in METRICS
-            }
-            for arm in arms
-        }
+        per_arm = {arm: {m: _summary(scores_table(results, teacher, seeds, arm, m)) for m in METRICS} for arm in arms}
         paired = {}
         for base in (b for b in BASELINES if b in arms):
             for arm in (a for a in arms if a != base):

@@ -35,18 +35,14 @@ class HeldoutLoss:
         clips = OnlineClips(held, setup, world.device) if config.online else CachedClips(held)
         shapes = clips.bucket_of
         rows = [i for i, shape in enumerate(shapes) if shape == shapes[0]][: config.validation.loss_clips]
-        mine = rows[local_rows(len(rows), world)]  # refused here when the batch does not split
-        batch = clips.batch(mine, world.device)
+        local = local_rows(len(rows), world)  # refused here when the batch does not split
+        batch = clips.batch(rows[local], world.device)
         total = (len(rows), *batch["latents"].shape[1:])
         generator = noise_generator(config.seed, NOISE_STREAM)
-        self.batches = [
-            batch
-            | {
-                k: v[local_rows(len(rows), world)].to(world.device)
-                for k, v in model.draw(total, generator, name).items()
-            }
-            for name in model.experts
-        ]
+        self.batches = []
+        for name in model.experts:
+            drawn = model.draw(total, generator, name)
+            self.batches.append(batch | {k: v[local].to(world.device) for k, v in drawn.items()})
         self.model, self.world, self.weight = model, world, config.objective.align.weight
 
     @torch.no_grad()

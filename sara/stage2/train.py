@@ -43,8 +43,13 @@ from sara.trainer.preemption import RunLock
 def train(config: Stage2Config, resume: str | None = None, progress: bool = True) -> Path:
     """Train; returns the run folder (checkpoints, history, TensorBoard, ``pipeline/``).
     A run stopped by SIGTERM/SIGUSR1 returns after its checkpoint, without the export."""
-    if config.validation.loss_every and not config.validation.heldout:
+    validation = config.validation
+    if validation.loss_every and not validation.heldout:
         raise ValueError("validation.loss_every: needs validation.heldout, a manifest of held-out clips")
+    if validation.loss_every % config.log_every:
+        raise ValueError(
+            f"validation.loss_every: {validation.loss_every} must be a multiple of log_every ({config.log_every})"
+        )
     # before the process group exists: a tiny preset written later would get its weights from
     # rank 0 alone (transformers saves on rank 0 only), each rank writes its own copy here
     setup = resolve_setup(config)

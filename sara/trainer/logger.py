@@ -48,13 +48,12 @@ class Logger:
 
     def merge(self, step: int, values: dict[str, float]) -> None:
         """Figures made after the log point of ``step`` (held-out losses): into that step's
-        history row (a new row if it has none) and TensorBoard's ``val/*``."""
+        history row and TensorBoard's ``val/*``."""
         if not self.enabled:
             return
-        if self.history and self.history[-1]["step"] == step:
-            self.history[-1].update(values)
-        else:
-            self.history.append({"step": step, **values})
+        if not self.history or self.history[-1]["step"] != step:
+            raise RuntimeError(f"step {step}: figures to merge, but no log point at that step")
+        self.history[-1].update(values)
         self.scalars("val", {k.removeprefix("val_"): v for k, v in values.items()}, step)
 
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
