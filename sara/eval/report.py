@@ -34,9 +34,9 @@ def evaluation_part(config: DemoConfig, out: Path) -> Section:
                       sampling, progress=False)  # fmt: skip
     generated = f"generated ({stage2.objective.align.mode}, {stage2.optim.steps} steps)"
     results = {
-        "ground truth (ceiling)": score_manifest(manifest),
-        "mismatched prompts (floor)": score_manifest(manifest, rotate=1),
-        generated: score_manifest(manifest, out / "eval_videos"),
+        "ground truth (ceiling)": score_manifest(manifest, progress=False),
+        "mismatched prompts (floor)": score_manifest(manifest, rotate=1, progress=False),
+        generated: score_manifest(manifest, out / "eval_videos", progress=False),
     }
     summaries = {name: summarise(rows, METRICS, config.seed) for name, rows in results.items()}
     text = format_summaries(summaries, METRICS)

@@ -74,7 +74,7 @@ def run_arm(config: ReproConfig, manifest: Manifest, teacher: str, seed: int, ar
     videos = run / "videos"
     if len(list(videos.glob("*.mp4"))) < len(manifest):
         generate(run / "pipeline", [r.prompt() for r in manifest.records], videos, _sampling(config), progress=False)
-    scores = score_manifest(manifest, videos)
+    scores = score_manifest(manifest, videos, progress=False)
     (run / "scores.jsonl").write_text("".join(json.dumps(s) + "\n" for s in scores))
     return scores
 

@@ -180,7 +180,9 @@ def score_video(video: torch.Tensor, facts: dict) -> dict:
     return {**scores, "extras": extras, "entities": [asdict(e) for e in entities]}
 
 
-def score_manifest(manifest: Manifest, folder: str | Path | None = None, rotate: int = 0) -> list[dict]:
+def score_manifest(
+    manifest: Manifest, folder: str | Path | None = None, rotate: int = 0, progress: bool = True
+) -> list[dict]:
     """Score the video of each record (see :func:`find_videos`) against the prompt of record
     ``i + rotate``: ``rotate=0`` pairs each video with its own prompt, any other shift gives
     mismatched pairs (the chance floor)."""
@@ -191,7 +193,7 @@ def score_manifest(manifest: Manifest, folder: str | Path | None = None, rotate:
             raise ValueError(f"{manifest.describe(index)}: render: missing (only shapes-world records can be scored)")
     videos = find_videos(manifest, folder)
     results = []
-    for index, path in enumerate(tqdm(videos, desc="score", leave=False)):
+    for index, path in enumerate(tqdm(videos, desc="score", leave=False, disable=not progress)):
         record = manifest.records[(index + rotate) % len(manifest.records)]
         scores = score_video(read_video(path), record.model_extra["render"])
         results.append({"video": str(path), "prompt": record.prompt(), **scores})
