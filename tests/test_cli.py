@@ -98,6 +98,7 @@ def test_demo_writes_a_self_contained_report(tmp_path, capsys):
         "stage2_world.heldout_fraction=0.5",
     ]
     small += ["stage2.data.frames=9", "stage2.data.size=64", "stage2.models.text_length=32", "stage2.optim.steps=2"]
+    small += ["stage2.models.wan=tiny"]  # the shapes VAE trains for minutes: tests/test_shapes_vae.py
     small += ["generate_steps=2", "bench_steps=1", "eval_prompts=3"]
     assert main(["demo", f"out_dir={out}", *small, "grid.frames=8", "grid.size=64"]) == 0
     files = ["config.yaml", "budget.txt", "budget.json", "budget.png", "example_saliency.png", "report.html"]

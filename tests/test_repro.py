@@ -15,6 +15,7 @@ def test_repro_runs_every_arm_and_seed_and_resumes(tmp_path, capsys):
     args = [f"out_dir={out}", "arms=[sft,sara]", "seeds=[0,1]", "prompts=2", "generate_steps=2"]
     args += ["world.num=6", "world.frames=9", "world.size=64", "world.heldout_fraction=0.0"]
     args += ["stage2.data.frames=9", "stage2.data.size=64", "stage2.models.text_length=16"]
+    args += ["stage2.models.wan=tiny"]  # the shapes VAE trains for minutes: tests/test_shapes_vae.py
     args += ["stage2.optim.steps=2", "stage2.optim.batch_size=2", "stage2.optim.warmup_steps=1"]
     args += ["stage2.log_every=1", "stage2.save_every=2"]
     assert main(["repro", "--config", "configs/repro.yaml", *args]) == 0

@@ -30,7 +30,9 @@ class Stage2DataConfig(ClipTiming):
 
 @dataclass
 class Stage2ModelsConfig:
-    wan: str = "tiny"  # Diffusers-format Wan folder, or tiny | tiny-a14b | tiny-ti2v
+    # Diffusers-format Wan folder, or a tiny preset: tiny | tiny-a14b | tiny-ti2v | small, or
+    # shapes (tiny with a VAE trained on the shapes world: what it generates decodes to shapes)
+    wan: str = "tiny"
     vjepa2: str = "tiny"  # the TRD teacher: V-JEPA 2 folder, or tiny
     # vjepa2: its features; oracle (shapes world only): each token's share of every entity
     # colour and of the background, on V-JEPA 2's grid — the toy study's upper-bound teacher

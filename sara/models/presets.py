@@ -26,8 +26,16 @@ TINY: dict[str, tuple[str, str, dict]] = {
     "wan-a14b": ("sara.models.wan", "save_tiny_wan", {"variant": "tiny-a14b"}),
     "wan-ti2v": ("sara.models.wan", "save_tiny_wan", {"variant": "tiny-ti2v"}),
     "wan-small": ("sara.models.wan", "save_tiny_wan", {"variant": "small"}),
+    "wan-shapes": ("sara.models.shapes_vae", "save_shapes_wan", {}),  # trains its VAE: minutes, once
 }
-WAN_VARIANTS = {kwargs["variant"]: name for name, (_, _, kwargs) in TINY.items() if "variant" in kwargs}
+# a config's `models.wan` value -> its tiny preset
+WAN_VARIANTS = {
+    "tiny": "wan",
+    "tiny-a14b": "wan-a14b",
+    "tiny-ti2v": "wan-ti2v",
+    "small": "wan-small",
+    "shapes": "wan-shapes",
+}
 
 
 def write_tiny(name: str, out_dir: str | Path, seed: int = 0) -> Path:
@@ -60,5 +68,5 @@ def resolve(source: str, name: str, cache_root: str | Path, seed: int = 0) -> Pa
 
 def wan_folder(source: str, tiny_root: str | Path) -> Path:
     """A config's Wan entry as a folder: itself, or a tiny variant (``tiny``, ``tiny-a14b``,
-    ``tiny-ti2v``, ``small``) written once under ``tiny_root``."""
+    ``tiny-ti2v``, ``small``, ``shapes``) written once under ``tiny_root``."""
     return resolve("tiny", WAN_VARIANTS[source], tiny_root) if source in WAN_VARIANTS else Path(source)

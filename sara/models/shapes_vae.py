@@ -1,0 +1,217 @@
+"""The ``shapes`` Wan preset: the ``tiny`` Wan folder with a VAE trained on the shapes world,
+so that what a DiT generates decodes to coloured shapes, not texture.
+
+Same class (`AutoencoderKLWan`: causal, 4× in time, 8× in space, 16 latent channels) and the
+same Diffusers folder layout as ``tiny``, built with Wan2.2's residual blocks (``is_residual``:
+parameter-free average-pool and duplicate shortcuts around every resampling) at Wan2.1's
+compression (no pixel patches). The shortcuts carry each patch's mean colour to the latent and
+back from the first step; without them a VAE this narrow needs thousands of steps to learn the
+colours at all.
+
+Training is in two phases, on crops of rendered clips (``pairs: seen``, in memory):
+
+1. single frames. The VAE starts frame-wise — every causal 3×3×3 convolution sees only its
+   own frame and the temporal resamplers copy frames (Wan's own initialisation of them) — so
+   what it learns on images already holds for videos, at a fifth of a clip's cost per sample;
+2. short clips (the first frame and one 4-frame latent step), where the temporal taps learn.
+
+The loss is L1 of the decoded posterior mode (a sampled latent's noise swamps a fresh
+encoder's signal, and Stage 2 encodes with the mode too) plus a small KL term; weighting
+entity pixels up sharpened shapes but tinted backgrounds towards palette colours. The latents'
+per-channel mean and standard deviation go into the config (``latents_mean``/``latents_std``,
+which Wan's pipeline and ``sara``'s encoders normalise by), as the real Wan VAEs do.
+
+The gate: reconstructions of held-out clips (the unseen-pair prompt set) are scored by the
+exact shapes metric beside the clips themselves; both are written to ``vae/gate.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKLWan
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample
+from tqdm import tqdm
+
+from sara.data.synthetic import SynthSpec, render_clip
+from sara.eval.prompt_set import prompt_set_spec
+from sara.eval.shapes import METRICS, score_video
+from sara.eval.stats import summarise
+from sara.models.wan import save_tiny_wan
+from sara.models.weights import seeded
+
+Z_DIM = 16  # latent channels, as the tiny DiT and Wan2.1's VAE
+
+
+@dataclass(frozen=True)
+class VaeRecipe:
+    clips: int = 120  # rendered training clips of the seen-pair world
+    image_steps: int = 800  # phase 1: optimizer steps on single frames
+    image_batch: int = 8
+    image_lr: float = 1e-3  # AdamW, after a linear warm-up; ×0.1 for the last fifth of each phase
+    clip_steps: int = 100  # phase 2: optimizer steps on short clips
+    clip_batch: int = 4
+    clip_lr: float = 1e-4  # low: the temporal taps learn without undoing phase 1
+    frames: int = 5  # frames per clip crop: the first frame and one 4-frame latent step
+    crop: int = 64  # pixels per crop side (32 collapses to a constant output: border effects at 4×4 latents)
+    warmup: int = 20
+    kl_weight: float = 1e-6
+    base_dim: int = 16  # the VAE's first width (tiny: 8)
+    size: int = 128  # rendered frame side
+    length: int = 17  # rendered frames per clip
+    gate_clips: int = 16  # held-out clips of the gate
+
+
+def shapes_vae(base_dim: int) -> AutoencoderKLWan:
+    """A narrow residual causal VAE: 4× in time, 8× in space, started frame-wise."""
+    vae = AutoencoderKLWan(
+        base_dim=base_dim,
+        z_dim=Z_DIM,
+        dim_mult=[1, 2, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * Z_DIM,
+        latents_std=[1.0] * Z_DIM,
+        is_residual=True,
+    )
+    start_frame_wise(vae)
+    return vae
+
+
+@torch.no_grad()
+def start_frame_wise(vae: AutoencoderKLWan) -> None:
+    """Make ``vae`` act on each frame alone: the past taps of every causal 3×3×3 convolution
+    are zero, and each temporal resampler copies a frame — down: the middle tap of its stride-2
+    window; up: the current frame into both output frames."""
+    for module in vae.modules():
+        if isinstance(module, WanCausalConv3d) and module.weight.shape[2:] == (3, 3, 3):
+            module.weight[:, :, :-1] = 0
+        if isinstance(module, WanResample) and hasattr(module, "time_conv"):
+            weight = module.time_conv.weight  # (out, in, 3, 1, 1)
+            weight.zero_()
+            module.time_conv.bias.zero_()
+            out, into = weight.shape[:2]
+            if module.mode == "downsample3d":
+                weight[:, :, 1, 0, 0] = torch.eye(out, into)
+            else:  # upsample3d: out = 2·in, the two frames of each input frame
+                weight[: out // 2, :, -1, 0, 0] = torch.eye(out // 2, into)
+                weight[out // 2 :, :, -1, 0, 0] = torch.eye(out // 2, into)
+
+
+def decode_unclamped(vae: AutoencoderKLWan, latents: torch.Tensor) -> torch.Tensor:
+    """``vae.decode`` without its final clamp to [−1, 1], which zeroes the gradient of every
+    pixel a fresh decoder overshoots. ``latents [B, C, F, h, w]`` → ``[B, 3, T, H, W]``."""
+    vae.clear_cache()
+    hidden = vae.post_quant_conv(latents)
+    frames = []
+    for index in range(latents.shape[2]):
+        # the decoder caches each causal convolution's past frames, latent frame by latent frame
+        vae._conv_idx = [0]
+        frames.append(
+            vae.decoder(
+                hidden[:, :, index : index + 1],
+                feat_cache=vae._feat_map,
+                feat_idx=vae._conv_idx,
+                first_chunk=index == 0,
+            )
+        )
+    vae.clear_cache()
+    return torch.cat(frames, dim=2)
+
+
+def _pixels(video: torch.Tensor) -> torch.Tensor:
+    """``uint8 [..., T, H, W, 3]`` → ``float [..., 3, T, H, W]`` in [−1, 1]."""
+    return video.movedim(-1, -4).float() / 127.5 - 1
+
+
+def _video(pixels: torch.Tensor) -> torch.Tensor:
+    """``float [3, T, H, W]`` in [−1, 1] → ``uint8 [T, H, W, 3]``."""
+    return ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().movedim(0, -1)
+
+
+def train_vae(vae: AutoencoderKLWan, recipe: VaeRecipe, seed: int, progress: bool = True) -> list[float]:
+    """Train ``vae`` in place on random crops of the seen-pair world; returns the L1 per step."""
+    spec = SynthSpec(frames=recipe.length, size=recipe.size, seed=seed, pairs="seen")
+    videos = torch.stack([torch.from_numpy(render_clip(spec, i).video) for i in range(recipe.clips)])  # (N, T, H, W, 3)
+    generator = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    vae.train()
+    phases = [
+        (recipe.image_steps, 1, recipe.image_batch, recipe.image_lr),
+        (recipe.clip_steps, recipe.frames, recipe.clip_batch, recipe.clip_lr),
+    ]
+    for steps, frames, batch, lr in phases:
+        optimizer = torch.optim.AdamW(vae.parameters(), lr, weight_decay=0.0)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s, steps=steps: min(1.0, (s + 1) / recipe.warmup) * (0.1 if s >= 0.8 * steps else 1.0)
+        )
+        bar = tqdm(range(steps), desc=f"shapes VAE, {frames}-frame crops", disable=not progress)
+        for _ in bar:
+            rows = torch.randint(len(videos), (batch,), generator=generator)
+            start = int(torch.randint(recipe.length - frames + 1, (1,), generator=generator))
+            y, x = torch.randint(recipe.size - recipe.crop + 1, (2,), generator=generator).tolist()
+            clip = _pixels(
+                videos[rows, start : start + frames, y : y + recipe.crop, x : x + recipe.crop]
+            )  # (B, 3, T, h, w)
+            posterior = vae.encode(clip).latent_dist
+            error = (decode_unclamped(vae, posterior.mode()) - clip).abs()
+            loss = error.mean() + recipe.kl_weight * posterior.kl().mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(error.mean().item())
+            bar.set_postfix(l1=f"{losses[-1]:.3f}")
+    vae.eval()
+    return losses
+
+
+@torch.no_grad()
+def gate(vae: AutoencoderKLWan, recipe: VaeRecipe) -> dict:
+    """The shapes metric of held-out clips (unseen pairs) and of their reconstructions: per
+    metric, the mean over clips with its bootstrap interval."""
+    spec = prompt_set_spec(recipe.gate_clips, 1000, recipe.length, recipe.size)
+    scores: dict[str, list[dict]] = {"ground truth": [], "reconstruction": []}
+    for index in range(recipe.gate_clips):
+        clip = render_clip(spec, index)
+        facts = {"size": recipe.size, **clip.facts}
+        video = torch.from_numpy(clip.video)
+        decoded = vae.decode(vae.encode(_pixels(video)[None]).latent_dist.mode()).sample[0]
+        scores["ground truth"].append(score_video(video, facts))
+        scores["reconstruction"].append(score_video(_video(decoded), facts))
+    return {name: summarise(rows, METRICS) for name, rows in scores.items()}
+
+
+@torch.no_grad()
+def latent_statistics(vae: AutoencoderKLWan, recipe: VaeRecipe, seed: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of the latents of 16 training clips."""
+    spec = SynthSpec(frames=recipe.length, size=recipe.size, seed=seed, pairs="seen")
+    clips = _pixels(torch.stack([torch.from_numpy(render_clip(spec, i).video) for i in range(16)]))
+    latents = torch.cat([vae.encode(c[None]).latent_dist.mode() for c in clips])  # (16, C, F, h, w)
+    return latents.mean(dim=(0, 2, 3, 4)).tolist(), latents.std(dim=(0, 2, 3, 4)).tolist()
+
+
+def save_shapes_wan(out_dir: str | Path, seed: int = 0, variant: str = "tiny", recipe: VaeRecipe | None = None) -> Path:
+    """The tiny Wan folder ``variant`` with its VAE replaced by one trained on the shapes world."""
+    recipe = recipe or VaeRecipe()
+    out = save_tiny_wan(out_dir, seed=seed, variant=variant)
+    start = time.perf_counter()
+    with seeded(seed):
+        vae = shapes_vae(recipe.base_dim)
+    losses = train_vae(vae, recipe, seed)
+    mean, std = latent_statistics(vae, recipe, seed)
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    vae.save_pretrained(out / "vae")
+    report = {
+        "recipe": asdict(recipe),
+        "seconds": round(time.perf_counter() - start, 1),
+        "final_l1": float(np.mean(losses[-20:])),
+        "gate": gate(vae, recipe),
+    }
+    (out / "vae" / "gate.json").write_text(json.dumps(report, indent=2) + "\n")
+    return out

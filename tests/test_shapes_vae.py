@@ -1,0 +1,91 @@
+"""The shapes VAE: its frame-wise start, its unclamped training decode, that training lowers
+the reconstruction error, and the folder and gate the preset writes."""
+
+import json
+
+import pytest
+import torch
+from diffusers import AutoencoderKLWan, WanPipeline
+
+from sara.data.synthetic import SynthSpec, render_clip
+from sara.eval.shapes import METRICS
+from sara.models.presets import WAN_VARIANTS
+from sara.models.shapes_vae import VaeRecipe, decode_unclamped, save_shapes_wan, shapes_vae, train_vae
+from sara.stage2.report import vae_part
+
+SMALL = VaeRecipe(clips=6, image_steps=40, image_batch=4, clip_steps=4, clip_batch=1, gate_clips=2, base_dim=8)
+
+
+def _vae(frame_wise: bool) -> AutoencoderKLWan:
+    vae = shapes_vae(8)
+    if not frame_wise:  # the class's own initialisation: every tap of every convolution random
+        vae = AutoencoderKLWan.from_config(vae.config)
+    return vae.eval()
+
+
+@pytest.mark.parametrize("frame_wise", [True, False])
+def test_frame_wise_start_decodes_each_latent_frame_alone(frame_wise):
+    # the four frames decoded from the second latent frame: copies of one another only when
+    # the temporal taps start at zero and the up-resamplers copy frames
+    latents = torch.randn(1, 16, 3, 6, 10)  # non-square, 3 latent frames -> 9 frames
+    with torch.no_grad():
+        frames = decode_unclamped(_vae(frame_wise), latents)[0]  # (3, 9, 48, 80)
+    assert frames.shape == (3, 9, 48, 80)
+    same = all(torch.allclose(frames[:, 1], frames[:, t], atol=1e-5) for t in (2, 3, 4))
+    assert same == frame_wise
+
+
+def test_frame_wise_start_encodes_a_still_clip_like_its_frame():
+    # a still clip's later latent frames are equal: each chunk of 4 frames is read frame-wise
+    vae = _vae(True)
+    still = torch.rand(1, 3, 1, 40, 56).repeat(1, 1, 9, 1, 1) * 2 - 1
+    with torch.no_grad():
+        latents = vae.encode(still).latent_dist.mode()  # (1, 16, 3, 5, 7)
+    assert latents.shape == (1, 16, 3, 5, 7)
+    torch.testing.assert_close(latents[:, :, 1], latents[:, :, 2])
+
+
+def test_unclamped_decode_is_decode_before_its_clamp():
+    vae = _vae(True)
+    latents = torch.randn(1, 16, 2, 4, 4)
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.mul_(20)  # a share of the pixels overshoots [-1, 1]
+        raw = decode_unclamped(vae, latents)
+        clamped = vae.decode(latents).sample
+    assert raw.abs().max() > 1
+    torch.testing.assert_close(raw.clamp(-1, 1), clamped)
+
+
+@pytest.mark.slow
+def test_training_lowers_the_reconstruction_error():
+    recipe = VaeRecipe(clips=2, image_steps=60, image_batch=8, clip_steps=4, clip_batch=1, base_dim=8)
+    spec = SynthSpec(frames=recipe.length, size=recipe.size, seed=3, pairs="seen")  # the clips it trains on
+    frames = torch.stack([torch.from_numpy(render_clip(spec, i).video[:5, 32:96, 16:112]) for i in range(2)])
+    clips = frames.permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (2, 3, 5, 64, 96)
+
+    def error(vae):
+        with torch.no_grad():
+            return (vae.decode(vae.encode(clips).latent_dist.mode()).sample - clips).abs().mean().item()
+
+    vae = shapes_vae(recipe.base_dim)
+    before = error(vae)
+    losses = train_vae(vae, recipe, seed=3, progress=False)
+    assert len(losses) == recipe.image_steps + recipe.clip_steps
+    assert error(vae) < 0.8 * before
+
+
+@pytest.mark.slow
+def test_preset_folder_loads_with_statistics_and_gate(tmp_path):
+    assert WAN_VARIANTS["shapes"] == "wan-shapes"
+    folder = save_shapes_wan(tmp_path / "wan", seed=0, recipe=SMALL)
+    pipe = WanPipeline.from_pretrained(folder)
+    assert pipe.vae.config.is_residual and pipe.vae_scale_factor_spatial == 8 and pipe.vae_scale_factor_temporal == 4
+    assert pipe.vae.config.latents_std != [1.0] * 16  # measured on training clips, not the defaults
+    assert all(s > 0 for s in pipe.vae.config.latents_std)
+    gate = json.loads((folder / "vae" / "gate.json").read_text())
+    assert gate["recipe"]["image_steps"] == SMALL.image_steps
+    for row in ("ground truth", "reconstruction"):
+        assert set(gate["gate"][row]) == set(METRICS)
+    assert gate["gate"]["ground truth"]["presence"]["mean"] == 1.0  # the rendered clips show every entity
+    section = vae_part(folder)  # the demo's paragraph and table
+    assert "40 steps on single frames" in section and section.count("<tr>") == 3
