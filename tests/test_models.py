@@ -107,7 +107,18 @@ def test_presets_are_written_once_and_unknown_ones_refused(root):
     folder = resolve("tiny", "vjepa2", root)
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
     assert resolve("tiny", "vjepa2", root) == folder and (folder / "model.safetensors").stat().st_mtime_ns == stamp
-    assert set(TINY) == {"sam3", "vjepa2", "umt5", "qwen3vl", "wan", "wan-a14b", "wan-ti2v", "wan-small", "wan-shapes"}
+    assert set(TINY) == {
+        "sam3",
+        "vjepa2",
+        "umt5",
+        "qwen3vl",
+        "wan",
+        "wan-a14b",
+        "wan-ti2v",
+        "wan-small",
+        "wan-medium",
+        "wan-shapes",
+    }
     assert folder.name == f"tiny-vjepa2-v{PRESET_FORMAT}-seed0"  # a new preset format never reuses an old folder
     with pytest.raises(ValueError, match="no tiny preset"):
         resolve("tiny", "dinov2", root)

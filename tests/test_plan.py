@@ -5,7 +5,7 @@ import pytest
 from sara.cli import main
 from sara.models.aligner import parameter_count
 from sara.models.presets import resolve
-from sara.models.wan import load_transformers, read_layout
+from sara.models.wan import dit_parameters, load_transformers, read_layout
 from sara.parallel.plan import PlanSpec, build_on_meta, memory_plan
 
 
@@ -15,6 +15,13 @@ def test_a_folder_counts_as_its_loaded_model(tmp_path):
     loaded = load_transformers(read_layout(folder))
     assert [parameter_count(m) for m in experts] == [parameter_count(m) for m in loaded.values()]
     assert all(p.is_meta for m in experts + projectors for p in m.parameters())
+
+
+def test_a_folders_dit_is_counted_from_its_file_headers(tmp_path):
+    folder = resolve("tiny", "wan-medium", tmp_path)
+    loaded = load_transformers(read_layout(folder))["high"]
+    assert dit_parameters(folder) == parameter_count(loaded)
+    assert 0.9e6 < dit_parameters(folder) < 1.0e6  # between tiny (0.15 M) and small (12 M)
 
 
 def test_sharded_parts_fall_as_one_over_the_world():

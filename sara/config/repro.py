@@ -25,7 +25,7 @@ def _repro_stage2() -> Stage2Config:
         out_dir="${out_dir}/runs",
         data=Stage2DataConfig(train="${out_dir}/world/train.jsonl"),
         models=Stage2ModelsConfig(wan="shapes", aligner=None, tiny_root="${out_dir}/models"),
-        optim=Stage2OptimConfig(steps=1000, batch_size=4),
+        optim=Stage2OptimConfig(steps=1000, batch_size=4, lr=1e-3),  # the medium DiT learns at 1e-3
         log_every=50,
         save_every=1000,
     )

@@ -66,7 +66,7 @@ class DemoConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     trd: TRDConfig = field(default_factory=TRDConfig)
     stage1_world: SynthConfig = field(  # the larger world the aligner learns from
-        default_factory=lambda: SynthConfig(num=700, frames=16, size=128, heldout_fraction=0.1, pairs="seen")
+        default_factory=lambda: SynthConfig(num=600, frames=16, size=128, heldout_fraction=0.1, pairs="seen")
     )
     stage1: Stage1Config = field(default_factory=lambda: _demo_stage1())
     stage2_world: SynthConfig = field(  # 4k + 1-frame clips for the DiT (Wan's causal VAE)
@@ -84,7 +84,7 @@ def _demo_stage2() -> Stage2Config:
         out_dir="${out_dir}/stage2",
         data=Stage2DataConfig(train="${out_dir}/shapes17/train.jsonl"),
         models=Stage2ModelsConfig(wan="shapes", aligner="${out_dir}/stage1", tiny_root="${out_dir}/models"),
-        optim=Stage2OptimConfig(steps=1600, batch_size=4),
+        optim=Stage2OptimConfig(steps=1000, batch_size=4, lr=1e-3),  # the medium DiT learns at 1e-3
         log_every=20,
         save_every=500,
     )

@@ -30,8 +30,8 @@ class Stage2DataConfig(ClipTiming):
 
 @dataclass
 class Stage2ModelsConfig:
-    # Diffusers-format Wan folder, or a tiny preset: tiny | tiny-a14b | tiny-ti2v | small, or
-    # shapes (tiny with a VAE trained on the shapes world: what it generates decodes to shapes)
+    # Diffusers-format Wan folder, or a tiny preset: tiny | tiny-a14b | tiny-ti2v | medium | small,
+    # or shapes (medium with a VAE trained on the shapes world: what it generates decodes to shapes)
     wan: str = "tiny"
     vjepa2: str = "tiny"  # the TRD teacher: V-JEPA 2 folder, or tiny
     # vjepa2: its features; oracle (shapes world only): each token's share of every entity

@@ -19,6 +19,7 @@ from sara.eval.shapes import METRICS, score_manifest
 from sara.eval.stats import summarise
 from sara.eval.tables import format_summaries, summary_rows
 from sara.models.presets import wan_folder
+from sara.models.wan import dit_parameters
 from sara.report import Section, image, paragraph, table
 from sara.stage2.generate import generate
 
@@ -46,7 +47,8 @@ def evaluation_part(config: DemoConfig, out: Path) -> Section:
     rows = [strip(decode_clip(v, None, None).frames.permute(0, 2, 3, 1).numpy(), count=8) for v in videos[:2]]
     truth = [strip(decode_clip(manifest.resolve(r.video), None, None).frames.permute(0, 2, 3, 1).numpy(), count=8)
              for r in manifest.records[:2]]  # fmt: skip
-    has_gate = (wan_folder(stage2.models.wan, stage2.models.tiny_root) / "vae" / "gate.json").is_file()
+    wan = wan_folder(stage2.models.wan, stage2.models.tiny_root)
+    has_gate = (wan / "vae" / "gate.json").is_file()
     frames_png = save_png(out / "eval_frames.png", np.concatenate([truth[0], rows[0], truth[1], rows[1]]))
     body = "".join(
         [
@@ -65,7 +67,7 @@ def evaluation_part(config: DemoConfig, out: Path) -> Section:
                     if has_gate
                     else " has a VAE with random weights: its videos decode to texture and score at the floor or below"
                 )
-                + "; the DiT is 0.15 M parameters trained for minutes on CPU, and `sara repro` is "
+                + f"; the DiT is {dit_parameters(wan) / 1e6:.2f} M parameters trained for minutes on CPU, and `sara repro` is "
                 "the study of the arms. Rows: the first two prompts, ground truth above the generated video. Prompts: "
                 + " | ".join(r.prompt() for r in manifest.records[:2])
             ),

@@ -26,7 +26,8 @@ TINY: dict[str, tuple[str, str, dict]] = {
     "wan-a14b": ("sara.models.wan", "save_tiny_wan", {"variant": "tiny-a14b"}),
     "wan-ti2v": ("sara.models.wan", "save_tiny_wan", {"variant": "tiny-ti2v"}),
     "wan-small": ("sara.models.wan", "save_tiny_wan", {"variant": "small"}),
-    "wan-shapes": ("sara.models.shapes_vae", "save_shapes_wan", {}),  # trains its VAE: minutes, once
+    "wan-medium": ("sara.models.wan", "save_tiny_wan", {"variant": "medium"}),
+    "wan-shapes": ("sara.models.shapes_vae", "save_shapes_wan", {"variant": "medium"}),  # trains its VAE: minutes, once
 }
 # a config's `models.wan` value -> its tiny preset
 WAN_VARIANTS = {
@@ -34,6 +35,7 @@ WAN_VARIANTS = {
     "tiny-a14b": "wan-a14b",
     "tiny-ti2v": "wan-ti2v",
     "small": "wan-small",
+    "medium": "wan-medium",
     "shapes": "wan-shapes",
 }
 

@@ -18,6 +18,7 @@ Wan2.1-style VAE), ``tiny-a14b`` (two experts), ``tiny-ti2v`` (per-token timeste
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,9 @@ TINY_WAN = {
     "tiny": TinyWan(experts=1, expand_timesteps=False, z_dim=16, residual_vae=False),
     "tiny-a14b": TinyWan(experts=2, expand_timesteps=False, z_dim=16, residual_vae=False),
     "tiny-ti2v": TinyWan(experts=1, expand_timesteps=True, z_dim=48, residual_vae=True),
+    # between the two (0.96 M parameters): the shapes preset's DiT, the smallest that learns the
+    # shapes world's colours and layouts within minutes of CPU training (the tiny one does not)
+    "medium": TinyWan(experts=1, expand_timesteps=False, z_dim=16, residual_vae=False, layers=4, heads=8),
     # a wider, deeper DiT (12 M parameters) for benchmarks: how the alignment's cost compares as the DiT grows
     "small": TinyWan(experts=1, expand_timesteps=False, z_dim=16, residual_vae=False, layers=6, heads=24),
 }
@@ -181,6 +185,17 @@ def load_transformers(
         for name in layout.experts
         if names is None or name in names
     }
+
+
+def dit_parameters(folder: str | Path) -> int:
+    """Parameters of a Wan folder's (first) DiT, read from its safetensors headers, not loaded."""
+    from safetensors import safe_open
+
+    total = 0
+    for file in (Path(folder) / "transformer").glob("*.safetensors"):
+        with safe_open(file, "pt") as tensors:
+            total += sum(math.prod(tensors.get_slice(name).get_shape()) for name in tensors.keys())
+    return total
 
 
 def load_vae(folder: str | Path, dtype: torch.dtype = torch.float32) -> AutoencoderKLWan:

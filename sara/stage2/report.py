@@ -21,6 +21,7 @@ from sara.data.visualize import save_png, strip
 from sara.eval.shapes import METRICS
 from sara.eval.tables import summary_rows
 from sara.models.presets import wan_folder
+from sara.models.wan import dit_parameters
 from sara.plots import loss_curves
 from sara.report import Section, image, paragraph, preformatted, table
 from sara.stage2.cache import FeatureCache, precompute
@@ -36,7 +37,7 @@ def vae_part(folder: Path) -> str:
     report = json.loads(path.read_text())
     recipe = report["recipe"]
     return paragraph(
-        f"The Wan folder is the `shapes` preset: the tiny DiT and umT5 with a VAE trained on the shapes world "
+        f"The Wan folder is the `shapes` preset: the `medium` DiT and the tiny umT5 with a VAE trained on the shapes world "
         f"({recipe['image_steps']} steps on single frames, then {recipe['clip_steps']} on {recipe['frames']}-frame "
         f"clips, {recipe['crop']}² crops; {report['seconds']:.0f} s, final L1 {report['final_l1']:.3f}), so that "
         f"generated latents decode to shapes. Its gate: `sara eval shapes` on {recipe['gate_clips']} held-out clips "
@@ -98,7 +99,8 @@ def stage2_part(config: DemoConfig, out: Path) -> Section:
                 f"{world.num} synthetic clips of {world.frames} frames at {world.size}²; the frozen encoders "
                 f"(Wan VAE and umT5, tiny V-JEPA 2, the Stage 1 aligner on the full caption) ran once over "
                 f"the {clips} training clips into `{cache}`. Then {stage2.optim.steps} steps of "
-                f"{stage2.optim.batch_size} clips of the tiny Wan DiT with flow matching + "
+                f"{stage2.optim.batch_size} clips of the Wan DiT ({dit_parameters(wan) / 1e6:.2f} M parameters, lr "
+                f"{stage2.optim.lr:g}) with flow matching + "
                 f"{stage2.objective.align.weight} · TRD routed by `{stage2.objective.align.routing}` "
                 f"(last loss {steps_done['loss']:.3f}: flow {steps_done['flow']:.3f}, align {steps_done['align']:.3f}); "
                 f"the trained transformer was exported as a Diffusers pipeline (`{run / 'pipeline'}`) and "
@@ -108,8 +110,8 @@ def stage2_part(config: DemoConfig, out: Path) -> Section:
             table(["command", "seconds"], [[name, f"{s:.1f}"] for name, s in seconds.items()]),
             image(curve, "stage 2 loss terms"),
             paragraph(
-                "Generated frames (8 of each video), one row per held-out caption — a DiT of 0.15 M "
-                "parameters trained for minutes on CPU. Captions: " + " | ".join(prompts)
+                "Generated frames (8 of each video), one row per held-out caption — a DiT trained for minutes "
+                "on CPU. Captions: " + " | ".join(prompts)
             ),
             image(frames, "generated frames"),
             image(videos[0].with_suffix(".gif"), "first generated video"),
