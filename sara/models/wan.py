@@ -12,7 +12,8 @@ A folder describes its own variant in ``model_index.json``:
 
 Tiny presets write such folders with seeded weights: ``tiny`` (one expert, 16-channel
 Wan2.1-style VAE), ``tiny-a14b`` (two experts), ``tiny-ti2v`` (per-token timesteps,
-48-channel residual VAE with 2×2 pixel patches, as the 5B model).
+48-channel residual VAE with 2×2 pixel patches, as the 5B model), and ``medium`` / ``small``
+(one expert, wider and deeper DiTs).
 """
 
 from __future__ import annotations
