@@ -84,7 +84,7 @@ def _demo_stage2() -> Stage2Config:
         out_dir="${out_dir}/stage2",
         data=Stage2DataConfig(train="${out_dir}/shapes17/train.jsonl"),
         models=Stage2ModelsConfig(wan="shapes", aligner="${out_dir}/stage1", tiny_root="${out_dir}/models"),
-        optim=Stage2OptimConfig(steps=1000, batch_size=4, lr=1e-3),  # the medium DiT learns at 1e-3
+        optim=Stage2OptimConfig(steps=900, batch_size=4, lr=1e-3),  # the medium DiT learns at 1e-3
         log_every=20,
         save_every=500,
     )
