@@ -70,5 +70,5 @@ def resolve(source: str, name: str, cache_root: str | Path, seed: int = 0) -> Pa
 
 def wan_folder(source: str, tiny_root: str | Path) -> Path:
     """A config's Wan entry as a folder: itself, or a tiny variant (``tiny``, ``tiny-a14b``,
-    ``tiny-ti2v``, ``small``, ``shapes``) written once under ``tiny_root``."""
+    ``tiny-ti2v``, ``medium``, ``small``, ``shapes``) written once under ``tiny_root``."""
     return resolve("tiny", WAN_VARIANTS[source], tiny_root) if source in WAN_VARIANTS else Path(source)

@@ -42,7 +42,7 @@ from sara.data.synthetic import SynthSpec, render_clip
 from sara.eval.prompt_set import prompt_set_spec
 from sara.eval.shapes import METRICS, score_video
 from sara.eval.stats import summarise
-from sara.models.wan import save_tiny_wan
+from sara.models.wan import save_tiny_wan, tiny_vae
 from sara.models.weights import seeded
 
 Z_DIM = 16  # latent channels, as the tiny DiT and Wan2.1's VAE
@@ -68,17 +68,8 @@ class VaeRecipe:
 
 
 def shapes_vae(base_dim: int) -> AutoencoderKLWan:
-    """A narrow residual causal VAE: 4× in time, 8× in space, started frame-wise."""
-    vae = AutoencoderKLWan(
-        base_dim=base_dim,
-        z_dim=Z_DIM,
-        dim_mult=[1, 2, 2, 2],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-        latents_mean=[0.0] * Z_DIM,
-        latents_std=[1.0] * Z_DIM,
-        is_residual=True,
-    )
+    """A narrow residual causal VAE: 4× in time, 8× in space (no pixel patches), started frame-wise."""
+    vae = tiny_vae(Z_DIM, residual=True, patches=False, base_dim=base_dim)
     start_frame_wise(vae)
     return vae
 
@@ -134,10 +125,15 @@ def _video(pixels: torch.Tensor) -> torch.Tensor:
     return ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().movedim(0, -1)
 
 
+def _seen_clips(recipe: VaeRecipe, seed: int, count: int) -> torch.Tensor:
+    """The first ``count`` clips of the seen-pair world the VAE learns from: ``uint8 [N, T, H, W, 3]``."""
+    spec = SynthSpec(frames=recipe.length, size=recipe.size, seed=seed, pairs="seen")
+    return torch.stack([torch.from_numpy(render_clip(spec, i).video) for i in range(count)])
+
+
 def train_vae(vae: AutoencoderKLWan, recipe: VaeRecipe, seed: int, progress: bool = True) -> list[float]:
     """Train ``vae`` in place on random crops of the seen-pair world; returns the L1 per step."""
-    spec = SynthSpec(frames=recipe.length, size=recipe.size, seed=seed, pairs="seen")
-    videos = torch.stack([torch.from_numpy(render_clip(spec, i).video) for i in range(recipe.clips)])  # (N, T, H, W, 3)
+    videos = _seen_clips(recipe, seed, recipe.clips)  # (N, T, H, W, 3)
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     vae.train()
@@ -190,8 +186,7 @@ def gate(vae: AutoencoderKLWan, recipe: VaeRecipe) -> dict:
 @torch.no_grad()
 def latent_statistics(vae: AutoencoderKLWan, recipe: VaeRecipe, seed: int) -> tuple[list[float], list[float]]:
     """Per-channel mean and standard deviation of the latents of 16 training clips."""
-    spec = SynthSpec(frames=recipe.length, size=recipe.size, seed=seed, pairs="seen")
-    clips = _pixels(torch.stack([torch.from_numpy(render_clip(spec, i).video) for i in range(16)]))
+    clips = _pixels(_seen_clips(recipe, seed, 16))
     latents = torch.cat([vae.encode(c[None]).latent_dist.mode() for c in clips])  # (16, C, F, h, w)
     return latents.mean(dim=(0, 2, 3, 4)).tolist(), latents.std(dim=(0, 2, 3, 4)).tolist()
 

@@ -76,10 +76,13 @@ def tiny_transformer(z_dim: int, text_dim: int, layers: int = 2, heads: int = 4)
     )
 
 
-def tiny_vae(z_dim: int, residual: bool) -> AutoencoderKLWan:
-    """A narrow causal VAE with Wan's compression: 4× in time, 8× (or 16× with 2×2 patches) in space."""
+def tiny_vae(z_dim: int, residual: bool, patches: bool | None = None, base_dim: int = 8) -> AutoencoderKLWan:
+    """A narrow causal VAE with Wan's compression: 4× in time, 8× (or 16× with 2×2 pixel
+    patches) in space. ``residual``: Wan2.2's residual blocks; ``patches`` (default: as
+    ``residual``, as Wan2.2's VAE has both): RGB in 2×2 pixel patches."""
+    patches = residual if patches is None else patches
     return AutoencoderKLWan(
-        base_dim=8,
+        base_dim=base_dim,
         z_dim=z_dim,
         dim_mult=[1, 2, 2, 2],
         num_res_blocks=1,
@@ -87,10 +90,10 @@ def tiny_vae(z_dim: int, residual: bool) -> AutoencoderKLWan:
         latents_mean=[0.0] * z_dim,
         latents_std=[1.0] * z_dim,
         is_residual=residual,
-        in_channels=12 if residual else 3,  # RGB in 2×2 pixel patches
-        out_channels=12 if residual else 3,
-        patch_size=2 if residual else None,
-        scale_factor_spatial=16 if residual else 8,
+        in_channels=12 if patches else 3,
+        out_channels=12 if patches else 3,
+        patch_size=2 if patches else None,
+        scale_factor_spatial=16 if patches else 8,
     )
 
 
