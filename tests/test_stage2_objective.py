@@ -182,22 +182,6 @@ def test_two_experts_each_take_the_timesteps_they_own(tiny):
     assert calls == [("high", 1), ("low", 2)]
 
 
-def test_one_expert_per_step_with_the_share_of_its_range(tiny):
-    """Both experts train: each step draws one expert (so sharded ranks never run different
-    ones), in proportion to its mass under the shifted σ distribution, and every σ of the
-    step inside that expert's range."""
-    layout = tiny["wan-a14b"]
-    model = build(layout, "sara")
-    shape = torch.Size([4, 16, 3, 8, 8])
-    draws = [model.draw(shape, torch.Generator().manual_seed(step)) for step in range(400)]
-    assert all(len(set(d["expert"].tolist())) == 1 for d in draws)
-    high = [d for d in draws if d["expert"][0] == 0]
-    assert all((d["sigma"] >= 0.875 - 1e-6).all() for d in high)
-    assert all((d["sigma"] <= 0.875 + 1e-6).all() for d in draws if d["expert"][0] == 1)
-    share = 1 - unshift_sigma(torch.tensor(0.875), 3.0).item()  # P(σ >= 0.875) under the shift
-    assert abs(len(high) / len(draws) - share) < 0.08
-
-
 def test_one_trained_expert_owns_sigma_rounded_across_the_boundary(tiny):
     """The high expert alone draws σ from [0.875, 1]; the bottom of that range, shifted back
     and forth, rounds to 0.87499994 (t < 875, the low expert's by timestep): the drawn

@@ -13,6 +13,7 @@ ROUTINGS = ("or", "and", "xor")
 SALIENCY_SOURCES = ("aligner", "masks")
 EXPERTS = ("high", "low")
 TEACHERS = ("vjepa2", "oracle")
+DENSITIES = ("uniform", "logit_normal", "mode")
 
 
 @dataclass
@@ -46,7 +47,13 @@ class Stage2ModelsConfig:
 
 @dataclass
 class FlowConfig:
-    shift: float = option(3.0, gt=0)  # σ = shift·u / (1 + (shift − 1)·u), u uniform; 1 = no shift
+    shift: float = option(3.0, gt=0)  # σ = shift·u / (1 + (shift − 1)·u), u from the density; 1 = no shift
+    # the law of u (diffusers' compute_density_for_timestep_sampling): uniform (Wan's own),
+    # logit_normal (u = sigmoid(N(logit_mean, logit_std))), mode (mass bent by mode_scale)
+    density: str = option("uniform", choices=DENSITIES)
+    logit_mean: float = 0.0  # logit_normal: the mean of logit(u)
+    logit_std: float = option(1.0, gt=0)  # logit_normal: the spread of logit(u)
+    mode_scale: float = option(1.29, ge=0, le=1.75)  # mode: 0 is uniform; above 1.75 the map folds back
 
 
 @dataclass

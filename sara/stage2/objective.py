@@ -27,9 +27,10 @@ from torch import Tensor, nn
 
 from sara.config.stage2 import ALIGN_MODES, Stage2ObjectiveConfig
 from sara.losses import repa_loss, trd_loss
-from sara.losses.flow import flow_matching_loss, noisy_latents, shift_sigma, unshift_sigma
+from sara.losses.flow import flow_matching_loss, noisy_latents
 from sara.models.wan import HIGH, WanLayout, dit_grid
 from sara.stage2.align import Projector, VfmView, capture_output, resample_to_vjepa
+from sara.stage2.timesteps import draw_in_range, draw_sigmas, inside
 
 
 class Stage2Model(nn.Module):
@@ -81,25 +82,22 @@ class Stage2Model(nn.Module):
         ``layout.experts``) for a batch of latents of ``shape``, on the CPU from ``generator``,
         so that every device and world size draws the same numbers.
 
-        One expert trains per step: the step's expert is drawn with the probability of its
-        share of the (shifted uniform) σ distribution, then every σ of the batch inside its
-        range — the same distribution per sample as drawing σ first, and no two ranks of a
-        sharded model ever run different experts in one step. The expert travels in the
-        batch: at the boundary the shift can round σ a hair across it
-        (``shift(unshift(0.875)) = 0.87499994``), which must not move the sample."""
-        shift = self.config.flow.shift
-        ranges = {n: [unshift_sigma(torch.tensor(v), shift).item() for v in self.expert_range(n)] for n in self.experts}
-        names = list(ranges)
-        mass = torch.tensor([high - low for low, high in ranges.values()])
+        One expert trains per step (:mod:`sara.stage2.timesteps`): a first σ of the
+        configured density picks the expert among those that train (or ``expert`` names
+        it), then every σ of the batch is drawn inside its range. The expert travels in the
+        batch, so the sample goes to the expert that drew it whatever its timestep rounds to."""
+        flow = self.config.flow
+        names = list(self.experts)
         if expert is not None:
             name = expert
+        elif len(names) == 1:
+            name = names[0]
         else:
-            name = names[torch.multinomial(mass, 1, generator=generator).item()] if len(names) > 1 else names[0]
-        low, high = ranges[name]
-        u = low + (high - low) * torch.rand(shape[0], generator=generator)
+            first = draw_sigmas(flow, 1, generator)  # both experts train: they cover [0, 1]
+            name = next(n for n in names if inside(first, *self.expert_range(n)).item())
         return {
+            "sigma": draw_in_range(flow, shape[0], generator, *self.expert_range(name)),
             "noise": torch.randn(shape, generator=generator),
-            "sigma": shift_sigma(u, shift),
             "expert": torch.full((shape[0],), self.layout.experts.index(name), dtype=torch.long),
         }
 
