@@ -1,15 +1,16 @@
-"""`sara data …`: synthesise the shapes world, entity prompts, SAM 3 masks, check a manifest."""
+"""`sara data …`: synthesise the shapes world, import data sets, entity prompts, SAM 3 masks, check a manifest."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from sara.data.importers import FORMATS
 from sara.data.synthetic import SynthSpec
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    data = commands.add_parser("data", help="data sets: synthesise, entity prompts, masks, check")
+    data = commands.add_parser("data", help="data sets: synthesise, import, entity prompts, masks, check")
     group = data.add_subparsers(dest="data", required=True)
     spec = SynthSpec()
     synth = group.add_parser("synth", help="write the synthetic shapes world (clips, masks, manifests)")
@@ -26,6 +27,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     synth.add_argument("--heldout-fraction", type=float, default=spec.heldout_fraction, help="share in heldout.jsonl")
     synth.add_argument("--workers", type=int, default=2, help="processes")
     synth.set_defaults(handler=_synth)
+
+    load = group.add_parser(
+        "import", help="a musubi-tuner JSONL, DiffSynth metadata.csv or captioned folder → manifest"
+    )
+    load.add_argument("source", help="a .jsonl (musubi-tuner), a .csv (DiffSynth-Studio) or a folder of videos + .txt")
+    load.add_argument("--out", required=True, help="the manifest to write (JSONL)")
+    load.add_argument("--format", choices=FORMATS, help="default: from the source (folder, .jsonl, .csv)")
+    load.add_argument("--root", help="folder relative video paths start from (default: the source's folder)")
+    load.set_defaults(handler=_import)
 
     prompts = group.add_parser("prompts", help="short entity prompts for records that have none")
     prompts.add_argument("manifest")
@@ -69,6 +79,23 @@ def _synth(args: argparse.Namespace) -> None:
     print(
         f"wrote {clips} clips to {summary['out']}; mean FG fraction of the token grid {summary['fg_fraction']:.3f}; "
         f"every entity shows at least {summary['least_visible']:.3f} of its area in every frame"
+    )
+
+
+def _import(args: argparse.Namespace) -> None:
+    from sara.data.importers import import_dataset
+
+    summary = import_dataset(args.source, args.out, args.format, args.root)
+    for line in summary.skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    empty = (
+        f", {summary.without_caption} without a caption (sara data caption writes them)"
+        if summary.without_caption
+        else ""
+    )
+    print(
+        f"wrote {summary.records} records to {args.out}{empty}, {len(summary.skipped)} skipped; "
+        f"next: sara data check {args.out}"
     )
 
 
