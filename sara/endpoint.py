@@ -1,19 +1,23 @@
 """An OpenAI-compatible chat endpoint (what vLLM and SGLang serve): one request with a
 timeout, bounded retries with a short back-off, and an answer that must parse.
 
-Callers (entity prompts, the VLM rubric) give the messages and a parser that raises
+Callers (entity prompts, MTSS captions, the VLM rubric) give the messages and a parser that raises
 :class:`AnswerError` on anything but the strict answer they asked for; a request that
 never yields one raises :class:`AnswerError` naming the last problem.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import httpx
+import numpy as np
+from PIL import Image
 
 T = TypeVar("T")
 
@@ -52,3 +56,23 @@ class Endpoint:
                 problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
                 time.sleep(0.2 * attempt)  # brief back-off before the next try
         raise AnswerError(f"no usable answer after {self.retries + 1} tries ({problem})")
+
+
+def sample_frames(video: np.ndarray, count: int, offset: float = 0.0) -> np.ndarray:
+    """``count`` frames of ``video`` ``[T, H, W, 3]`` spread uniformly, shifted by ``offset``
+    (in [0, 1)) of the spacing: ``[count, H, W, 3]``."""
+    total = len(video)
+    positions = np.minimum(((np.arange(count) + offset) * total / count).astype(int), total - 1)
+    return video[positions]
+
+
+def image_parts(frames: np.ndarray) -> list[dict]:
+    """Frames ``uint8 [N, H, W, 3]`` as the ``image_url`` parts of a chat message, PNG data
+    URLs in order (lossless: the model sees the pixels)."""
+    parts = []
+    for frame in frames:
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, format="PNG")
+        url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+        parts.append({"type": "image_url", "image_url": {"url": url}})
+    return parts

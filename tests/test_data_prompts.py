@@ -2,12 +2,10 @@
 
 import json
 import logging
-import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from chat import chat_server, refused_url
 
 from sara.cli import main
 from sara.data.manifest import load_manifest
@@ -17,43 +15,24 @@ from sara.endpoint import AnswerError, Endpoint
 CAST = {"global_setup": "A park.", "cast": [{"name": "dog"}, {"name": "red ball"}], "scene": "", "shots": ["play"]}
 
 
-class _Chat(BaseHTTPRequestHandler):
+_FLAKY_ERRORS = [500]  # the flaky model's first request fails, the later ones are answered
+
+
+def _answer(body: dict) -> str | int:
     """Answers by model name: good, malformed, slow, or an HTTP 500 (then good)."""
-
-    calls: list = []
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _Chat.calls.append(body)
-        model = body["model"]
-        if model == "slow":
-            time.sleep(1.0)
-        if model == "flaky" and sum(c["model"] == "flaky" for c in _Chat.calls) == 1:
-            self.send_response(500)
-            self.end_headers()
-            return
-        caption = body["messages"][1]["content"]
-        content = (
-            "sure! here you go" if model == "malformed" else json.dumps({"entities": [f"thing of {len(caption)}"]})
-        )
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+    model = body["model"]
+    if model == "slow":
+        time.sleep(1.0)
+    if model == "flaky" and _FLAKY_ERRORS:
+        return _FLAKY_ERRORS.pop()
+    caption = body["messages"][1]["content"]
+    return "sure! here you go" if model == "malformed" else json.dumps({"entities": [f"thing of {len(caption)}"]})
 
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Chat)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
+    with chat_server(_answer) as (url, _):
+        yield url
 
 
 def manifest_file(tmp_path, records):
@@ -112,12 +91,9 @@ def test_a_server_error_is_retried(server, tmp_path):
 
 
 def test_refused_connection_falls_back(tmp_path, caplog):
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     path = manifest_file(tmp_path, [{"video": "a.mp4", "caption": CAST}, {"video": "b.mp4", "caption": "plain"}])
     with caplog.at_level(logging.WARNING, logger="sara.data.prompts"):
-        stats = fill_prompts(load_manifest(path), Endpoint(f"http://127.0.0.1:{port}/v1", "m", 1.0, 0), progress=False)
+        stats = fill_prompts(load_manifest(path), Endpoint(refused_url(), "m", 1.0, 0), progress=False)
     assert (stats.fallbacks, stats.from_cast, stats.without) == (2, 1, 1)
     assert all("ConnectError" in r.getMessage() for r in caplog.records)
 

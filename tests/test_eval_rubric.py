@@ -3,58 +3,50 @@ slow and refused answers; the strict schema; frames shifted per repeat; the answ
 
 import hashlib
 import json
-import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from chat import chat_server, refused_url
 
 from sara.cli import main
 from sara.data.synthetic import SynthSpec, synthesize
-from sara.endpoint import AnswerError
-from sara.eval.rubric import load_rubric, parse_scores, sample_frames
+from sara.endpoint import AnswerError, sample_frames
+from sara.eval.rubric import load_rubric, parse_scores
 
 RUBRIC = "configs/eval/rubric.yaml"
 
 
-class _Judge(BaseHTTPRequestHandler):
+def _judge(body: dict) -> str:
     """Answers by model name. ``good`` scores every dimension from a hash of the first frame,
     so frames shifted between repeats give different scores."""
-
-    calls: list = []
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _Judge.calls.append(body)
-        model = body["model"]
-        if model == "slow":
-            time.sleep(1.0)
-        names = body["response_format"]["json_schema"]["schema"]["required"]
-        images = [c["image_url"]["url"] for c in body["messages"][1]["content"] if c["type"] == "image_url"]
-        score = 1 + int(hashlib.sha256(images[0].encode()).hexdigest()[:4], 16) % 5
-        answer = {n: {"score": score, "evidence": f"frame shows {n}"} for n in names}
-        if model == "incomplete":
-            answer.pop(names[0])
-        content = "I think it is good" if model == "malformed" else json.dumps(answer)
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+    model = body["model"]
+    if model == "slow":
+        time.sleep(1.0)
+    names = body["response_format"]["json_schema"]["schema"]["required"]
+    images = [c["image_url"]["url"] for c in body["messages"][1]["content"] if c["type"] == "image_url"]
+    score = 1 + int(hashlib.sha256(images[0].encode()).hexdigest()[:4], 16) % 5
+    answer = {n: {"score": score, "evidence": f"frame shows {n}"} for n in names}
+    if model == "incomplete":
+        answer.pop(names[0])
+    return "I think it is good" if model == "malformed" else json.dumps(answer)
 
 
 @pytest.fixture(scope="module")
-def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
+def judge():
+    with chat_server(_judge) as served:
+        yield served
+
+
+@pytest.fixture
+def server(judge):
+    judge[1].clear()
+    return judge[0]
+
+
+@pytest.fixture
+def calls(judge):
+    return judge[1]
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +85,10 @@ def test_repeats_shift_the_sampled_frames():
     assert first == [0, 4, 8, 12, 16, 20, 24, 28] and shifted == [2, 6, 10, 14, 18, 22, 26, 30]
 
 
-def test_good_answers_are_scored_summarised_and_cached(server, clips, tmp_path, capsys):
-    _Judge.calls.clear()
+def test_good_answers_are_scored_summarised_and_cached(server, calls, clips, tmp_path, capsys):
     out = tmp_path / "good"
     assert main(rubric_args(clips, server, "good", out, "--frames", "6", "--repeats", "2")) == 0
-    request = _Judge.calls[0]
+    request = calls[0]
     assert request["temperature"] == 0 and request["response_format"]["json_schema"]["strict"] is True
     images = [c for c in request["messages"][1]["content"] if c["type"] == "image_url"]
     assert len(images) == 6 and images[0]["image_url"]["url"].startswith("data:image/png;base64,")
@@ -114,26 +105,22 @@ def test_good_answers_are_scored_summarised_and_cached(server, clips, tmp_path, 
     assert summary["count"]["noise"] > 0  # shifted frames, other answers
     assert "6 of 6 requests answered (0 cached)" in capsys.readouterr().out
 
-    calls = len(_Judge.calls)
+    asked = len(calls)
     assert main(rubric_args(clips, server, "good", out, "--frames", "6", "--repeats", "2")) == 0
-    assert len(_Judge.calls) == calls and "(6 cached)" in capsys.readouterr().out
+    assert len(calls) == asked and "(6 cached)" in capsys.readouterr().out
     assert main(rubric_args(clips, server, "good", out, "--frames", "8", "--repeats", "2")) == 0
-    assert len(_Judge.calls) == calls + 6  # other frames: other answers
+    assert len(calls) == asked + 6  # other frames: other answers
 
 
 @pytest.mark.parametrize("model", ["malformed", "incomplete", "slow"])
-def test_bad_answers_are_retried_then_left_out(server, clips, tmp_path, capsys, model):
-    _Judge.calls.clear()
+def test_bad_answers_are_retried_then_left_out(server, calls, clips, tmp_path, capsys, model):
     assert main(rubric_args(clips, server, model, tmp_path / model)) == 1
-    assert len(_Judge.calls) == 6  # 3 videos, 2 tries each
+    assert len(calls) == 6  # 3 videos, 2 tries each
     assert "0 of 3 requests answered" in capsys.readouterr().out
     rows = [json.loads(line) for line in (tmp_path / model / "rubric.jsonl").read_text().splitlines()]
     assert all(r["scores"] is None and "no usable answer after 2 tries" in r["error"] for r in rows)
 
 
 def test_a_refused_connection_is_left_out(clips, tmp_path, capsys):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # closed again: nothing listens there
-    assert main(rubric_args(clips, f"http://127.0.0.1:{port}/v1", "m", tmp_path / "r")) == 1
+    assert main(rubric_args(clips, refused_url(), "m", tmp_path / "r")) == 1
     assert "0 of 3 requests answered" in capsys.readouterr().out

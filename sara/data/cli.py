@@ -1,4 +1,5 @@
-"""`sara data …`: synthesise the shapes world, import data sets, entity prompts, SAM 3 masks, check a manifest."""
+"""`sara data …`: synthesise the shapes world, import data sets, MTSS captions, entity prompts, SAM 3
+masks, check a manifest."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from sara.data.synthetic import SynthSpec
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    data = commands.add_parser("data", help="data sets: synthesise, import, entity prompts, masks, check")
+    data = commands.add_parser("data", help="data sets: synthesise, import, captions, entity prompts, masks, check")
     group = data.add_subparsers(dest="data", required=True)
     spec = SynthSpec()
     synth = group.add_parser("synth", help="write the synthetic shapes world (clips, masks, manifests)")
@@ -36,6 +37,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     load.add_argument("--format", choices=FORMATS, help="default: from the source (folder, .jsonl, .csv)")
     load.add_argument("--root", help="folder relative video paths start from (default: the source's folder)")
     load.set_defaults(handler=_import)
+
+    caption = group.add_parser("caption", help="MTSS captions (setup, cast, scene, shots) from a video-language model")
+    caption.add_argument("manifest")
+    caption.add_argument("--endpoint", required=True, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:30000/v1")
+    caption.add_argument("--model", required=True, help="model name the endpoint serves (a Qwen2.5/3-VL)")
+    caption.add_argument("--frames", type=int, default=8, help="frames per request, sampled uniformly from the clip")
+    caption.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
+    caption.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    caption.add_argument("--retries", type=int, default=2, help="extra tries per clip before it is left as it was")
+    caption.add_argument("--cache", help="answer cache (default: caption_cache/ beside the manifest)")
+    caption.set_defaults(handler=_caption)
 
     prompts = group.add_parser("prompts", help="short entity prompts for records that have none")
     prompts.add_argument("manifest")
@@ -97,6 +109,24 @@ def _import(args: argparse.Namespace) -> None:
         f"wrote {summary.records} records to {args.out}{empty}, {len(summary.skipped)} skipped; "
         f"next: sara data check {args.out}"
     )
+
+
+def _caption(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sara.data.caption import Captioner, caption_manifest
+    from sara.data.manifest import load_manifest
+    from sara.endpoint import Endpoint
+
+    manifest = load_manifest(args.manifest)
+    captioner = Captioner(Endpoint(args.endpoint, args.model, args.timeout, args.retries), args.frames)
+    cache = Path(args.cache) if args.cache else manifest.path.parent / "caption_cache"
+    stats = caption_manifest(manifest, captioner, cache, args.concurrency)
+    print(
+        f"{args.manifest}: {stats.written} MTSS captions written ({stats.cached} cached), {stats.kept} kept, "
+        f"{stats.failed} failed (kept as they were); {stats.entities} records given entity prompts from the cast"
+    )
+    return 1 if stats.failed else 0
 
 
 def _prompts(args: argparse.Namespace) -> None:

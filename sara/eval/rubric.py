@@ -13,9 +13,7 @@ video that gets no valid answer after the retries is logged, counted and left ou
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -24,11 +22,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from sara.config import load_config
-from sara.endpoint import AnswerError, Endpoint
+from sara.endpoint import AnswerError, Endpoint, image_parts, sample_frames
 from sara.eval.stats import bootstrap
 from sara.eval.videos import read_video
 from sara.files import write_text_atomic
@@ -110,21 +107,6 @@ def parse_scores(content: str, rubric: Rubric) -> dict[str, dict]:
     return {name: {"score": data[name]["score"], "evidence": data[name]["evidence"].strip()} for name in rubric.names}
 
 
-def sample_frames(video: np.ndarray, count: int, offset: float) -> np.ndarray:
-    """``count`` frames of ``video`` ``[T, H, W, 3]`` spread uniformly, shifted by ``offset``
-    (in [0, 1)) of the spacing: ``[count, H, W, 3]``."""
-    total = len(video)
-    positions = np.minimum(((np.arange(count) + offset) * total / count).astype(int), total - 1)
-    return video[positions]
-
-
-def data_url(frame: np.ndarray) -> str:
-    """A frame ``uint8 [H, W, 3]`` as a PNG data URL (lossless: the judge sees the pixels)."""
-    buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
 @dataclass(frozen=True)
 class Judge:
     """Who judges and how: the endpoint, the rubric, frames per request, repeats per video."""
@@ -142,7 +124,7 @@ class Judge:
     def ask(self, client: httpx.Client, video: Path, prompt: str, repeat: int) -> dict[str, dict]:
         frames = sample_frames(read_video(video).numpy(), self.frames, repeat / self.repeats)
         content = [{"type": "text", "text": f"Prompt: {prompt}\nFrames in order:"}]
-        content += [{"type": "image_url", "image_url": {"url": data_url(f)}} for f in frames]
+        content += image_parts(frames)
         messages = [{"role": "system", "content": self.rubric.system_prompt()}, {"role": "user", "content": content}]
         return self.endpoint.ask(client, messages, lambda text: parse_scores(text, self.rubric), self.rubric.schema())
 
