@@ -327,3 +327,45 @@ def test_clips_of_two_shapes_train_in_same_shape_batches(world, shared, tmp_path
     assert shapes == {(16, 3, 8, 8), (16, 3, 8, 12)}
     assert main(["stage2", "train", *args]) == 0  # every batch stacks: one shape per batch
     assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 6
+
+
+def test_trackers_get_every_figure_and_the_validation_videos(world, shared, tmp_path, monkeypatch):
+    """wandb (offline) receives each training term, grad norm, lr, s/step, peak memory, the
+    held-out losses and the validation videos at their steps, and a resumed run continues
+    the same W&B run; TensorBoard gets the videos as frame strips; `none` writes neither."""
+    import wandb
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged = []
+    original = wandb.Run.log
+
+    def log(self, data, step=None, **kwargs):
+        logged.append((step, data))
+        return original(self, data, step=step, **kwargs)
+
+    monkeypatch.setattr(wandb.Run, "log", log)
+    more = {"validation.heldout": world / "train.jsonl", "validation.loss_every": 2, "validation.loss_clips": 2}
+    more |= {"validation.every": 2, "validation.steps": 2, "logging.tracker": "wandb", "logging.mode": "offline"}
+    assert main(["stage2", "precompute", *overrides(world, shared, tmp_path / "x", **more)]) == 0
+    run = tmp_path / "wandb"
+    assert main(["stage2", "train", *overrides(world, shared, run, steps=2, **more)]) == 0
+    assert main(["stage2", "train", *overrides(world, shared, run, steps=4, **more), "--resume", "latest"]) == 0
+    keys = {step: set() for step in (1, 2, 3, 4)}
+    for step, data in logged:
+        keys[step] |= set(data)
+    train = {f"train/{k}" for k in ("loss", "flow", "align", "grad_norm", "lr", "s_per_step", "peak_mib")}
+    assert all(train <= keys[s] for s in keys)
+    assert {"val/loss", "val/flow", "val/align", "val/videos"} <= keys[2] & keys[4] and "val/videos" not in keys[3]
+    videos = next(data["val/videos"] for step, data in logged if "val/videos" in data)
+    assert len(videos) == 2 and all(isinstance(v, wandb.Video) for v in videos)
+    (only,) = {p.name.rsplit("-", 1)[-1] for p in (run / "wandb").glob("offline-run-*")}  # one W&B run, resumed
+    assert only == (run / "wandb_id").read_text().strip()
+
+    tensorboard = tmp_path / "tb"
+    more |= {"logging.tracker": "tensorboard"}
+    assert main(["stage2", "train", *overrides(world, shared, tensorboard, steps=2, **more)]) == 0
+    tags = EventAccumulator(str(tensorboard / "tensorboard")).Reload().Tags()
+    assert {"val/videos/0", "val/videos/1"} <= set(tags["images"]) and "train/peak_mib" in tags["scalars"]
+    silent = tmp_path / "none"
+    assert main(["stage2", "train", *overrides(world, shared, silent, steps=1, **{"logging.tracker": "none"})]) == 0
+    assert not (silent / "tensorboard").exists() and len(json.loads((silent / "history.json").read_text())) == 1

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from sara.config.clips import ClipTiming
 from sara.config.loader import option
 from sara.config.parallel import ParallelConfig
+from sara.config.tracking import LoggingConfig
 
 CAPTION_ENCODER_KINDS = ("umt5", "qwen3vl")
 EMBEDDER_INSTRUCTION = "Represent the user's input."  # Qwen3-VL-Embedding's default system turn
@@ -84,7 +85,8 @@ class Stage1Config:
     loss: Stage1LossConfig = field(default_factory=Stage1LossConfig)
     optim: Stage1OptimConfig = field(default_factory=Stage1OptimConfig)
     cache_dir: str | None = None  # V-JEPA tokens per clip; null: <out_dir>/cache
-    log_every: int = option(20, ge=1)  # steps between log lines and TensorBoard points
+    log_every: int = option(20, ge=1)  # steps between log lines and tracker points
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # tracker: tensorboard | wandb | none
     eval_every: int = option(100, ge=1)  # steps between held-out evaluations
     save_every: int = option(100, ge=1)  # steps between checkpoints (and one at the end)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # under torchrun: data parallel (ulysses 1)

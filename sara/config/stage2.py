@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from sara.config.clips import ClipTiming
 from sara.config.loader import option
 from sara.config.parallel import ParallelConfig
+from sara.config.tracking import LoggingConfig
 
 ALIGN_MODES = ("sft", "repa", "trd", "sara")
 ROUTINGS = ("or", "and", "xor")
@@ -122,7 +123,8 @@ class Stage2Config:
     precompute: PrecomputeConfig = field(default_factory=PrecomputeConfig)
     optim: Stage2OptimConfig = field(default_factory=Stage2OptimConfig)
     online: bool = False  # run the frozen encoders every step instead of reading the cache
-    log_every: int = option(10, ge=1)  # steps between log points (history.json, TensorBoard, bar)
+    log_every: int = option(10, ge=1)  # steps between log points (history.json, tracker, bar)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # tracker: tensorboard | wandb | none
     save_every: int = option(100, ge=1)  # steps between checkpoints (and one at the end)
     # write checkpoint shards from a CPU copy in a background thread while training goes on;
     # each is published (made `latest`) when the next one begins, or at the end

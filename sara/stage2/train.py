@@ -157,7 +157,7 @@ def _validation(config: Stage2Config, setup: Stage2Setup, model: Stage2Model, wo
             logger.merge(done, heldout())
         if validation.every and done % validation.every == 0:
             videos = videos or Validator(config, setup, model, world)
-            videos(run / "samples" / f"step-{done:07d}")
+            logger.videos("val/videos", videos(run / "samples" / f"step-{done:07d}"), done)
 
     return after
 

@@ -1,4 +1,5 @@
-"""Where the figures of a run go: ``history.json``, TensorBoard and the progress bar.
+"""Where the figures of a run go: ``history.json``, the tracker (TensorBoard, W&B or none:
+:mod:`sara.trainer.trackers`) and the progress bar.
 
 Only the main process (rank 0) writes; the others get a logger that does nothing, so the
 loop is the same on every rank.
@@ -8,11 +9,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from sara.config.tracking import LoggingConfig
 from sara.files import write_text_atomic
+from sara.trainer.trackers import NoTracker, open_tracker
 
 
 def load_history(run: Path, start: int) -> list[dict]:
@@ -23,14 +26,24 @@ def load_history(run: Path, start: int) -> list[dict]:
 
 
 class Logger:
-    """History rows, TensorBoard scalars (``train/*``, ``eval/*``) and a tqdm bar showing ``shown``."""
+    """History rows, the tracker's scalars (``train/*``, ``val/*``, ``eval/*``) and videos,
+    and a tqdm bar showing ``shown``. ``settings``: the run's config, as the tracker records it."""
 
     def __init__(
-        self, run: Path, start: int, total: int, desc: str, shown: tuple[str, ...], enabled: bool, progress: bool
+        self,
+        run: Path,
+        start: int,
+        total: int,
+        desc: str,
+        shown: tuple[str, ...],
+        enabled: bool,
+        progress: bool,
+        tracking: LoggingConfig,
+        settings: dict[str, Any],
     ):
         self.run, self.shown, self.enabled = run, shown, enabled
         self.history = load_history(run, start) if enabled else []
-        self.writer = SummaryWriter(run / "tensorboard") if enabled else None
+        self.tracker = open_tracker(tracking, run, settings) if enabled else NoTracker()
         self.bar = tqdm(desc=desc, initial=start, total=total, disable=not (enabled and progress))
 
     def advance(self) -> None:
@@ -41,9 +54,7 @@ class Logger:
         if not self.enabled:
             return
         self.history.append(row)
-        for key, value in row.items():
-            if key != "step":
-                self.writer.add_scalar(f"train/{key}", value, row["step"])
+        self.scalars("train", {k: v for k, v in row.items() if k != "step"}, row["step"])
         self.bar.set_postfix({k: f"{row[k]:.4f}" for k in self.shown if k in row})
 
     def merge(self, step: int, values: dict[str, float]) -> None:
@@ -57,9 +68,10 @@ class Logger:
         self.scalars("val", {k.removeprefix("val_"): v for k, v in values.items()}, step)
 
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
-        if self.enabled:
-            for key, value in values.items():
-                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+        self.tracker.scalars({f"{prefix}/{key}": value for key, value in values.items()}, step)
+
+    def videos(self, tag: str, paths: list[Path], step: int) -> None:
+        self.tracker.videos(tag, [p for p in paths if p.suffix == ".mp4"], step)
 
     def save(self) -> None:
         """Write ``history.json`` (atomically); called before each checkpoint, so rows past
@@ -69,5 +81,4 @@ class Logger:
 
     def close(self) -> None:
         self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
+        self.tracker.close()

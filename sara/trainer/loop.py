@@ -3,7 +3,7 @@
 A stage supplies ``step(k) -> figures`` (forward, backward, optimizer step on this rank;
 figures are this rank's tensors) and ``reduce(figures) -> floats`` (the step's figures
 over all ranks; a collective, so it runs on log steps only). The loop owns the rest: the
-scheduler and EMA updates, history, TensorBoard and the bar on rank 0, checkpoints every
+scheduler and EMA updates, history, the tracker and the bar on rank 0, checkpoints every
 ``save_every`` steps and at the end (optionally written in the background), and a clean stop — checkpoint, then return — when
 any rank receives SIGTERM or SIGUSR1.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,8 @@ def run_loop(
 ) -> bool:
     """Steps ``start … plan.steps − 1``; ``True`` when all ran, ``False`` when a signal
     stopped the run (after a checkpoint of the last step done)."""
-    logger = Logger(run, start, plan.steps, plan.desc, plan.shown, world.is_main, progress)
+    settings = asdict(config)
+    logger = Logger(run, start, plan.steps, plan.desc, plan.shown, world.is_main, progress, config.logging, settings)
     trained = [p for p in state.model.parameters() if p.requires_grad]
     tick, since = time.perf_counter(), start
     finished, pending = True, None
