@@ -15,10 +15,10 @@ from test_stage2_objective import VFM_DIM, VIEW, make_batch, with_noise
 from sara.config import load_config
 from sara.config.parallel import ParallelConfig
 from sara.config.sampling import Sampling
-from sara.config.stage2 import Stage2Config, Stage2ObjectiveConfig
+from sara.config.stage2 import LORA_TARGETS, Stage2Config, Stage2ObjectiveConfig
 from sara.data.synthetic import SynthSpec, synthesize
 from sara.models.presets import resolve
-from sara.models.wan import LORA_TARGETS, load_transformers, read_layout
+from sara.models.wan import load_transformers, read_layout
 from sara.parallel.dit import backward, parallelize, reduce_terms
 from sara.parallel.world import init_world
 from sara.stage2.cache import FeatureCache, precompute
@@ -36,7 +36,7 @@ def build(folder, mode, checkpointing=False, lora=False):
     if lora:
         for dit in experts.values():
             dit.requires_grad_(False)
-            dit.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=LORA_TARGETS, init_lora_weights="gaussian"))
+            dit.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=list(LORA_TARGETS), init_lora_weights="gaussian"))
     model = Stage2Model(experts, read_layout(folder), config, VFM_DIM, VIEW)
     if checkpointing:
         for dit in model.experts.values():

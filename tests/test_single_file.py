@@ -8,41 +8,14 @@ from sara.cli import main
 from sara.models.presets import resolve
 from sara.models.single_file import wan_from_single_file
 from sara.models.wan import load_transformers, read_layout
+from sara.models.wan_keys import original_name
 from sara.models.weights import WeightsError
-
-# Diffusers names → the names of Wan's original release (wan/modules/model.py), which
-# ComfyUI's files carry under "model.diffusion_model."
-ORIGINAL_NAMES = [
-    ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
-    ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
-    ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
-    ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
-    ("condition_embedder.time_proj", "time_projection.1"),
-    ("attn1", "self_attn"),
-    ("attn2", "cross_attn"),
-    (".to_q.", ".q."),
-    (".to_k.", ".k."),
-    (".to_v.", ".v."),
-    (".to_out.0.", ".o."),
-    (".norm2.", ".norm3."),  # the cross-attention norm, the only one with weights
-    ("ffn.net.0.proj", "ffn.0"),
-    ("ffn.net.2", "ffn.2"),
-    ("proj_out", "head.head"),
-]
-
-
-def original_key(key: str) -> str:
-    if key == "scale_shift_table":
-        return "head.modulation"
-    key = key.replace("scale_shift_table", "modulation")
-    for diffusers, original in ORIGINAL_NAMES:
-        key = key.replace(diffusers, original)
-    return key
 
 
 def single_file(model, path, prefix=""):
-    """``model`` saved as a single file with the original names (ComfyUI: ``prefix``)."""
-    state = {prefix + original_key(k): v.contiguous() for k, v in model.state_dict().items()}
+    """``model`` saved as a single file with the original names (ComfyUI: ``prefix``); diffusers'
+    converter must map them back, so the test also checks ``original_name``."""
+    state = {prefix + original_name(k): v.contiguous() for k, v in model.state_dict().items()}
     assert len(state) == len(model.state_dict())
     save_file(state, path)
     return path

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from diffusers import WanPipeline
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from sara.cli import main
@@ -306,6 +307,58 @@ def test_lora_trains_adapters_and_exports_merged_weights(world, shared, tmp_path
     )
     outputs = [p.transformer(x, timestep=torch.tensor([500.0]), encoder_hidden_states=text)[0] for p in (merged, base)]
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
+
+
+def transformer_outputs(pipe, seed=0):
+    """Each expert's output on one fixed input: ``[high, low]`` (``[one]`` for one expert)."""
+    g = torch.Generator().manual_seed(seed)
+    x, text = (
+        torch.randn(1, 16, 3, 8, 8, generator=g),
+        torch.randn(1, 12, pipe.transformer.config.text_dim, generator=g),
+    )
+    dits = [d for d in (pipe.transformer, pipe.transformer_2) if d is not None]
+    return [d(x, timestep=torch.tensor([500.0]), encoder_hidden_states=text)[0] for d in dits]
+
+
+def test_two_expert_lora_files_load_in_diffusers_and_in_comfyui_keys(world, shared, tmp_path):
+    """A14B under LoRA (attention and feed-forward): high_noise / low_noise adapter files
+    with the run's config in their headers; loaded into a fresh pipeline (the low-noise one
+    with load_into_transformer_2) they give the merged export's outputs, and so do the
+    ComfyUI-keyed files, which diffusers maps back to the same adapter."""
+    more = {"models.wan": "tiny-a14b", "precompute.cache_dir": tmp_path / "cache", "optim.lora_rank": 4}
+    more |= {"optim.lora_alpha": 8, "optim.lr": 1e-2, "export_comfyui": True}
+    args = overrides(world, shared, tmp_path / "run", steps=4, **more)
+    assert main(["stage2", "precompute", *args]) == 0
+    assert main(["stage2", "train", *args]) == 0
+    lora = tmp_path / "run" / "lora"
+    assert sorted(p.name for p in lora.iterdir()) == [
+        "high_noise.safetensors", "high_noise_comfyui.safetensors", "low_noise.safetensors", "low_noise_comfyui.safetensors",
+    ]  # fmt: skip
+    with safe_open(str(lora / "low_noise.safetensors"), "pt") as handle:
+        header, keys = handle.metadata(), list(handle.keys())
+    trained = json.loads(header["sara_config"])
+    assert trained["optim"]["lora_rank"] == 4 and trained["models"]["wan"] == "tiny-a14b"
+    assert any(".ffn.net.0.proj.lora_A" in k for k in keys) and any(".attn2.to_out.0.lora_B" in k for k in keys)
+
+    merged = transformer_outputs(WanPipeline.from_pretrained(tmp_path / "run" / "pipeline"))
+    base = wan_folder("tiny-a14b", shared / "models")
+    assert not torch.allclose(merged[0], transformer_outputs(WanPipeline.from_pretrained(base))[0])
+    for suffix in ("", "_comfyui"):
+        pipe = WanPipeline.from_pretrained(base)
+        pipe.load_lora_weights(str(lora), weight_name=f"high_noise{suffix}.safetensors")
+        pipe.load_lora_weights(str(lora), weight_name=f"low_noise{suffix}.safetensors", load_into_transformer_2=True)
+        for got, want in zip(transformer_outputs(pipe), merged):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+    comfy = load_file(lora / "low_noise_comfyui.safetensors")
+    assert all(k.startswith("diffusion_model.blocks.") for k in comfy)
+    assert comfy["diffusion_model.blocks.0.self_attn.q.alpha"].item() == 8.0
+    plain = {k.removeprefix("transformer."): v for k, v in load_file(lora / "low_noise.safetensors").items()}
+    back = {k.removeprefix("transformer."): v for k, v in WanPipeline.lora_state_dict(comfy).items()}
+    assert back.keys() == plain.keys()
+    for key in (k for k in plain if ".lora_A." in k):  # diffusers folds alpha / rank (8 / 4) into A and B
+        up = key.replace(".lora_A.", ".lora_B.")
+        torch.testing.assert_close(back[up] @ back[key], plain[up] @ plain[key] * 8 / 4)
 
 
 def test_clips_of_two_shapes_train_in_same_shape_batches(world, shared, tmp_path):

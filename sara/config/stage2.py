@@ -15,6 +15,9 @@ SALIENCY_SOURCES = ("aligner", "masks")
 EXPERTS = ("high", "low")
 TEACHERS = ("vjepa2", "oracle")
 DENSITIES = ("uniform", "logit_normal", "mode")
+# the Linear layers LoRA adapts by default in every Wan block, as other Wan trainers do:
+# self- and cross-attention projections and the feed-forward
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
 
 
 @dataclass
@@ -92,9 +95,8 @@ class Stage2OptimConfig:
     warmup_steps: int = option(10, ge=0)  # linear warm-up
     grad_clip: float = option(1.0, gt=0)  # max global gradient norm
     gradient_checkpointing: bool = False  # recompute DiT blocks in backward: less memory, more time
-    lora_rank: int = option(
-        0, ge=0
-    )  # > 0: train LoRA adapters of this rank on the DiT attention (peft); 0: all weights
+    lora_rank: int = option(0, ge=0)  # > 0: train LoRA adapters of this rank on the DiT (peft); 0: all weights
+    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # module names (suffixes) adapted
     lora_alpha: float | None = None  # LoRA scale numerator; null: the rank
     ema_decay: float | None = option(None, gt=0, lt=1)  # EMA of the trained weights (e.g. 0.999); exported if set
 
@@ -130,4 +132,6 @@ class Stage2Config:
     # each is published (made `latest`) when the next one begins, or at the end
     async_save: bool = False
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    # LoRA runs: also write each expert's adapter in ComfyUI's native keys (lora/*_comfyui.safetensors)
+    export_comfyui: bool = False
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # FSDP2 and Ulysses degrees under torchrun

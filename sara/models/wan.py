@@ -33,7 +33,6 @@ from sara.models.weights import WeightsError, seeded
 
 HIGH, LOW = "high", "low"  # the experts of a two-expert model, by the noise they own
 SUBFOLDER = {HIGH: "transformer", LOW: "transformer_2"}  # where each expert lives in a Wan folder
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the attention projections of every Wan block
 
 
 @dataclass(frozen=True)

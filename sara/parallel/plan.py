@@ -27,7 +27,8 @@ from diffusers import WanTransformer3DModel
 from peft import LoraConfig
 from torch import nn
 
-from sara.models.wan import LORA_TARGETS, SUBFOLDER
+from sara.config.stage2 import LORA_TARGETS
+from sara.models.wan import SUBFOLDER
 from sara.stage2.align import Projector
 
 GIB = 2**30
@@ -85,7 +86,7 @@ def build_on_meta(spec: PlanSpec) -> tuple[list[nn.Module], list[nn.Module]]:
         width = config["num_attention_heads"] * config["attention_head_dim"]
         projectors = [Projector(width, spec.vfm_dim, spec.projector_dim) for _ in experts]
         if spec.lora_rank:
-            lora = LoraConfig(r=spec.lora_rank, lora_alpha=spec.lora_rank, target_modules=LORA_TARGETS)
+            lora = LoraConfig(r=spec.lora_rank, lora_alpha=spec.lora_rank, target_modules=list(LORA_TARGETS))
             for dit in experts:
                 dit.requires_grad_(False)
                 dit.add_adapter(lora)

@@ -13,7 +13,7 @@ from peft import LoraConfig
 from sara.config.stage2 import Stage2Config
 from sara.data.buckets import Bucket
 from sara.models.presets import wan_folder
-from sara.models.wan import LORA_TARGETS, SUBFOLDER, WanLayout, load_transformers, read_layout
+from sara.models.wan import SUBFOLDER, WanLayout, load_transformers, read_layout
 from sara.stage2.align import VfmView
 from sara.stage2.encoders import buckets, teacher
 from sara.stage2.objective import Stage2Model
@@ -79,6 +79,6 @@ def lora_config(config: Stage2Config) -> LoraConfig:
     return LoraConfig(
         r=optim.lora_rank,
         lora_alpha=optim.lora_alpha or optim.lora_rank,
-        target_modules=LORA_TARGETS,
+        target_modules=list(optim.lora_targets),
         init_lora_weights=True,
     )

@@ -1,4 +1,6 @@
-"""The trained expert(s) written into a copy of the Wan folder, in Diffusers format."""
+"""The trained expert(s) written into a copy of the Wan folder, in Diffusers format, and
+under LoRA each expert's adapter alone: the file ``WanPipeline.load_lora_weights`` reads
+and, on request, the same adapter in ComfyUI's native keys."""
 
 from __future__ import annotations
 
@@ -9,9 +11,12 @@ from pathlib import Path
 import torch
 from diffusers import WanPipeline, WanTransformer3DModel
 from peft.utils import get_peft_model_state_dict
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from sara.models.wan import SUBFOLDER, WanLayout
+from sara.models.wan import HIGH, SUBFOLDER, WanLayout
+from sara.models.wan_keys import comfyui_lora
 from sara.parallel.world import World
 from sara.stage2.objective import Stage2Model
 
@@ -26,13 +31,24 @@ def _link_or_copy(source: str, target: str) -> None:
         shutil.copy2(source, target)
 
 
-def export_pipeline(model: Stage2Model, layout: WanLayout, out: Path, world: World) -> Path:
+def adapter_name(layout: WanLayout, expert: str) -> str:
+    """The adapter file's stem: ``high_noise`` / ``low_noise`` for the experts of a
+    two-expert model (the names Wan2.2 LoRA files go by), ``transformer`` otherwise."""
+    if len(layout.experts) == 1:
+        return "transformer"
+    return "high_noise" if expert == HIGH else "low_noise"
+
+
+def export_pipeline(
+    model: Stage2Model, layout: WanLayout, out: Path, world: World, metadata: dict[str, str], comfyui: bool = False
+) -> Path:
     """``out``: the Wan folder with the trained expert(s) in place (atomically). Every rank
     calls it (gathering a sharded expert is collective); rank 0 puts each full state into an
     unsharded copy of the expert — LoRA merged into plain weights — and writes. Under
-    LoRA each expert's adapter is also written alone, beside ``out``:
-    ``lora/transformer.safetensors`` (and ``lora/transformer_2.safetensors``), the files
-    ``WanPipeline.load_lora_weights`` reads."""
+    LoRA each expert's adapter is also written alone, beside ``out``, in ``lora/``
+    (:func:`adapter_name`; ``metadata``, the run's config, in each file's header): the file
+    ``WanPipeline.load_lora_weights`` reads (the low-noise expert's with
+    ``load_into_transformer_2=True``) and, with ``comfyui``, ``NAME_comfyui.safetensors``."""
     partial = out.with_name(out.name + ".partial")
     if world.is_main:
         shutil.rmtree(partial, ignore_errors=True)
@@ -46,14 +62,17 @@ def export_pipeline(model: Stage2Model, layout: WanLayout, out: Path, world: Wor
     for name, dit in model.experts.items():  # one expert's full state in memory at a time
         state = get_model_state_dict(dit, options=FULL)
         if world.is_main:
-            _write_expert(dit, state, partial / SUBFOLDER[name], out.parent / "lora" / f"{SUBFOLDER[name]}.safetensors")
+            adapter = out.parent / "lora" / f"{adapter_name(layout, name)}.safetensors"
+            _write_expert(dit, state, partial / SUBFOLDER[name], adapter, metadata, comfyui)
     if world.is_main:
         shutil.rmtree(out, ignore_errors=True)
         partial.rename(out)
     return out
 
 
-def _write_expert(dit: WanTransformer3DModel, state: dict, folder: Path, adapter: Path) -> None:
+def _write_expert(
+    dit: WanTransformer3DModel, state: dict, folder: Path, adapter: Path, metadata: dict[str, str], comfyui: bool
+) -> None:
     """``state`` put into an unsharded copy of ``dit`` built without memory (meta), then saved
     in Diffusers format — under LoRA the adapter alone first, then merged in."""
     config = getattr(dit, "peft_config", None)
@@ -63,12 +82,26 @@ def _write_expert(dit: WanTransformer3DModel, state: dict, folder: Path, adapter
             copy.add_adapter(config["default"])
     copy.load_state_dict(state, assign=True)
     if config:  # the adapter alone, as WanPipeline.load_lora_weights reads it; then merged
+        lora = config["default"]
+        weights = get_peft_model_state_dict(copy)
         WanPipeline.save_lora_weights(
             adapter.parent,
-            transformer_lora_layers=get_peft_model_state_dict(copy),
+            transformer_lora_layers=weights,
             weight_name=adapter.name,
-            transformer_lora_adapter_metadata=config["default"].to_dict(),
+            transformer_lora_adapter_metadata=lora.to_dict(),
         )
+        _add_metadata(adapter, metadata)
+        if comfyui:
+            comfy = adapter.with_name(f"{adapter.stem}_comfyui.safetensors")
+            save_file(comfyui_lora(weights, lora.lora_alpha), comfy, metadata={"format": "pt", **metadata})
         copy.fuse_lora()
         copy.unload_lora()
     copy.save_pretrained(folder)
+
+
+def _add_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """``metadata`` joined to the header of the safetensors file ``path`` (rewritten whole)."""
+    with safe_open(str(path), "pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        header = handle.metadata() or {}
+    save_file(tensors, path, metadata=header | metadata)

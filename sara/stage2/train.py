@@ -12,7 +12,9 @@ resumed run replays exactly what an uninterrupted one computes.
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -106,7 +108,8 @@ def _train(config: Stage2Config, setup: Stage2Setup, world: World, resume: str |
             return run
         if ema is not None:  # the pipeline gets the averaged weights
             ema.copy_to(trained)
-        export_pipeline(model, setup.layout, run / "pipeline", world)
+        metadata = {"sara_config": json.dumps(asdict(config))}  # how the weights were trained, in every adapter file
+        export_pipeline(model, setup.layout, run / "pipeline", world, metadata, config.export_comfyui)
     return run
 
 
