@@ -95,6 +95,7 @@ class Stage2OptimConfig:
     warmup_steps: int = option(10, ge=0)  # linear warm-up
     grad_clip: float = option(1.0, gt=0)  # max global gradient norm
     gradient_checkpointing: bool = False  # recompute DiT blocks in backward: less memory, more time
+    accumulate: int = option(1, ge=1)  # micro-batches per step on each rank: the same gradient, less activation memory
     lora_rank: int = option(0, ge=0)  # > 0: train LoRA adapters of this rank on the DiT (peft); 0: all weights
     lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # module names (suffixes) adapted
     lora_alpha: float | None = None  # LoRA scale numerator; null: the rank

@@ -3,7 +3,10 @@
 The batch of step ``k`` is the same global batch whatever the world: its clips are chosen
 by ``(seed, k)``, and its noise, σ, expert and caption dropout are drawn for the whole
 batch from a generator seeded by ``(seed, k)``. Each data-parallel rank takes its own
-rows of it; the ranks of a sequence-parallel group take the same rows.
+rows of it; the ranks of a sequence-parallel group take the same rows. With
+``optim.accumulate = n`` a rank runs its rows as ``n`` micro-batches, each backward scaled
+by its share of the rows: every term is a mean over samples, so the gradient is the one
+of the whole batch, at the activation memory of one micro-batch.
 """
 
 from __future__ import annotations
@@ -34,6 +37,17 @@ def local_rows(batch_size: int, world: World) -> slice:
     return slice(world.dp_rank * size, (world.dp_rank + 1) * size)
 
 
+def micro_batches(rows: int, accumulate: int) -> list[Tensor]:
+    """This rank's ``rows`` as ``accumulate`` index chunks (sizes differing by at most one).
+
+    Raises:
+        ValueError: fewer rows than micro-batches.
+    """
+    if accumulate > rows:
+        raise ValueError(f"optim.accumulate: {accumulate} micro-batches, but each rank has {rows} clip(s) a step")
+    return list(torch.arange(rows).tensor_split(accumulate))
+
+
 def train_step(
     model: Stage2Model,
     optimizer: torch.optim.Optimizer,
@@ -52,10 +66,15 @@ def train_step(
     batch = batch | {k: v[rows].to(latents.device) for k, v in drawn.items()}
     if config.data.caption_dropout:  # drawn after the noise: runs without dropout keep their noise
         batch = drop_captions(batch, config.data.caption_dropout, generator, rows, total)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=latents.device.type == "cuda"):
-        loss, terms = model(batch)
     optimizer.zero_grad(set_to_none=True)
-    backward(loss, world)
+    terms: dict[str, Tensor] = {}
+    for chunk in micro_batches(len(latents), config.optim.accumulate):
+        share = len(chunk) / len(latents)
+        part = {k: v[chunk.to(v.device)] for k, v in batch.items()}
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=latents.device.type == "cuda"):
+            loss, chunk_terms = model(part)
+        backward(loss * share, world)
+        terms = {k: terms.get(k, 0) + v * share for k, v in chunk_terms.items()}
     grad_norm = torch.nn.utils.clip_grad_norm_(
         [p for p in model.parameters() if p.grad is not None], config.optim.grad_clip
     )

@@ -34,7 +34,7 @@ from sara.stage2.clips import CachedClips, OnlineClips
 from sara.stage2.export import export_pipeline
 from sara.stage2.heldout import HeldoutLoss
 from sara.stage2.objective import Stage2Model
-from sara.stage2.step import local_rows, noise_generator, train_step
+from sara.stage2.step import local_rows, micro_batches, noise_generator, train_step
 from sara.stage2.validate import Validator
 from sara.trainer.batches import BucketSteps, lr_factor
 from sara.trainer.checkpoint import TrainState, load_checkpoint, resume_point
@@ -90,7 +90,8 @@ def _train(config: Stage2Config, setup: Stage2Setup, world: World, resume: str |
             if world.is_main:
                 print(f"resumed from {checkpoint} at step {start}")
         steps_of = BucketSteps(clips.bucket_of, min(config.optim.batch_size, len(clips)), config.seed)
-        local_rows(len(steps_of(0)), world)  # a batch that does not split is refused before step 0
+        local = local_rows(len(steps_of(0)), world)  # a batch that does not split is refused before step 0
+        micro_batches(local.stop - local.start, config.optim.accumulate)
 
         def step(index: int) -> dict[str, torch.Tensor]:
             rows = steps_of(index)
