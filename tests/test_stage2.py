@@ -442,3 +442,41 @@ def test_gradient_accumulation_gives_the_whole_batch_step(world, shared, tmp_pat
     more = {"optim.batch_size": 4, "optim.accumulate": 5}
     assert main(["stage2", "train", *overrides(world, shared, tmp_path / "bad", **more)]) == 2
     assert "optim.accumulate: 5 micro-batches, but each rank has 4 clip(s) a step" in capsys.readouterr().err
+
+
+def test_layerwise_fp8_stores_the_frozen_base_in_fp8_and_exports_it_unquantised(world, shared, tmp_path, capsys):
+    """LoRA with optim.layerwise_fp8: the base's Linear weights live in fp8 while the
+    adapters train in fp32; losses stay near the fp32 run's; the merged export is the
+    folder's own base plus the adapter (not its fp8 copy)."""
+    from sara.config import load_config
+    from sara.config.stage2 import Stage2Config
+    from sara.stage2.build import build_model, resolve_setup
+
+    lora = {"optim.lora_rank": 4, "optim.lr": 1e-2}
+    histories = {}
+    for fp8 in (False, True):
+        args = overrides(world, shared, tmp_path / f"fp8-{fp8}", steps=3, **lora, **{"optim.layerwise_fp8": fp8})
+        assert main(["stage2", "precompute", *args]) == 0
+        assert main(["stage2", "train", *args]) == 0
+        histories[fp8] = [r["loss"] for r in json.loads((tmp_path / f"fp8-{fp8}" / "history.json").read_text())]
+    assert histories[True] == pytest.approx(histories[False], rel=0.05) and histories[True] != histories[False]
+
+    config = load_config(Stage2Config, None, args)
+    model = build_model(config, resolve_setup(config))
+    block = model.experts["high"].blocks[0]
+    assert block.attn1.to_q.base_layer.weight.dtype == torch.float8_e4m3fn
+    assert block.ffn.net[2].base_layer.weight.dtype == torch.float8_e4m3fn
+    assert (
+        block.attn1.to_q.lora_A["default"].weight.dtype == torch.float32 and block.norm2.weight.dtype == torch.float32
+    )
+
+    base = WanPipeline.from_pretrained(wan_folder("tiny", shared / "models")).transformer.state_dict()
+    merged = WanPipeline.from_pretrained(tmp_path / "fp8-True" / "pipeline").transformer.state_dict()
+    adapter = load_file(tmp_path / "fp8-True" / "lora" / "transformer.safetensors")
+    down, up = (adapter[f"transformer.blocks.0.attn1.to_q.lora_{x}.weight"] for x in "AB")
+    key = "blocks.0.attn1.to_q.weight"
+    torch.testing.assert_close(merged[key], base[key] + up @ down, rtol=1e-5, atol=1e-6)
+
+    no_lora = overrides(world, shared, tmp_path / "bad", **{"optim.layerwise_fp8": True})
+    assert main(["stage2", "train", *no_lora]) == 2
+    assert "optim.layerwise_fp8: stores the frozen base of a LoRA run in one process" in capsys.readouterr().err

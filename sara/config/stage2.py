@@ -99,6 +99,9 @@ class Stage2OptimConfig:
     lora_rank: int = option(0, ge=0)  # > 0: train LoRA adapters of this rank on the DiT (peft); 0: all weights
     lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # module names (suffixes) adapted
     lora_alpha: float | None = None  # LoRA scale numerator; null: the rank
+    # LoRA in one process: store the frozen base's Linear weights in fp8 (diffusers'
+    # enable_layerwise_casting), each cast up only while its layer runs: about half the bf16 memory
+    layerwise_fp8: bool = False
     ema_decay: float | None = option(None, gt=0, lt=1)  # EMA of the trained weights (e.g. 0.999); exported if set
 
 

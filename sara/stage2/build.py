@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import WanTransformer3DModel
+from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
 from peft import LoraConfig
 
 from sara.config.stage2 import Stage2Config
@@ -50,6 +51,11 @@ def build_model(
     memory or weights (what ranks other than 0 build; :mod:`sara.parallel.load` fills
     their shards). Frozen parameters (the base under LoRA) are kept in ``frozen_dtype``."""
     names = trained_experts(config, setup.layout)
+    if config.optim.layerwise_fp8 and (not config.optim.lora_rank or meta):
+        raise ValueError(
+            "optim.layerwise_fp8: stores the frozen base of a LoRA run in one process; "
+            f"needs optim.lora_rank > 0 (is {config.optim.lora_rank}) and no sharding"
+        )
     with torch.device("meta") if meta else contextlib.nullcontext():
         if meta:
             experts = {
@@ -68,10 +74,17 @@ def build_model(
     for parameter in model.parameters():
         if not parameter.requires_grad:
             parameter.data = parameter.data.to(frozen_dtype)
+    if config.optim.layerwise_fp8:  # frozen Linear weights stored in fp8, cast to frozen_dtype per layer as it runs
+        skip = (*DEFAULT_SKIP_MODULES_PATTERN, "lora_")  # the adapters train in full precision
+        for dit in model.experts.values():
+            dit.enable_layerwise_casting(FP8, compute_dtype=frozen_dtype, skip_modules_pattern=skip)
     if config.optim.gradient_checkpointing:
         for dit in model.experts.values():
             dit.enable_gradient_checkpointing()
     return model
+
+
+FP8 = torch.float8_e4m3fn  # the storage of optim.layerwise_fp8
 
 
 def lora_config(config: Stage2Config) -> LoraConfig:

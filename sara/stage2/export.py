@@ -15,9 +15,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from sara.models.wan import HIGH, SUBFOLDER, WanLayout
+from sara.models.wan import HIGH, SUBFOLDER, WanLayout, load_transformers
 from sara.models.wan_keys import comfyui_lora
 from sara.parallel.world import World
+from sara.stage2.build import FP8
 from sara.stage2.objective import Stage2Model
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -62,6 +63,7 @@ def export_pipeline(
     for name, dit in model.experts.items():  # one expert's full state in memory at a time
         state = get_model_state_dict(dit, options=FULL)
         if world.is_main:
+            state = _unquantised(state, layout, name)
             adapter = out.parent / "lora" / f"{adapter_name(layout, name)}.safetensors"
             _write_expert(dit, state, partial / SUBFOLDER[name], adapter, metadata, comfyui)
     if world.is_main:
@@ -97,6 +99,15 @@ def _write_expert(
         copy.fuse_lora()
         copy.unload_lora()
     copy.save_pretrained(folder)
+
+
+def _unquantised(state: dict, layout: WanLayout, expert: str) -> dict:
+    """``state`` with the frozen weights that ``optim.layerwise_fp8`` stored in fp8 taken
+    from the folder instead: the export merges the adapter into the base as released."""
+    if not any(v.dtype == FP8 for v in state.values()):
+        return state
+    original = load_transformers(layout, names=(expert,))[expert].state_dict()
+    return {k: original[k.replace(".base_layer", "")] if v.dtype == FP8 else v for k, v in state.items()}
 
 
 def _add_metadata(path: Path, metadata: dict[str, str]) -> None:
