@@ -25,3 +25,4 @@ class Sampling:
     text_length: int = _setting(512, "caption tokens, zero-padded as in training (models.text_length)")
     scheduler: str = _setting("unipc", "unipc (UniPC) or euler (flow-match Euler)")
     shift: float = _setting(3.0, "flow shift of the sampler (Wan at 480p: 3)")
+    vae_tile: int = _setting(0, "decode in overlapping tiles of this many pixels (less memory); 0: whole frames")

@@ -84,6 +84,8 @@ class PrecomputeConfig:
     shard_size: int = option(64, ge=1)  # clips per safetensors shard
     batch_size: int = option(4, ge=1)  # clips per encoder pass
     dtype: str = option("float32", choices=("float32", "bfloat16"))  # stored precision; bfloat16 halves the cache
+    vae_tile: int = option(0, ge=0)  # encode in overlapping tiles of this many pixels (less memory); 0: whole frames
+    vae_slicing: bool = False  # encode the clips of a batch one at a time (less memory, the same latents to rounding)
 
 
 @dataclass

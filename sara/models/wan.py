@@ -203,3 +203,14 @@ def dit_parameters(folder: str | Path) -> int:
 
 def load_vae(folder: str | Path, dtype: torch.dtype = torch.float32) -> AutoencoderKLWan:
     return AutoencoderKLWan.from_pretrained(folder, subfolder="vae", dtype=dtype).eval().requires_grad_(False)
+
+
+def vae_memory(vae: AutoencoderKLWan, tile: int, slicing: bool = False) -> AutoencoderKLWan:
+    """Diffusers' memory savers of the VAE: ``tile`` > 0 encodes and decodes in tiles of that
+    many pixels overlapping by a quarter (blended: close to, not equal to, whole frames);
+    ``slicing`` runs a batch's videos one at a time (equal results up to rounding)."""
+    if tile:
+        vae.enable_tiling(tile, tile, tile * 3 // 4, tile * 3 // 4)
+    if slicing:
+        vae.enable_slicing()
+    return vae

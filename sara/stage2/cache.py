@@ -67,8 +67,11 @@ def fingerprint(config: Stage2Config) -> dict:
         "frames": data.frames,
         "timing": [data.fps, data.window, config.seed if data.window == "random" else None],
         "sizes": data.buckets or [[data.size, data.size]],
-        # named only when not V-JEPA 2's own features, so that caches made before the oracle stay valid
+        # named only when not the default, so that caches made before these options stay valid
         **({"teacher": models.teacher} if models.teacher != "vjepa2" else {}),
+        **(
+            {"vae_tile": config.precompute.vae_tile} if config.precompute.vae_tile else {}
+        ),  # tiles blend: other latents
     }
 
 

@@ -18,7 +18,7 @@ from sara.data.buckets import Bucket
 from sara.data.masks import pool_to_grid
 from sara.models.presets import resolve, wan_folder
 from sara.models.vjepa2 import VideoEncoder
-from sara.models.wan import load_vae
+from sara.models.wan import load_vae, vae_memory
 from sara.stage1.saliency import SaliencyModel
 from sara.stage2.align import VJEPA_FIRST_FRAME, VfmView
 from sara.stage2.oracle import WIDTH as ORACLE_WIDTH
@@ -73,7 +73,7 @@ class Stage2Encoders(torch.nn.Module):
         models = config.models
         self.config = config
         folder = wan_folder(models.wan, models.tiny_root)
-        self.vae = load_vae(folder)
+        self.vae = vae_memory(load_vae(folder), config.precompute.vae_tile, config.precompute.vae_slicing)
         self.text = WanPipeline(
             tokenizer=AutoTokenizer.from_pretrained(folder, subfolder="tokenizer"),
             text_encoder=UMT5EncoderModel.from_pretrained(folder, subfolder="text_encoder").eval(),

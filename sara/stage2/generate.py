@@ -13,17 +13,21 @@ from sara.config.parallel import ParallelConfig
 from sara.config.sampling import SCHEDULERS, Sampling
 from sara.data.video import write_gif, write_video
 from sara.data.visualize import slug
-from sara.models.wan import dit_grid, latent_shape
+from sara.models.wan import dit_grid, latent_shape, vae_memory
 from sara.parallel.context import apply_ulysses, check_tokens
 from sara.parallel.world import close_world, init_world
 
 
-def load_pipeline(folder: str | Path, scheduler: str, shift: float, device: torch.device) -> WanPipeline:
-    """A Diffusers-format Wan folder (e.g. ``RUN_DIR/pipeline``) with the chosen sampler."""
+def load_pipeline(
+    folder: str | Path, scheduler: str, shift: float, device: torch.device, vae_tile: int = 0
+) -> WanPipeline:
+    """A Diffusers-format Wan folder (e.g. ``RUN_DIR/pipeline``) with the chosen sampler;
+    ``vae_tile`` > 0 decodes in tiles of that many pixels."""
     if not (Path(folder) / "model_index.json").is_file():
         raise ValueError(f"{folder}: no model_index.json (expected RUN_DIR/pipeline or a Diffusers Wan folder)")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     vae = AutoencoderKLWan.from_pretrained(folder, subfolder="vae", dtype=torch.float32)  # Wan decodes in fp32
+    vae_memory(vae, vae_tile)
     pipe = WanPipeline.from_pretrained(folder, vae=vae, dtype=dtype)
     if scheduler == "unipc":
         pipe.scheduler = UniPCMultistepScheduler(
@@ -99,7 +103,7 @@ def generate(
     (``NN-<prompt>``, seed ``sampling.seed + NN``). Returns the paths this process wrote."""
     world = init_world(ParallelConfig(ulysses=ulysses), device)
     try:
-        pipe = load_pipeline(folder, sampling.scheduler, sampling.shift, world.device)
+        pipe = load_pipeline(folder, sampling.scheduler, sampling.shift, world.device, sampling.vae_tile)
         if world.cp > 1:
             for dit in (pipe.transformer, pipe.transformer_2):
                 if dit is not None:
