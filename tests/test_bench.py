@@ -64,6 +64,18 @@ def test_bench_step_prints_each_mode_as_a_ratio_to_sft(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_bench_step_memory_switches_each_run_against_plain_sara(tmp_path, capsys):
+    args = ["bench", "step", "--modes", "sara", "--memory", "--batch", "2", "--frames", "9", "--size", "64"]
+    assert main([*args, "--warmup", "1", "--steps", "1", "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    switches = ["sara+accumulate2", "sara+checkpointing", "sara+lora8", "sara+lora8+fp8", "sara_online+vae_tile"]
+    table = out.split("memory switches, each against the plain sara step:")[1]
+    rows = {line.split("|")[0].strip(): line for line in table.splitlines() if "|" in line}
+    assert list(rows) == ["case", "sara", *switches]
+    assert rows["sara"].split("|")[1].split()[1] == "1.00" and rows["sara"].split("|")[2].split()[1] == "1.00"
+
+
+@pytest.mark.slow
 def test_bench_dist_counts_the_shards_and_the_sequence_traffic(tmp_path):
     worlds = {"1": (1, {}), "2 fsdp": (2, {}), "2 ulysses": (2, {"dp_shard": 1, "ulysses": 2})}
     sharding = bench_sharding(str(tmp_path), worlds=worlds)

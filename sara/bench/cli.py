@@ -39,6 +39,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     step.add_argument("--no-online", action="store_true", help="skip the online-encoder variant")
     step.add_argument("--wan", default="tiny", help=f"{' | '.join(WAN_VARIANTS)}, or a Diffusers-format Wan folder")
     step.add_argument("--workdir", help="where the world, presets and cache go (default: a new temporary folder)")
+    step.add_argument("--memory", action="store_true", help="also sara with each memory switch, × sara")
     step.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     step.set_defaults(handler=_step)
 
@@ -100,6 +101,7 @@ def _step(args: argparse.Namespace) -> None:
         wan=args.wan,
         workdir=args.workdir,
         progress=not args.json,
+        memory=args.memory,
     )
     if args.json:
         print(json.dumps(results, indent=2))
@@ -108,7 +110,11 @@ def _step(args: argparse.Namespace) -> None:
         f"Stage 2 step (forward, backward, AdamW) of the {args.wan} Wan DiT, batch {args.batch} of {args.frames} frames "
         f"at {args.size}² on {args.device} ({torch.get_num_threads()} CPU threads); median of {args.steps} steps"
     )
-    print(format_step(results))
+    switches = [name for name in results if "+" in name]
+    print(format_step(results, "sft", [name for name in results if name not in switches]))
+    if switches:
+        print("\nmemory switches, each against the plain sara step:")
+        print(format_step(results, "sara", ["sara", *switches]))
 
 
 def _dist(args: argparse.Namespace) -> None:

@@ -32,6 +32,14 @@ from sara.stage2.step import noise_generator, train_step
 from sara.trainer.batches import BucketSteps
 
 MIB = 2**20
+# the memory switches for one GPU, each a `sara` step with these settings (`--memory`);
+# accumulation runs the batch as two micro-batches, so its batch must be even
+SWITCHES = {
+    "accumulate2": ("optim.accumulate=2",),
+    "checkpointing": ("optim.gradient_checkpointing=true",),
+    "lora8": ("optim.lora_rank=8",),
+    "lora8+fp8": ("optim.lora_rank=8", "optim.layerwise_fp8=true"),
+}
 
 
 @dataclass(frozen=True)
@@ -81,8 +89,11 @@ def bench_step(
     wan: str = "tiny",
     workdir: str | Path | None = None,
     progress: bool = True,
+    memory: bool = False,
 ) -> dict[str, dict]:
-    """``{case: {step_s, peak_mib, ratio_to_sft}}`` for each mode (and ``sara_online``)."""
+    """``{case: {step_s, peak_mib, ratio_to_sft}}`` for each mode (and ``sara_online``);
+    with ``memory`` also ``sara+SWITCH`` for each of :data:`SWITCHES` (and
+    ``sara_online+vae_tile``: the online VAE encoding in tiles of half the frame)."""
     from tqdm import tqdm
 
     if "sft" not in modes:
@@ -110,8 +121,16 @@ def bench_step(
     ]
     precompute(load_config(Stage2Config, None, overrides), progress=False)
     cases = [StepCase(m, (*overrides, f"objective.align.mode={m}"), warmup, steps) for m in dict.fromkeys(modes)]
+    sara = (*overrides, "objective.align.mode=sara")
     if online:
-        cases.append(StepCase("sara_online", (*overrides, "objective.align.mode=sara", "online=true"), warmup, steps))
+        cases.append(StepCase("sara_online", (*sara, "online=true"), warmup, steps))
+    if memory:
+        if "sara" not in modes:
+            cases.append(StepCase("sara", sara, warmup, steps))  # the switches' reference
+        cases += [StepCase(f"sara+{name}", (*sara, *more), warmup, steps) for name, more in SWITCHES.items()]
+        if online:
+            tile = f"precompute.vae_tile={max(32, size // 2)}"
+            cases.append(StepCase("sara_online+vae_tile", (*sara, "online=true", tile), warmup, steps))
     context = multiprocessing.get_context("spawn")
     results = {}
     for case in tqdm(cases, desc="bench step", disable=not progress):
@@ -122,13 +141,15 @@ def bench_step(
     return results
 
 
-def format_step(results: dict[str, dict]) -> str:
-    header = f"{'case':>12} | {'step s':>8} {'× sft':>6} | {'peak MiB':>9} {'× sft':>6}"
+def format_step(results: dict[str, dict], base: str = "sft", cases: list[str] | None = None) -> str:
+    """The table of ``cases`` (default all), time and peak memory as ratios to ``base``."""
+    header = f"{'case':>20} | {'step s':>8} {'× ' + base:>7} | {'peak MiB':>9} {'× ' + base:>7}"
     lines = [header, "-" * len(header)]
-    sft = results["sft"]
-    for name, row in results.items():
+    ref = results[base]
+    for name in cases or list(results):
+        row = results[name]
         lines.append(
-            f"{name:>12} | {row['step_s']:>8.4f} {row['ratio_to_sft']:>6.2f} | "
-            f"{row['peak_mib']:>9.1f} {row['peak_mib'] / max(sft['peak_mib'], 1e-9):>6.2f}"
+            f"{name:>20} | {row['step_s']:>8.4f} {row['step_s'] / ref['step_s']:>7.2f} | "
+            f"{row['peak_mib']:>9.1f} {row['peak_mib'] / max(ref['peak_mib'], 1e-9):>7.2f}"
         )
     return "\n".join(lines)
