@@ -534,3 +534,34 @@ def test_vae_slicing_is_exact_and_tiling_close_in_precompute_and_generation(worl
     assert videos[32].shape == videos[0].shape == (9, 3, 64, 96)
     correlation = torch.corrcoef(torch.stack([videos[32].flatten(), videos[0].flatten()]))[0, 1]
     assert correlation > 0.5  # seams blend; the random-weight tiny VAE's picture stays
+
+
+def test_validation_offloads_the_expert_that_does_not_train(world, shared, tmp_path):
+    """A14B training its low-noise expert: with validation.offload_frozen the high-noise
+    expert is group-offloaded (hooks on its blocks) and the validation videos are unchanged."""
+    from diffusers.hooks import HookRegistry
+
+    more = {"models.wan": "tiny-a14b", "precompute.cache_dir": tmp_path / "cache", "objective.experts": "[low]"}
+    more |= {"validation.every": 1, "validation.steps": 2, "objective.align.mode": "sft"}
+    assert main(["stage2", "precompute", *overrides(world, shared, tmp_path / "x", **more)]) == 0
+    frames = {}
+    for offload in (False, True):
+        out = tmp_path / f"offload-{offload}"
+        args = overrides(world, shared, out, steps=1, **more, **{"validation.offload_frozen": offload})
+        assert main(["stage2", "train", *args]) == 0
+        (video,) = sorted((out / "samples" / "step-0000001").glob("00-*.mp4"))
+        frames[offload] = decode_clip(video, None, None).frames
+    assert torch.equal(frames[True], frames[False])
+
+    from sara.config import load_config
+    from sara.config.stage2 import Stage2Config
+    from sara.parallel.world import World
+    from sara.stage2.build import build_model, resolve_setup
+    from sara.stage2.validate import Validator
+
+    config = load_config(Stage2Config, None, args)
+    setup = resolve_setup(config)
+    validator = Validator(config, setup, build_model(config, setup), World(0, 1, torch.device("cpu")))
+    high = validator.pipe.transformer
+    assert "group_offloading" in HookRegistry.check_if_exists_or_initialize(high.blocks[0]).hooks
+    assert not HookRegistry.check_if_exists_or_initialize(validator.pipe.transformer_2.blocks[0]).hooks

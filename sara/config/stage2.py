@@ -116,6 +116,7 @@ class ValidationConfig:
     prompts: list[str] = field(default_factory=list)  # empty: the first two captions of data.train
     steps: int = option(20, ge=1)  # denoising steps (UniPC)
     guidance_scale: float = option(5.0, ge=1)
+    offload_frozen: bool = False  # keep an expert that does not train in CPU memory, its blocks onloaded as they run
 
 
 @dataclass

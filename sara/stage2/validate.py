@@ -19,7 +19,9 @@ from sara.stage2.objective import Stage2Model
 
 class Validator:
     """Videos of the validation prompts, sampled with `WanPipeline` around the live experts;
-    the frozen parts of the pipeline are loaded once. Every rank samples (a sharded expert
+    the frozen parts of the pipeline are loaded once. With ``validation.offload_frozen`` an
+    expert that does not train (A14B training one expert) stays in CPU memory, its blocks
+    brought to the GPU one at a time as they run (diffusers' group offloading). Every rank samples (a sharded expert
     runs on all of them together); rank 0 writes."""
 
     def __init__(self, config: Stage2Config, setup: Stage2Setup, model: Stage2Model, world: World):
@@ -27,7 +29,18 @@ class Validator:
         self.model, self.world = model, world
         self.prompts = validation.prompts or [r.prompt() for r in load_manifest(data.train).records[:2]]
         live = {SUBFOLDER[name]: dit for name, dit in model.experts.items()}
-        self.pipe = WanPipeline.from_pretrained(setup.layout.folder, **live).to(world.device)
+        self.pipe = WanPipeline.from_pretrained(setup.layout.folder, **live)
+        frozen = {SUBFOLDER[n] for n in setup.layout.experts if n not in model.experts}
+        if validation.offload_frozen and frozen:  # the expert that does not train waits in CPU memory
+            for name in frozen:
+                getattr(self.pipe, name).enable_group_offload(
+                    world.device, torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1
+                )
+            for name, part in self.pipe.components.items():
+                if isinstance(part, torch.nn.Module) and name not in frozen:
+                    part.to(world.device)
+        else:
+            self.pipe.to(world.device)
         shape = setup.buckets[0]  # validation videos take the first bucket's size
         self.sampling = Sampling(
             guidance_scale=validation.guidance_scale,
