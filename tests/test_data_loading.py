@@ -51,6 +51,16 @@ def test_buckets_by_aspect_ratio():
     assert assign_bucket(1280, 720, BUCKETS) == 0
 
 
+def test_buckets_by_length_then_aspect_ratio():
+    """Several lengths: the longest the clip holds, then the closest aspect; too short for
+    all: the shortest (loading names it); unknown length: any bucket of the right aspect."""
+    buckets = [Bucket(f, h, w) for f in (17, 33, 49) for h, w in ((64, 64), (64, 128))]
+    assert buckets[assign_bucket(64, 64, buckets, available=40)] == Bucket(33, 64, 64)
+    assert buckets[assign_bucket(720, 1280, buckets, available=49)] == Bucket(49, 64, 128)
+    assert buckets[assign_bucket(64, 64, buckets, available=200)] == Bucket(49, 64, 64)
+    assert buckets[assign_bucket(64, 64, buckets, available=9)] == Bucket(17, 64, 64)
+
+
 def test_sampler_same_bucket_deterministic_and_disjoint_across_ranks():
     bucket_of = [i % 3 for i in range(100)]
     epoch0 = list(BucketBatchSampler(bucket_of, 4, seed=5))

@@ -36,7 +36,9 @@ def build(folder, mode, checkpointing=False, lora=False):
     if lora:
         for dit in experts.values():
             dit.requires_grad_(False)
-            dit.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=list(LORA_TARGETS), init_lora_weights="gaussian"))
+            dit.add_adapter(
+                LoraConfig(r=4, lora_alpha=4, target_modules=list(LORA_TARGETS), init_lora_weights="gaussian")
+            )
     model = Stage2Model(experts, read_layout(folder), config, VFM_DIM, VIEW)
     if checkpointing:
         for dit in model.experts.values():

@@ -382,6 +382,37 @@ def test_clips_of_two_shapes_train_in_same_shape_batches(world, shared, tmp_path
     assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 6
 
 
+def test_frame_buckets_give_each_clip_the_longest_length_it_holds(world, shared, tmp_path):
+    """data.frame_buckets [5, 9] on 16-fps clips of 9 frames: clips cut to 0.375 s hold 6
+    frames and train at 5, whole clips at 9; batches stack one length each."""
+    records = [json.loads(line) for line in (world / "train.jsonl").read_text().splitlines()]
+    for number, record in enumerate(records):
+        record["video"] = str(world / record["video"])
+        record.pop("entities")  # their masks span the whole clip
+        if number % 2:
+            record["end"] = 0.375
+    manifest = tmp_path / "lengths.jsonl"
+    manifest.write_text("\n".join(map(json.dumps, records)) + "\n")
+    more = {
+        "data.train": manifest,
+        "data.frame_buckets": "[9,5]",
+        "objective.align.mode": "trd",
+        "precompute.cache_dir": tmp_path / "cache",
+    }
+    args = overrides(world, shared, tmp_path / "run", steps=4, **more)
+    assert main(["stage2", "precompute", *args]) == 0
+    index = json.loads((tmp_path / "cache" / "index.json").read_text())
+    latents = {}
+    for shard in (tmp_path / "cache").glob("shard-*.safetensors"):
+        latents |= {int(k.split("/")[0]): v.shape[1] for k, v in load_file(shard).items() if k.endswith("/latents")}
+    assert len(latents) == len(index["clips"]) == 6
+    assert {clip: frames for clip, frames in latents.items()} == {
+        i: 2 if i % 2 else 3 for i in range(6)
+    }  # 5 or 9 frames
+    assert main(["stage2", "train", *args]) == 0
+    assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 4
+
+
 def test_trackers_get_every_figure_and_the_validation_videos(world, shared, tmp_path, monkeypatch):
     """wandb (offline) receives each training term, grad norm, lr, s/step, peak memory, the
     held-out losses and the validation videos at their steps, and a resumed run continues

@@ -26,6 +26,9 @@ class Stage2DataConfig(ClipTiming):
     frames: int = option(17, ge=5)  # video frames per clip, 4k + 1 (Wan's causal VAE)
     size: int = option(128, ge=32)  # square frame size in pixels (a multiple of 32)
     buckets: list[list[int]] = field(default_factory=list)  # [H, W] shapes binned by aspect ratio; []: [size, size]
+    # several 4k + 1 lengths: each clip takes the longest its time range holds at its rate
+    # (a bucket per length and size); []: data.frames for every clip
+    frame_buckets: list[int] = field(default_factory=list)
     max_bad_fraction: float = option(0.05, ge=0, le=1)  # abort past this share of unreadable clips
     num_workers: int = option(0, ge=0)  # decoding processes during precompute
     # share of samples trained with the empty caption, as Wan's unconditional (classifier-free

@@ -23,10 +23,16 @@ class Bucket:
         return self.height, self.width
 
 
-def assign_bucket(height: int, width: int, buckets: Sequence[Bucket]) -> int:
-    """Index of the bucket whose aspect ratio is closest (in log scale) to ``width / height``."""
+def assign_bucket(height: int, width: int, buckets: Sequence[Bucket], available: int | None = None) -> int:
+    """Index of the bucket of the longest length that fits ``available`` frames (the shortest
+    when none fits: loading names the clip too short; any when unknown), and among those the
+    one whose aspect ratio is closest (in log scale) to ``width / height``."""
+    lengths = sorted({b.frames for b in buckets})
+    fitting = [n for n in lengths if available is None or n <= available]
+    frames = max(fitting) if fitting else lengths[0]
     aspect = math.log(width / height)
-    return min(range(len(buckets)), key=lambda i: abs(math.log(buckets[i].width / buckets[i].height) - aspect))
+    candidates = [i for i, b in enumerate(buckets) if b.frames == frames]
+    return min(candidates, key=lambda i: abs(math.log(buckets[i].width / buckets[i].height) - aspect))
 
 
 class BucketBatchSampler(Sampler[list[int]]):

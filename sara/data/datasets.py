@@ -21,7 +21,7 @@ from sara.config.clips import ClipTiming
 from sara.data.buckets import Bucket, assign_bucket
 from sara.data.manifest import Manifest, Record
 from sara.data.masks import MaskError, load_mask
-from sara.data.video import Clip, VideoError, decode_clip, probe_size, transform_masks
+from sara.data.video import Clip, VideoError, decode_clip, probe_frames, probe_size, transform_masks
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,14 @@ class ClipDataset(Dataset):
         self.timing, self.seed, self.epoch = timing, seed, 0
         # aspect-ratio bins from the headers alone; an unreadable file lands in bucket 0
         # and is skipped, with its reason, when loaded
+        # with several lengths, each clip's from its packet timeline at its rate (nothing decoded)
+        several = len({b.frames for b in self.buckets}) > 1
         self.record_bucket = []
         for record in manifest.records:
-            size = probe_size(manifest.resolve(record.video))
-            self.record_bucket.append(assign_bucket(*size, self.buckets) if size else 0)
+            path = manifest.resolve(record.video)
+            size = probe_size(path)
+            available = probe_frames(path, record.start, record.end, record.fps or timing.fps) if several else None
+            self.record_bucket.append(assign_bucket(*size, self.buckets, available) if size else 0)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -243,6 +243,16 @@ def probe_size(path: str | Path) -> tuple[int, int] | None:
         return None
 
 
+def probe_frames(path: str | Path, start: float | None, end: float | None, fps: float | None) -> int | None:
+    """Frames of ``[start, end)`` seen at ``fps``, from the packet timeline alone (nothing
+    decoded), or ``None`` if the file cannot be read."""
+    try:
+        with _open(path) as (_, _, times):
+            return len(select_frames(times, None, start, end, fps)[1])
+    except VideoError:
+        return None
+
+
 def scan_clip(
     path: str | Path, start: float | None = None, end: float | None = None, fps: float | None = None
 ) -> tuple[int, int, tuple[int, int]]:

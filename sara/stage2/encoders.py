@@ -25,13 +25,19 @@ from sara.stage2.oracle import WIDTH as ORACLE_WIDTH
 from sara.stage2.oracle import OracleTeacher
 
 
+def frame_counts(config: Stage2Config) -> list[int]:
+    """The clip lengths of a run: ``data.frame_buckets``, or ``data.frames`` alone."""
+    return sorted(set(config.data.frame_buckets)) or [config.data.frames]
+
+
 def buckets(config: Stage2Config) -> list[Bucket]:
-    """The clip shapes of a run: ``data.buckets`` as ``(frames, H, W)``, or one square bucket."""
+    """The clip shapes of a run: every length of :func:`frame_counts` at every ``[H, W]`` of
+    ``data.buckets`` (or one square size), as ``(frames, H, W)``."""
     sizes = config.data.buckets or [[config.data.size, config.data.size]]
     for size in sizes:
         if len(size) != 2 or any(side % 32 for side in size):
             raise ValueError(f"data.buckets: {size} must be [H, W] with both sides multiples of 32")
-    return [Bucket(config.data.frames, height, width) for height, width in sizes]
+    return [Bucket(frames, height, width) for frames in frame_counts(config) for height, width in sizes]
 
 
 def teacher(config: Stage2Config) -> tuple[int, VfmView]:
@@ -40,12 +46,13 @@ def teacher(config: Stage2Config) -> tuple[int, VfmView]:
     models = config.models
     vjepa = VJEPA2Config.from_pretrained(resolve(models.vjepa2, "vjepa2", models.tiny_root))
     view = VfmView(vjepa.tubelet_size, vjepa.patch_size, models.vjepa2_stride, models.vjepa2_short_side)
-    frames = config.data.frames
-    if (frames - 1) % 4 or (frames - VJEPA_FIRST_FRAME) % (view.tubelet * view.stride):
-        raise ValueError(
-            f"data.frames: {frames} must be 4k + 1 frames (Wan's causal VAE) with 4k a multiple of "
-            f"tubelet × stride ({view.tubelet} × {view.stride})"
-        )
+    key = "data.frame_buckets" if config.data.frame_buckets else "data.frames"
+    for frames in frame_counts(config):
+        if (frames - 1) % 4 or (frames - VJEPA_FIRST_FRAME) % (view.tubelet * view.stride):
+            raise ValueError(
+                f"{key}: {frames} must be 4k + 1 frames (Wan's causal VAE) with 4k a multiple of "
+                f"tubelet × stride ({view.tubelet} × {view.stride})"
+            )
     buckets(config)
     view.latent_frame_of(1)  # a tubelet must not straddle latent frames
     return ORACLE_WIDTH if models.teacher == "oracle" else vjepa.hidden_size, view
