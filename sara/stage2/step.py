@@ -70,7 +70,8 @@ def train_step(
     terms: dict[str, Tensor] = {}
     for chunk in micro_batches(len(latents), config.optim.accumulate):
         share = len(chunk) / len(latents)
-        part = {k: v[chunk.to(v.device)] for k, v in batch.items()}
+        # per-row tensors split; shared ones (the empty caption's states, [1, L, D]) ride along
+        part = {k: v[chunk.to(v.device)] if len(v) == len(latents) else v for k, v in batch.items()}
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=latents.device.type == "cuda"):
             loss, chunk_terms = model(part)
         backward(loss * share, world)
