@@ -69,7 +69,7 @@ def test_bench_step_memory_switches_each_run_against_plain_sara(tmp_path, capsys
     assert main([*args, "--warmup", "1", "--steps", "1", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     switches = ["sara+accumulate2", "sara+checkpointing", "sara+lora8", "sara+lora8+fp8", "sara_online+vae_tile"]
-    table = out.split("memory switches, each against the plain sara step:")[1]
+    table = out.split("memory switches, each against the step it changes (sara, or sara_online for the VAE):")[1]
     rows = {line.split("|")[0].strip(): line for line in table.splitlines() if "|" in line}
     assert list(rows) == ["case", "sara", *switches]
     assert rows["sara"].split("|")[1].split()[1] == "1.00" and rows["sara"].split("|")[2].split()[1] == "1.00"

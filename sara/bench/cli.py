@@ -113,8 +113,8 @@ def _step(args: argparse.Namespace) -> None:
     switches = [name for name in results if "+" in name]
     print(format_step(results, "sft", [name for name in results if name not in switches]))
     if switches:
-        print("\nmemory switches, each against the plain sara step:")
-        print(format_step(results, "sara", ["sara", *switches]))
+        print("\nmemory switches, each against the step it changes (sara, or sara_online for the VAE):")
+        print(format_step(results, None, ["sara", *switches]))
 
 
 def _dist(args: argparse.Namespace) -> None:

@@ -141,13 +141,15 @@ def bench_step(
     return results
 
 
-def format_step(results: dict[str, dict], base: str = "sft", cases: list[str] | None = None) -> str:
-    """The table of ``cases`` (default all), time and peak memory as ratios to ``base``."""
-    header = f"{'case':>20} | {'step s':>8} {'× ' + base:>7} | {'peak MiB':>9} {'× ' + base:>7}"
+def format_step(results: dict[str, dict], base: str | None = "sft", cases: list[str] | None = None) -> str:
+    """The table of ``cases`` (default all), time and peak memory as ratios to ``base`` —
+    with ``base=None`` to each case's own reference, the case its name extends
+    (``sara_online+vae_tile`` to ``sara_online``)."""
+    label = base or "base"
+    header = f"{'case':>20} | {'step s':>8} {'× ' + label:>7} | {'peak MiB':>9} {'× ' + label:>7}"
     lines = [header, "-" * len(header)]
-    ref = results[base]
     for name in cases or list(results):
-        row = results[name]
+        row, ref = results[name], results[base or name.split("+")[0]]
         lines.append(
             f"{name:>20} | {row['step_s']:>8.4f} {row['step_s'] / ref['step_s']:>7.2f} | "
             f"{row['peak_mib']:>9.1f} {row['peak_mib'] / max(ref['peak_mib'], 1e-9):>7.2f}"
