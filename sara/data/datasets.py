@@ -44,9 +44,9 @@ class ClipDataset(Dataset):
             raise ValueError("buckets: at least one bucket is needed")
         self.manifest, self.buckets = manifest, list(buckets)
         self.timing, self.seed, self.epoch = timing, seed, 0
-        # aspect-ratio bins from the headers alone; an unreadable file lands in bucket 0
-        # and is skipped, with its reason, when loaded
-        # with several lengths, each clip's from its packet timeline at its rate (nothing decoded)
+        # aspect-ratio bins from the headers alone, and with several lengths each clip's from
+        # its packet timeline at its rate (nothing decoded); an unreadable file lands in
+        # bucket 0 and is skipped, with its reason, when loaded
         several = len({b.frames for b in self.buckets}) > 1
         self.record_bucket = []
         for record in manifest.records:

@@ -43,6 +43,9 @@ def trained_experts(config: Stage2Config, layout: WanLayout) -> tuple[str, ...]:
     return names
 
 
+FP8 = torch.float8_e4m3fn  # the storage of optim.layerwise_fp8
+
+
 def build_model(
     config: Stage2Config, setup: Stage2Setup, meta: bool = False, frozen_dtype: torch.dtype = torch.float32
 ) -> Stage2Model:
@@ -82,9 +85,6 @@ def build_model(
         for dit in model.experts.values():
             dit.enable_gradient_checkpointing()
     return model
-
-
-FP8 = torch.float8_e4m3fn  # the storage of optim.layerwise_fp8
 
 
 def lora_config(config: Stage2Config) -> LoraConfig:

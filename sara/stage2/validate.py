@@ -21,8 +21,8 @@ class Validator:
     """Videos of the validation prompts, sampled with `WanPipeline` around the live experts;
     the frozen parts of the pipeline are loaded once. With ``validation.offload_frozen`` an
     expert that does not train (A14B training one expert) stays in CPU memory, its blocks
-    brought to the GPU one at a time as they run (diffusers' group offloading). Every rank samples (a sharded expert
-    runs on all of them together); rank 0 writes."""
+    brought to the GPU one at a time as they run (diffusers' group offloading). Every rank
+    samples (a sharded expert runs on all of them together); rank 0 writes."""
 
     def __init__(self, config: Stage2Config, setup: Stage2Setup, model: Stage2Model, world: World):
         validation, data = config.validation, config.data
