@@ -3,6 +3,7 @@ paired noise and scored; the table, results and report written; a second call tr
 
 import json
 
+import numpy as np
 import pytest
 
 from sara.cli import main
@@ -43,3 +44,17 @@ def test_repro_runs_every_arm_and_seed_and_resumes(tmp_path, capsys):
     trained = {key: (run / "pipeline" / "model_index.json").stat().st_mtime_ns for key, run in runs.items()}
     assert main(["repro", "--config", "configs/repro.yaml", *args]) == 0
     assert trained == {key: (run / "pipeline" / "model_index.json").stat().st_mtime_ns for key, run in runs.items()}
+
+
+def test_each_paired_difference_appears_once():
+    """Against sft and trd, without the mirror `sft − trd` of `trd − sft`."""
+    from sara.eval.repro_table import study_tables
+    from sara.eval.shapes import METRICS
+
+    rng = np.random.default_rng(0)
+    results = {("t", s, a): [dict.fromkeys(METRICS, rng.random()) for _ in range(4)] for s in (0, 1) for a in ARMS}
+    paired = study_tables(results, ["t"], [0, 1], list(ARMS))["t"]["paired"]
+    assert list(paired) == ["trd − sft", "sara − sft", "sara − trd"]
+
+
+ARMS = ("sft", "trd", "sara")

@@ -31,7 +31,8 @@ def study_tables(results: dict, teachers: list[str], seeds: list[int], arms: lis
         per_arm = {arm: {m: _summary(scores_table(results, teacher, seeds, arm, m)) for m in METRICS} for arm in arms}
         paired = {}
         for base in (b for b in BASELINES if b in arms):
-            for arm in (a for a in arms if a != base):
+            # each pair once: no `sft − trd` beside `trd − sft`
+            for arm in (a for a in arms if a != base and a not in BASELINES[: BASELINES.index(base)]):
                 paired[f"{arm} − {base}"] = {
                     m: hierarchical(
                         scores_table(results, teacher, seeds, arm, m) - scores_table(results, teacher, seeds, base, m)
