@@ -382,7 +382,7 @@ def test_clips_of_two_shapes_train_in_same_shape_batches(world, shared, tmp_path
     assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 6
 
 
-def test_frame_buckets_give_each_clip_the_longest_length_it_holds(world, shared, tmp_path):
+def test_frame_buckets_give_each_clip_the_longest_length_it_holds(world, shared, tmp_path, capsys):
     """data.frame_buckets [5, 9] on 16-fps clips of 9 frames: clips cut to 0.375 s hold 6
     frames and train at 5, whole clips at 9; batches stack one length each."""
     records = [json.loads(line) for line in (world / "train.jsonl").read_text().splitlines()]
@@ -411,6 +411,9 @@ def test_frame_buckets_give_each_clip_the_longest_length_it_holds(world, shared,
     }  # 5 or 9 frames
     assert main(["stage2", "train", *args]) == 0
     assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 4
+    one_length = overrides(world, shared, tmp_path / "x", **{**more, "data.frame_buckets": "[]"})
+    assert main(["stage2", "precompute", *one_length]) == 2
+    assert "cache made with other settings (frame_buckets)" in capsys.readouterr().err
 
 
 def test_trackers_get_every_figure_and_the_validation_videos(world, shared, tmp_path, monkeypatch):

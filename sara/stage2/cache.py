@@ -67,11 +67,11 @@ def fingerprint(config: Stage2Config) -> dict:
         "frames": data.frames,
         "timing": [data.fps, data.window, config.seed if data.window == "random" else None],
         "sizes": data.buckets or [[data.size, data.size]],
-        # named only when not the default, so that caches made before these options stay valid
+        # named only when not the default, so that caches made before these options stay valid;
+        # VAE tiles blend at their seams (other latents), lengths choose other frames
         **({"teacher": models.teacher} if models.teacher != "vjepa2" else {}),
-        **(
-            {"vae_tile": config.precompute.vae_tile} if config.precompute.vae_tile else {}
-        ),  # tiles blend: other latents
+        **({"vae_tile": config.precompute.vae_tile} if config.precompute.vae_tile else {}),
+        **({"frame_buckets": sorted(set(data.frame_buckets))} if data.frame_buckets else {}),
     }
 
 
@@ -102,7 +102,10 @@ def _read_index(folder: Path, settings: dict) -> dict:
 
 def _check_settings(folder: Path, index: dict, settings: dict) -> None:
     if index["settings"] != settings:
-        changed = sorted(k for k in settings if index["settings"].get(k) != settings[k])
+        made = index["settings"]
+        changed = sorted(
+            k for k in made.keys() | settings.keys() if made.get(k) != settings.get(k)
+        )  # added or dropped too
         raise ValueError(f"{folder}: cache made with other settings ({', '.join(changed)}); choose another cache_dir")
 
 
