@@ -9,10 +9,13 @@ never yields one raises :class:`AnswerError` naming the last problem.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import httpx
@@ -20,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 T = TypeVar("T")
+Item = TypeVar("Item")
 
 
 class AnswerError(ValueError):
@@ -76,3 +80,18 @@ def image_parts(frames: np.ndarray) -> list[dict]:
         url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
         parts.append({"type": "image_url", "image_url": {"url": url}})
     return parts
+
+
+def ask_each(items: list[Item], ask: Callable[[httpx.Client, Item], T], concurrency: int) -> Iterator[T]:
+    """``ask(client, item)`` for every item, ``concurrency`` requests in flight over one pooled
+    client; the results in the items' order, as they are consumed (the client lives as long)."""
+    workers = max(1, concurrency)
+    with httpx.Client(limits=httpx.Limits(max_connections=workers)) as client, ThreadPoolExecutor(workers) as pool:
+        yield from pool.map(lambda item: ask(client, item), items)
+
+
+def answer_key(video: Path, *parts: str) -> str:
+    """The cache key of an answer about ``video``: the hash of its bytes and of ``parts``
+    (the question, the model, …), so a changed file or question asks again."""
+    digest = hashlib.sha256(Path(video).read_bytes()).hexdigest()
+    return hashlib.sha256("\n".join([digest, *parts]).encode()).hexdigest()[:32]

@@ -16,10 +16,8 @@ is logged and counted; the manifest is rewritten atomically when the run stops.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from tqdm import tqdm
 
 from sara.data.manifest import Entity, Manifest, MTSSCaption, Record
 from sara.data.video import VideoError, decode_clip
-from sara.endpoint import AnswerError, Endpoint, image_parts, sample_frames
+from sara.endpoint import AnswerError, Endpoint, answer_key, ask_each, image_parts, sample_frames
 from sara.files import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -74,8 +72,10 @@ def parse_caption(content: str) -> MTSSCaption:
         data = json.loads(content)
     except json.JSONDecodeError:
         raise AnswerError("answer is not JSON") from None
-    if not isinstance(data, dict) or set(SCHEMA["required"]) - data.keys():
-        raise AnswerError(f"answer lacks {', '.join(sorted(set(SCHEMA['required']) - set(data or {})))}")
+    if not isinstance(data, dict):
+        raise AnswerError("answer is not a JSON object")
+    if missing := sorted(set(SCHEMA["required"]) - data.keys()):
+        raise AnswerError(f"answer lacks {', '.join(missing)}")
     try:
         caption = MTSSCaption.model_validate(data)
     except ValidationError as exc:
@@ -96,10 +96,8 @@ class Captioner:
     frames: int = 8
 
     def key(self, manifest: Manifest, record: Record) -> str:
-        video = hashlib.sha256(manifest.resolve(record.video).read_bytes()).hexdigest()
-        parts = [video, str(record.start), str(record.end), record.prompt(), self.endpoint.model]
-        parts += [str(self.frames), VERSION]
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+        parts = [str(record.start), str(record.end), record.prompt(), self.endpoint.model, str(self.frames), VERSION]
+        return answer_key(manifest.resolve(record.video), *parts)
 
     def ask(self, client: httpx.Client, manifest: Manifest, record: Record) -> MTSSCaption:
         clip = decode_clip(manifest.resolve(record.video), None, None, record.start, record.end)
@@ -140,23 +138,19 @@ def caption_manifest(
         write_text_atomic(path, caption.model_dump_json())
         return caption, False
 
-    workers = max(1, concurrency)
+    answers = tqdm(ask_each(todo, run, concurrency), total=len(todo), desc="captions", disable=not progress)
     try:
-        with httpx.Client(limits=httpx.Limits(max_connections=workers)) as client, ThreadPoolExecutor(workers) as pool:
-            answers = pool.map(lambda index: run(client, index), todo)
-            for index, (caption, cached) in zip(
-                todo, tqdm(answers, total=len(todo), desc="captions", disable=not progress)
-            ):
-                if caption is None:
-                    stats.failed += 1
-                    continue
-                record = manifest.records[index]
-                record.caption = caption
-                stats.written += 1
-                stats.cached += cached
-                if not record.entities:
-                    record.entities = [Entity(prompt=c.name.strip()) for c in caption.cast]
-                    stats.entities += 1
+        for index, (caption, cached) in zip(todo, answers):
+            if caption is None:
+                stats.failed += 1
+                continue
+            record = manifest.records[index]
+            record.caption = caption
+            stats.written += 1
+            stats.cached += cached
+            if not record.entities:
+                record.entities = [Entity(prompt=c.name.strip()) for c in caption.cast]
+                stats.entities += 1
     finally:  # also on Ctrl-C or an error: what was answered is kept
         manifest.save()
     return stats

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
 from tqdm import tqdm
 
 from sara.data.manifest import Entity, Manifest
-from sara.endpoint import AnswerError, Endpoint
+from sara.endpoint import AnswerError, Endpoint, ask_each
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +75,8 @@ def fill_prompts(
             log.warning("%s: prompts: %s; using the caption's cast list", manifest.describe(index), exc)
             return None
 
-    workers = max(1, concurrency)
-    with httpx.Client(limits=httpx.Limits(max_connections=workers)) as client, ThreadPoolExecutor(workers) as pool:
-        jobs = pool.map(lambda index: answer(client, index), todo)
-        answers = list(tqdm(jobs, total=len(todo), desc="entity prompts", disable=not progress))
+    jobs = ask_each(todo, answer, concurrency)
+    answers = list(tqdm(jobs, total=len(todo), desc="entity prompts", disable=not progress))
     for index, prompts in zip(todo, answers):
         record = manifest.records[index]
         stats.asked += endpoint is not None

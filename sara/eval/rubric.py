@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sara.config import load_config
-from sara.endpoint import AnswerError, Endpoint, image_parts, sample_frames
+from sara.endpoint import AnswerError, Endpoint, answer_key, ask_each, image_parts, sample_frames
 from sara.eval.stats import bootstrap
 from sara.eval.videos import read_video
 from sara.files import write_text_atomic
@@ -117,9 +116,8 @@ class Judge:
     repeats: int = 1
 
     def key(self, video: Path, prompt: str, repeat: int) -> str:
-        parts = [hashlib.sha256(video.read_bytes()).hexdigest(), prompt, self.rubric.digest(), self.endpoint.model]
-        parts += [str(self.frames), f"{repeat}/{self.repeats}"]
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+        parts = [prompt, self.rubric.digest(), self.endpoint.model, str(self.frames), f"{repeat}/{self.repeats}"]
+        return answer_key(video, *parts)
 
     def ask(self, client: httpx.Client, video: Path, prompt: str, repeat: int) -> dict[str, dict]:
         frames = sample_frames(read_video(video).numpy(), self.frames, repeat / self.repeats)
@@ -151,10 +149,7 @@ def judge_videos(
         write_text_atomic(path, json.dumps(scores))
         return row | {"scores": scores, "cached": False}
 
-    workers = max(1, concurrency)
-    with httpx.Client(limits=httpx.Limits(max_connections=workers)) as client, ThreadPoolExecutor(workers) as pool:
-        answers = pool.map(lambda job: run(client, job), jobs)
-        return list(tqdm(answers, total=len(jobs), desc="rubric", disable=not progress))
+    return list(tqdm(ask_each(jobs, run, concurrency), total=len(jobs), desc="rubric", disable=not progress))
 
 
 def summarise_rubric(rows: list[dict], rubric: Rubric, seed: int = 0) -> dict[str, dict]:
