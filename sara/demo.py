@@ -24,6 +24,7 @@ from sara.data.saliency import mask_saliency
 from sara.data.synthetic import SynthSpec, synthesize
 from sara.data.video import decode_clip, transform_masks
 from sara.data.visualize import overlay, save_png, strip
+from sara.ecosystem import ecosystem_part
 from sara.eval.report import evaluation_part
 from sara.losses import trd_loss, trd_loss_dense
 from sara.losses.trd import auto_chunk, visited_panels
@@ -210,6 +211,7 @@ def run_demo(config: DemoConfig) -> Path:
         stage1_part(config, out),
         stage2_part(config, out),
         evaluation_part(config, out),
+        ecosystem_part(config, out),
         parallel_part(config, out),
     ]
     sections = [*data_sections, *stages, budget_section, objective_part(config, saliencies)]

@@ -1,6 +1,7 @@
 """The `sara` command: budget, demo and bench through the real entry points."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from sara.cli import main
+from sara.data.manifest import load_manifest
 from sara.stage1.evaluate import METRICS
 
 
@@ -99,7 +101,9 @@ def test_demo_writes_a_self_contained_report(tmp_path, capsys):
     ]
     small += ["stage2.data.frames=9", "stage2.data.size=64", "stage2.models.text_length=32", "stage2.optim.steps=2"]
     small += ["stage2.models.wan=tiny"]  # the shapes VAE trains for minutes: tests/test_shapes_vae.py
-    small += ["generate_steps=2", "bench_steps=1", "eval_prompts=3"]
+    small += ["stage2.validation.heldout=${out_dir}/shapes17/heldout.jsonl", "stage2.validation.loss_every=1"]
+    small += ["stage2.log_every=1"]
+    small += ["generate_steps=2", "bench_steps=1", "eval_prompts=3", "lora_steps=2"]
     assert main(["demo", f"out_dir={out}", *small, "grid.frames=8", "grid.size=64"]) == 0
     files = ["config.yaml", "budget.txt", "budget.json", "budget.png", "example_saliency.png", "report.html"]
     files += ["data/train.jsonl", "data/heldout.jsonl", "data_masks.png", "data_budget.png", "data_budget.txt"]
@@ -109,7 +113,8 @@ def test_demo_writes_a_self_contained_report(tmp_path, capsys):
     heldout = json.loads((out / "shapes" / "heldout.jsonl").read_text().splitlines()[0])
     figures = sorted((out / "stage1_figures" / heldout["id"]).glob("*.png"))
     assert len(figures) == len(heldout["entities"]) + 1  # each entity, then the full caption
-    assert report.count("data:image/png;base64,") == 6 + len(figures) + 3  # + stage 2 loss and frames, eval frames
+    # + stage 2 loss and frames, eval frames, timestep densities
+    assert report.count("data:image/png;base64,") == 6 + len(figures) + 4
     assert report.count("data:image/gif;base64,") == 2
     assert "Stage 2: the DiT with SARA" in report and "sara_online" in report
     assert len(list((out / "stage2_videos").glob("*.mp4"))) == 2
@@ -127,6 +132,16 @@ def test_demo_writes_a_self_contained_report(tmp_path, capsys):
     assert "grid:\n  - 4\n  - 8\n  - 8" in (out / "config.yaml").read_text()
     printed = capsys.readouterr().out
     assert "hard mask" in printed and "report:" in printed
+    # the Wan-trainer conventions: imports, adapter files that give the merged outputs, a single file back
+    assert "Working with other Wan trainers" in report and "sara+lora8+fp8" in report
+    world = load_manifest(out / "shapes17" / "train.jsonl").records[:4]
+    for name in ("musubi", "metadata", "captioned"):
+        imported = load_manifest(out / "imports" / f"{name}_manifest.jsonl").records
+        assert [r.prompt() for r in imported] == [r.prompt() for r in world]
+    deviations = re.findall(r"adapter (\S+) into a fresh WanPipeline: max \|output − merged output\| (\S+)", printed)
+    assert [name for name, _ in deviations] == ["transformer.safetensors", "transformer_comfyui.safetensors"]
+    assert all(float(value) < 1e-4 for _, value in deviations)
+    assert re.search(r"(\d+) of \1 tensors equal", printed) and "val/flow" in report
 
 
 @pytest.mark.slow

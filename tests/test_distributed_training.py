@@ -114,6 +114,19 @@ def test_torchrun_gives_the_losses_of_one_process_and_resumes_exactly_after_sigk
     assert losses(killed) == pytest.approx(reference, rel=1e-5)
 
 
+def test_accumulation_on_sharded_ranks_gives_the_whole_batch_of_one_process(shared, tmp_path):
+    """Two data-parallel (FSDP) ranks, each running its two clips as two micro-batches: every
+    micro-batch's backward reduce-scatters into the same sharded gradient, so the steps are
+    those of one process on all four clips at once."""
+    more = {"data.caption_dropout": 0.5}  # dropout drawn for the whole batch, then split
+    assert main(["stage2", "train", *overrides(shared, tmp_path / "one", 6, **more)]) == 0
+    finish(torchrun(2, overrides(shared, tmp_path / "two", 6, **more, **{"optim.accumulate": 2})))
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    weights = [trainable_weights(latest_checkpoint(tmp_path / run)) for run in ("one", "two")]
+    for key, value in weights[0].items():
+        torch.testing.assert_close(weights[1][key], value, rtol=1e-4, atol=1e-6)
+
+
 def test_sigusr1_checkpoints_exits_zero_and_resumes_on_another_world_size(shared, tmp_path):
     assert main(["stage2", "train", *overrides(shared, tmp_path / "one", 12)]) == 0
     reference = losses(tmp_path / "one")

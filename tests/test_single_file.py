@@ -8,14 +8,14 @@ from sara.cli import main
 from sara.models.presets import resolve
 from sara.models.single_file import wan_from_single_file
 from sara.models.wan import load_transformers, read_layout
-from sara.models.wan_keys import original_name
+from sara.models.wan_keys import original_state
 from sara.models.weights import WeightsError
 
 
 def single_file(model, path, prefix=""):
     """``model`` saved as a single file with the original names (ComfyUI: ``prefix``); diffusers'
-    converter must map them back, so the test also checks ``original_name``."""
-    state = {prefix + original_name(k): v.contiguous() for k, v in model.state_dict().items()}
+    converter must map them back, so the test also checks ``original_state``."""
+    state = original_state(model.state_dict(), prefix)
     assert len(state) == len(model.state_dict())
     save_file(state, path)
     return path

@@ -12,6 +12,7 @@ from sara.cli import main
 from sara.data.synthetic import SynthSpec, synthesize
 from sara.data.video import decode_clip, write_video
 from sara.models.presets import wan_folder
+from sara.stage2.adapters import adapter_deviation, transformer_outputs
 from sara.stage2.clips import drop_captions
 from sara.trainer.checkpoint import PendingCheckpoint, latest_checkpoint, trainable_weights
 
@@ -298,26 +299,8 @@ def test_lora_trains_adapters_and_exports_merged_weights(world, shared, tmp_path
     assert exported.keys() == original.keys()  # plain Wan weights, LoRA merged in
     assert not torch.equal(exported["blocks.0.attn1.to_q.weight"], original["blocks.0.attn1.to_q.weight"])
     # the adapter file alone, loaded into the base pipeline, gives the merged transformer's output
-    base = WanPipeline.from_pretrained(wan_folder("tiny", shared / "models"))
-    base.load_lora_weights(str(tmp_path / "run" / "lora"), weight_name="transformer.safetensors")
-    g = torch.Generator().manual_seed(0)
-    x, text = (
-        torch.randn(1, 16, 3, 8, 8, generator=g),
-        torch.randn(1, 12, merged.transformer.config.text_dim, generator=g),
-    )
-    outputs = [p.transformer(x, timestep=torch.tensor([500.0]), encoder_hidden_states=text)[0] for p in (merged, base)]
-    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
-
-
-def transformer_outputs(pipe, seed=0):
-    """Each expert's output on one fixed input: ``[high, low]`` (``[one]`` for one expert)."""
-    g = torch.Generator().manual_seed(seed)
-    x, text = (
-        torch.randn(1, 16, 3, 8, 8, generator=g),
-        torch.randn(1, 12, pipe.transformer.config.text_dim, generator=g),
-    )
-    dits = [d for d in (pipe.transformer, pipe.transformer_2) if d is not None]
-    return [d(x, timestep=torch.tensor([500.0]), encoder_hidden_states=text)[0] for d in dits]
+    deviation = adapter_deviation(tmp_path / "run", wan_folder("tiny", shared / "models"))
+    assert list(deviation) == ["transformer.safetensors"] and deviation["transformer.safetensors"] < 1e-4
 
 
 def test_two_expert_lora_files_load_in_diffusers_and_in_comfyui_keys(world, shared, tmp_path):
@@ -343,12 +326,11 @@ def test_two_expert_lora_files_load_in_diffusers_and_in_comfyui_keys(world, shar
     merged = transformer_outputs(WanPipeline.from_pretrained(tmp_path / "run" / "pipeline"))
     base = wan_folder("tiny-a14b", shared / "models")
     assert not torch.allclose(merged[0], transformer_outputs(WanPipeline.from_pretrained(base))[0])
-    for suffix in ("", "_comfyui"):
-        pipe = WanPipeline.from_pretrained(base)
-        pipe.load_lora_weights(str(lora), weight_name=f"high_noise{suffix}.safetensors")
-        pipe.load_lora_weights(str(lora), weight_name=f"low_noise{suffix}.safetensors", load_into_transformer_2=True)
-        for got, want in zip(transformer_outputs(pipe), merged):
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    deviation = adapter_deviation(tmp_path / "run", base)
+    assert list(deviation) == [
+        "high_noise.safetensors + low_noise.safetensors", "high_noise_comfyui.safetensors + low_noise_comfyui.safetensors",
+    ]  # fmt: skip
+    assert max(deviation.values()) < 1e-4 * merged[1].abs().max().item()
 
     comfy = load_file(lora / "low_noise_comfyui.safetensors")
     assert all(k.startswith("diffusion_model.blocks.") for k in comfy)

@@ -85,7 +85,7 @@ def _trd(args: argparse.Namespace) -> None:
 def _step(args: argparse.Namespace) -> None:
     import torch
 
-    from sara.bench.step import bench_step, format_step
+    from sara.bench.step import bench_step, format_tables
     from sara.device import pick_device
 
     pick_device(args.device)
@@ -110,11 +110,11 @@ def _step(args: argparse.Namespace) -> None:
         f"Stage 2 step (forward, backward, AdamW) of the {args.wan} Wan DiT, batch {args.batch} of {args.frames} frames "
         f"at {args.size}² on {args.device} ({torch.get_num_threads()} CPU threads); median of {args.steps} steps"
     )
-    switches = [name for name in results if "+" in name]
-    print(format_step(results, "sft", [name for name in results if name not in switches]))
+    modes, switches = format_tables(results)
+    print(modes)
     if switches:
         print("\nmemory switches, each against the step it changes (sara, or sara_online for the VAE):")
-        print(format_step(results, None, ["sara", *switches]))
+        print(switches)
 
 
 def _dist(args: argparse.Namespace) -> None:

@@ -155,3 +155,11 @@ def format_step(results: dict[str, dict], base: str | None = "sft", cases: list[
             f"{row['peak_mib']:>9.1f} {row['peak_mib'] / max(ref['peak_mib'], 1e-9):>7.2f}"
         )
     return "\n".join(lines)
+
+
+def format_tables(results: dict[str, dict]) -> tuple[str, str | None]:
+    """The modes as ratios to sft, and the memory switches (if measured) each against the
+    step it changes (``sara``, or ``sara_online`` for the VAE's tiles)."""
+    switches = [name for name in results if "+" in name]
+    modes = format_step(results, "sft", [name for name in results if name not in switches])
+    return modes, format_step(results, None, ["sara", *switches]) if switches else None

@@ -76,6 +76,7 @@ class DemoConfig:
     generate_steps: int = option(20, ge=1)  # denoising steps of the demo's videos
     eval_prompts: int = option(16, ge=2)  # held-out prompts of unseen pairs the demo generates and scores
     bench_steps: int = option(10, ge=1)  # timed steps per case of the demo's `sara bench step`
+    lora_steps: int = option(40, ge=1)  # steps of the demo's LoRA run (adapter files, tracker, densities)
 
 
 def _demo_stage2() -> Stage2Config:

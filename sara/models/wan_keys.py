@@ -41,6 +41,12 @@ def original_name(key: str) -> str:
     return key
 
 
+def original_state(state: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
+    """A Diffusers DiT state under its original names, each with ``prefix`` (ComfyUI's
+    single files: ``model.diffusion_model.``; Wan's release: none)."""
+    return {prefix + original_name(key): value.contiguous() for key, value in state.items()}
+
+
 def comfyui_lora(adapter: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
     """A peft adapter of a Wan DiT (``blocks.0.attn1.to_q.lora_A.weight``, …) in ComfyUI's
     keys: ``diffusion_model.blocks.0.self_attn.q.lora_A.weight``, ``….lora_B.weight`` and

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sara.bench.step import bench_step, format_step
+from sara.bench.step import bench_step, format_tables
 from sara.config.sampling import Sampling
 from sara.config.schema import DemoConfig
 from sara.data.manifest import load_manifest
@@ -84,9 +84,10 @@ def stage2_part(config: DemoConfig, out: Path) -> Section:
         steps=config.bench_steps,
         workdir=out / "bench_step",
         progress=False,
+        memory=True,
     )
-    bench_text = format_step(timing)
-    print(bench_text)
+    bench_text, switch_text = format_tables(timing)
+    print(bench_text, switch_text, sep="\n\n")
     history = json.loads((run / "history.json").read_text())
     curve = loss_curves(history, ("loss", "flow", "align", "val_loss", "val_align"), out / "stage2_loss.png")
     rows = [strip(decode_clip(v, None, None).frames.permute(0, 2, 3, 1).numpy(), count=8) for v in videos]
@@ -116,11 +117,20 @@ def stage2_part(config: DemoConfig, out: Path) -> Section:
             image(frames, "generated frames"),
             image(videos[0].with_suffix(".gif"), "first generated video"),
             paragraph(
-                "`sara bench step`: one optimizer step of the tiny DiT per mode (median of "
+                "`sara bench step --memory`: one optimizer step of the tiny DiT per mode (median of "
                 f"{config.bench_steps} steps, batch 2, cached features; `sara_online` runs the frozen "
-                "encoders every step instead of reading the cache)."
+                "encoders every step instead of reading the cache), time and peak extra memory (RSS on CPU) "
+                "as ratios to sft:"
             ),
             preformatted(bench_text),
+            paragraph(
+                "The memory switches, each against the step it changes: `optim.accumulate=2`, "
+                "`optim.gradient_checkpointing`, `optim.lora_rank=8`, that with `optim.layerwise_fp8` (the "
+                "frozen base stored in fp8) and `precompute.vae_tile` for the online VAE. The tiny DiT's "
+                "activations and weights are small beside the process's own, so these ratios understate "
+                "what each saves on a real model (`docs/PERFORMANCE.md` has the 12 M-parameter DiT's)."
+            ),
+            preformatted(switch_text),
         ]
     )
     return Section("Stage 2: the DiT with SARA", body)
