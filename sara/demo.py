@@ -205,16 +205,25 @@ def run_demo(config: DemoConfig) -> Path:
     out = _fresh_folder(Path(config.out_dir))
     save_config(config, out)
     torch.manual_seed(config.seed)
-    data_sections = [data_part(config, out), masks_part(config, out)]
-    budget_section, saliencies = budget_part(config, out)
+    seconds: dict[str, float] = {}
+
+    def timed(part, *args):
+        """``part(*args)``, its wall time kept for the report's last table."""
+        start = time.perf_counter()
+        result = part(*args)
+        name = part.__name__.removesuffix("_part")
+        seconds[name] = time.perf_counter() - start
+        print(f"demo part {name}: {seconds[name]:.0f} s")
+        return result
+
+    data_sections = [timed(data_part, config, out), timed(masks_part, config, out)]
+    budget_section, saliencies = timed(budget_part, config, out)
     stages = [
-        stage1_part(config, out),
-        stage2_part(config, out),
-        evaluation_part(config, out),
-        ecosystem_part(config, out),
-        parallel_part(config, out),
+        timed(part, config, out) for part in (stage1_part, stage2_part, evaluation_part, ecosystem_part, parallel_part)
     ]
-    sections = [*data_sections, *stages, budget_section, objective_part(config, saliencies)]
+    sections = [*data_sections, *stages, budget_section, timed(objective_part, config, saliencies)]
+    rows = [[name, f"{s:.0f}"] for name, s in seconds.items()] + [["all", f"{sum(seconds.values()):.0f}"]]
+    sections.append(Section("Where the time went", table(["part", "seconds"], rows)))
     report = write_report(out / "report.html", "SARA demo", sections)
     print(f"report: {report}")
     return report
