@@ -211,6 +211,7 @@ def single_file_part(config: DemoConfig, run: Path, out: Path) -> str:
 
 
 def ecosystem_part(config: DemoConfig, out: Path) -> Section:
+    """The section; needs the Stage 2 part's cache (the LoRA run reads it)."""
     lora, run = lora_part(config, out)
     body = "".join(
         [

@@ -25,17 +25,13 @@ def transformer_outputs(pipe: WanPipeline, seed: int = 0) -> list[Tensor]:
     return [d(x, timestep=torch.tensor([500.0]), encoder_hidden_states=text)[0] for d in dits]
 
 
-def adapter_files(lora: Path) -> dict[str, list[str]]:
-    """``{suffix: file names}`` of a run's ``lora/`` folder: ``""`` the diffusers files,
-    ``"_comfyui"`` their twins, each list high-noise expert first."""
+def adapter_files(lora: Path) -> list[list[str]]:
+    """The file names of a run's ``lora/`` folder in groups that load together: the diffusers
+    files, then their ComfyUI-keyed twins; each group high-noise expert first (``high_noise``
+    sorts before ``low_noise``; a one-expert run has ``transformer`` alone)."""
     names = sorted(p.name for p in lora.glob("*.safetensors"))
-    files = {}
-    for suffix in ("", "_comfyui"):
-        stems = [n.removesuffix(".safetensors") for n in names if n.endswith(f"{suffix}.safetensors")]
-        stems = [s for s in stems if suffix or not s.endswith("_comfyui")]
-        if stems:  # high_noise sorts before low_noise; a one-expert run has transformer alone
-            files[suffix] = [f"{s}.safetensors" for s in stems]
-    return files
+    comfyui = [n for n in names if n.endswith("_comfyui.safetensors")]
+    return [group for group in ([n for n in names if n not in comfyui], comfyui) if group]
 
 
 def adapter_deviation(run: str | Path, base: str | Path) -> dict[str, float]:
@@ -45,7 +41,7 @@ def adapter_deviation(run: str | Path, base: str | Path) -> dict[str, float]:
     run = Path(run)
     merged = transformer_outputs(WanPipeline.from_pretrained(run / "pipeline"))
     deviation = {}
-    for names in adapter_files(run / "lora").values():
+    for names in adapter_files(run / "lora"):
         pipe = WanPipeline.from_pretrained(base)
         for name, into_second in zip(names, (False, True)):  # the low-noise file goes into transformer_2
             pipe.load_lora_weights(str(run / "lora"), weight_name=name, load_into_transformer_2=into_second)
