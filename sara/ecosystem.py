@@ -23,10 +23,11 @@ from sara.data.manifest import load_manifest
 from sara.models.presets import wan_folder
 from sara.models.single_file import wan_from_single_file
 from sara.models.wan import load_transformers, read_layout
-from sara.models.wan_keys import original_state
+from sara.models.wan_keys import COMFYUI_DIT_PREFIX, original_state
 from sara.plots import pyplot
 from sara.report import Section, image, paragraph, table
 from sara.stage2.adapters import adapter_deviation
+from sara.stage2.cache import cache_dir
 from sara.stage2.timesteps import draw_sigmas
 from sara.stage2.train import train
 
@@ -35,7 +36,6 @@ LORA_RANK = 8
 DENSITY_DRAWS = 100_000
 # Wan2.2's boundary_ratio: σ at or above it is the high-noise expert's
 BOUNDARIES = {"T2V A14B": 0.875, "I2V A14B": 0.9}
-COMFYUI_DIT_PREFIX = "model.diffusion_model."  # the keys of ComfyUI's single-file DiTs
 
 
 def _foreign_sources(config: DemoConfig, folder: Path) -> dict[str, Path]:
@@ -79,15 +79,15 @@ def import_part(config: DemoConfig, out: Path) -> str:
     ) + table(["format", "command", "records", "sara data check"], rows)
 
 
-def lora_config(config: DemoConfig, out: Path, steps: int) -> Stage2Config:
+def lora_config(config: DemoConfig, out: Path) -> Stage2Config:
     """The demo's Stage 2 run as a LoRA run with the other trainers' habits: rank-8 adapters
     on attention and feed-forward, two micro-batches a step, logit-normal σ, ComfyUI-keyed
     adapter files too; the same cache, the held-out loss (where the demo's run has held-out
     clips) and a validation video at the end."""
     lora = copy.deepcopy(config.stage2)
     lora.out_dir = str(out / "stage2_lora")
-    lora.precompute.cache_dir = lora.precompute.cache_dir or str(Path(config.stage2.out_dir) / "cache")
-    lora.optim.steps, lora.save_every = steps, steps
+    lora.precompute.cache_dir = str(cache_dir(config.stage2))  # the demo's Stage 2 cache
+    steps = lora.optim.steps = lora.save_every = config.lora_steps
     lora.optim.lora_rank, lora.optim.accumulate = LORA_RANK, 2
     lora.objective.flow.density = "logit_normal"
     lora.export_comfyui = True
@@ -111,7 +111,7 @@ def _adapter_rows(run: Path) -> list[list[object]]:
 def lora_part(config: DemoConfig, out: Path) -> tuple[str, Path]:
     """A short LoRA run on the demo's cache; its adapter files loaded into a fresh pipeline
     of the base folder against its merged export. Returns the HTML and the run folder."""
-    lora = lora_config(config, out, config.lora_steps)
+    lora = lora_config(config, out)
     run = train(lora, progress=False)
     base = wan_folder(lora.models.wan, lora.models.tiny_root)
     deviation = adapter_deviation(run, base)
@@ -143,7 +143,8 @@ def tracker_part(run: Path) -> str:
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     tags = events.Tags()
-    rows = [[tag, len(events.Scalars(tag)), f"{events.Scalars(tag)[-1].value:.4g}"] for tag in sorted(tags["scalars"])]
+    series = {tag: events.Scalars(tag) for tag in sorted(tags["scalars"])}
+    rows = [[tag, len(points), f"{points[-1].value:.4g}"] for tag, points in series.items()]
     videos = ", ".join(sorted(tags["images"])) or "none"
     return paragraph(
         f"`logging.tracker: tensorboard` (the default; `wandb` logs the same, mp4 videos included, and a resumed "
@@ -197,8 +198,8 @@ def single_file_part(config: DemoConfig, run: Path, out: Path) -> str:
         files.append(folder / f"{name}_comfyui.safetensors")
         save_file(original_state(dit.state_dict(), COMFYUI_DIT_PREFIX), files[-1])
     wan = wan_from_single_file(base, folder / "wan", files, dtype=torch.float32)
-    loaded = load_transformers(read_layout(wan))
-    pairs = [(v, loaded[n].state_dict()[k]) for n, dit in exported.items() for k, v in dit.state_dict().items()]
+    loaded = {name: dit.state_dict() for name, dit in load_transformers(read_layout(wan)).items()}
+    pairs = [(v, loaded[n][k]) for n, dit in exported.items() for k, v in dit.state_dict().items()]
     same, total = sum(torch.equal(a, b) for a, b in pairs), len(pairs)
     command = f"sara models from-single-file {' '.join(str(f.relative_to(out)) for f in files)} --base {base.name}"
     line = f"`{command} --out {wan.relative_to(out)} --dtype float32`: {same} of {total} tensors equal"

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-COMFYUI_PREFIX = "diffusion_model."
+COMFYUI_PREFIX = "diffusion_model."  # ComfyUI's LoRA files
+COMFYUI_DIT_PREFIX = "model.diffusion_model."  # ComfyUI's single-file DiTs
 # Diffusers names → original names, applied in order (substrings of a weight's name)
 ORIGINAL_NAMES = [
     ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),

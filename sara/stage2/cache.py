@@ -103,9 +103,8 @@ def _read_index(folder: Path, settings: dict) -> dict:
 def _check_settings(folder: Path, index: dict, settings: dict) -> None:
     if index["settings"] != settings:
         made = index["settings"]
-        changed = sorted(
-            k for k in made.keys() | settings.keys() if made.get(k) != settings.get(k)
-        )  # added or dropped too
+        keys = made.keys() | settings.keys()  # settings added or dropped, as well as changed
+        changed = sorted(k for k in keys if made.get(k) != settings.get(k))
         raise ValueError(f"{folder}: cache made with other settings ({', '.join(changed)}); choose another cache_dir")
 
 
