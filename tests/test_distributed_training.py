@@ -199,3 +199,32 @@ def test_stage1_under_torchrun_gives_the_losses_of_one_process(tmp_path):
         assert [r[key] for r in curves[1]] == pytest.approx([r[key] for r in curves[0]], rel=1e-5), key
     figures = [json.loads((tmp_path / run / "eval.json").read_text()) for run in ("one", "two")]
     assert figures[1] == pytest.approx(figures[0], rel=1e-4, abs=1e-6)
+
+
+LINGER = """
+import time
+
+import torch
+import torch.distributed as dist
+
+from sara.config.parallel import ParallelConfig
+from sara.parallel.world import close_world, init_world
+
+world = init_world(ParallelConfig(), "cpu")
+dist.all_reduce(torch.ones(8))
+if world.rank == 0:
+    time.sleep(0.5)  # still at work (writing the export) when rank 1 leaves
+close_world(world)
+"""
+
+
+def test_a_rank_that_leaves_first_exits_cleanly(tmp_path):
+    # with the meshes' groups left to the interpreter's shutdown, about half of these aborted
+    script = tmp_path / "linger.py"
+    script.write_text(LINGER)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    for _ in range(6):
+        done = subprocess.run(
+            command, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT
+        )
+        assert done.returncode == 0, done.stdout[-1000:] + done.stderr[-2000:]
