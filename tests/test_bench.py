@@ -88,3 +88,14 @@ def test_bench_dist_counts_the_shards_and_the_sequence_traffic(tmp_path):
     assert [(r["tokens"], r["parts"]) for r in shares] == [(256, 1), (256, 2)]
     table = format_dist(sharding, shares)
     assert "2 ulysses" in table and "   256   2 |" in table
+
+
+def test_bench_vae_times_each_phase_with_both_layer_sets(capsys):
+    assert main(["bench", "vae", "--warmup", "0", "--steps", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("shapes VAE training step (base width 16, 64² crops)")
+    rows = [line.split("|")[1:-1] for line in lines[3:]]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [("single frames", "8 × 1"), ("clips", "4 × 5")]
+    for row in rows:
+        diffusers, fast, ratio = (float(cell.split()[0]) for cell in row[2:])
+        assert diffusers > 0 and fast > 0 and ratio == pytest.approx(diffusers / fast, rel=0.05)

@@ -1,5 +1,6 @@
-"""The shapes VAE: its frame-wise start, its unclamped training decode, that training lowers
-the reconstruction error, and the folder and gate the preset writes."""
+"""The shapes VAE: its frame-wise start, its unclamped training decode, the exact faster
+layers it trains with, the entity outlines its loss weights, that training lowers the
+reconstruction error, and the folder and gate the preset writes."""
 
 import json
 
@@ -10,7 +11,15 @@ from diffusers import AutoencoderKLWan, WanPipeline
 from sara.data.synthetic import SynthSpec, render_clip
 from sara.eval.shapes import METRICS
 from sara.models.presets import WAN_VARIANTS
-from sara.models.shapes_vae import VaeRecipe, decode_unclamped, save_shapes_wan, shapes_vae, train_vae
+from sara.models.shapes_vae import (
+    VaeRecipe,
+    decode_unclamped,
+    save_shapes_wan,
+    seen_clips,
+    shapes_vae,
+    train_vae,
+)
+from sara.models.vae_layers import fast_layers
 from sara.stage2.report import vae_part
 
 SMALL = VaeRecipe(clips=6, image_steps=40, image_batch=4, clip_steps=4, clip_batch=1, gate_clips=2, base_dim=8)
@@ -54,6 +63,53 @@ def test_unclamped_decode_is_decode_before_its_clamp():
         clamped = vae.decode(latents).sample
     assert raw.abs().max() > 1
     torch.testing.assert_close(raw.clamp(-1, 1), clamped)
+
+
+@pytest.mark.parametrize("frames", [1, 5])
+def test_fast_layers_give_the_diffusers_outputs_and_gradients(frames):
+    # every tap perturbed, past ones included: on one frame they must still play no part
+    vae = shapes_vae(8)
+    with torch.no_grad():
+        for parameter in vae.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    clip = torch.rand(2, 3, frames, 40, 56) * 2 - 1  # non-square
+
+    def run():
+        vae.zero_grad()
+        out = decode_unclamped(vae, vae.encode(clip).latent_dist.mode())  # (2, 3, T, 40, 56)
+        out.square().mean().backward()
+        return out, {name: p.grad.clone() for name, p in vae.named_parameters() if p.grad is not None}
+
+    reference, grads = run()
+    with fast_layers(vae):
+        fast, fast_grads = run()
+    assert fast.shape == reference.shape == (2, 3, frames, 40, 56)
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-4)
+    assert fast_grads.keys() == grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    # on exit the Diffusers forwards are back
+    assert all("forward" not in vars(m) for m in vae.modules())
+
+
+def test_fast_layers_refuse_half_precision():
+    with pytest.raises(ValueError, match="float32 only"):
+        with fast_layers(shapes_vae(8).to(torch.bfloat16)):
+            pass
+
+
+def test_outlines_are_the_edges_of_the_entity_masks():
+    recipe = VaeRecipe(length=5, size=96)
+    videos, outlines = seen_clips(recipe, seed=1, count=2)
+    assert videos.shape == (2, 5, 96, 96, 3) and outlines.shape == (2, 5, 96, 96)
+    spec = SynthSpec(frames=5, size=96, seed=1, pairs="seen")
+    masks = torch.from_numpy(render_clip(spec, 0).masks[0])  # (T, H, W) the first entity
+    inner = masks.clone()
+    inner[:, 1:-1, 1:-1] &= masks[:, :-2, 1:-1] & masks[:, 2:, 1:-1] & masks[:, 1:-1, :-2] & masks[:, 1:-1, 2:]
+    edge = masks & ~inner  # the entity's own boundary pixels
+    assert edge.any() and outlines[0][edge].all()
+    assert (masks & ~outlines[0]).any()  # its inside is not outline
+    assert outlines.float().mean() < 0.2  # a thin band, not the shapes
 
 
 @pytest.mark.slow

@@ -51,6 +51,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     dist.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     dist.set_defaults(handler=_dist)
 
+    vae = group.add_parser("vae", help="shapes VAE training step: Diffusers layers vs fast_layers, per phase")
+    vae.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    vae.add_argument("--steps", type=int, default=10, help="timed steps; the median is reported")
+    vae.add_argument("--json", action="store_true", help="print the rows as JSON")
+    vae.set_defaults(handler=_vae)
+
 
 def _trd(args: argparse.Namespace) -> None:
     import torch
@@ -129,3 +135,21 @@ def _dist(args: argparse.Namespace) -> None:
         print(json.dumps({"sharding": sharding, "shares": shares}, indent=2))
         return
     print(format_dist(sharding, shares))
+
+
+def _vae(args: argparse.Namespace) -> None:
+    import torch
+
+    from sara.bench.vae import bench_vae, format_vae
+    from sara.models.shapes_vae import VaeRecipe
+
+    recipe = VaeRecipe()
+    rows = bench_vae(recipe, args.warmup, args.steps)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(
+        f"shapes VAE training step (base width {recipe.base_dim}, {recipe.crop}² crops) on CPU "
+        f"({torch.get_num_threads()} threads); median of {args.steps} steps"
+    )
+    print(format_vae(rows))

@@ -16,8 +16,11 @@ Training is in two phases, on crops of rendered clips (``pairs: seen``, in memor
 2. short clips (the first frame and one 4-frame latent step), where the temporal taps learn.
 
 The loss is L1 of the decoded posterior mode (a sampled latent's noise swamps a fresh
-encoder's signal, and Stage 2 encodes with the mode too) plus a small KL term; weighting
-entity pixels up sharpened shapes but tinted backgrounds towards palette colours. The latents'
+encoder's signal, and Stage 2 encodes with the mode too) plus a small KL term. Pixels on an
+entity's outline weigh 5× (``outline_weight``): blur there is what rounds a star into a blob
+and leaves an orange fringe between yellow and red, and the metric reads both. Weighting
+whole entities up instead tinted backgrounds towards palette colours. Training runs
+:func:`sara.models.vae_layers.fast_layers`, exact and about twice as fast on CPU. The latents'
 per-channel mean and standard deviation go into the config (``latents_mean``/``latents_std``,
 which Wan's pipeline and ``sara``'s encoders normalise by), as the real Wan VAEs do.
 
@@ -34,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample
 from tqdm import tqdm
@@ -42,6 +46,7 @@ from sara.data.synthetic import SynthSpec, render_clip
 from sara.eval.prompt_set import prompt_set_spec
 from sara.eval.shapes import METRICS, score_video
 from sara.eval.stats import summarise
+from sara.models.vae_layers import fast_layers
 from sara.models.wan import save_tiny_wan, tiny_vae
 from sara.models.weights import seeded
 
@@ -51,7 +56,7 @@ Z_DIM = 16  # latent channels, as the tiny DiT and Wan2.1's VAE
 @dataclass(frozen=True)
 class VaeRecipe:
     clips: int = 120  # rendered training clips of the seen-pair world
-    image_steps: int = 700  # phase 1: optimizer steps on single frames
+    image_steps: int = 1250  # phase 1: optimizer steps on single frames
     image_batch: int = 8
     image_lr: float = 1e-3  # AdamW, after a linear warm-up; ×0.1 for the last fifth of each phase
     clip_steps: int = 80  # phase 2: optimizer steps on short clips
@@ -61,6 +66,7 @@ class VaeRecipe:
     crop: int = 64  # pixels per crop side (32 collapses to a constant output: border effects at 4×4 latents)
     warmup: int = 20
     kl_weight: float = 1e-6
+    outline_weight: float = 4.0  # extra L1 weight of entity-edge pixels (5× in all), where blur misleads
     base_dim: int = 16  # the VAE's first width (tiny: 8)
     size: int = 128  # rendered frame side
     length: int = 17  # rendered frames per clip
@@ -125,15 +131,23 @@ def _video(pixels: torch.Tensor) -> torch.Tensor:
     return ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().movedim(0, -1)
 
 
-def _seen_clips(recipe: VaeRecipe, seed: int, count: int) -> torch.Tensor:
-    """The first ``count`` clips of the seen-pair world the VAE learns from: ``uint8 [N, T, H, W, 3]``."""
+def seen_clips(recipe: VaeRecipe, seed: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``count`` clips of the seen-pair world the VAE learns from, ``uint8 [N, T, H, W, 3]``,
+    and their entity outlines, ``bool [N, T, H, W]``: pixels within one of an entity's edge."""
     spec = SynthSpec(frames=recipe.length, size=recipe.size, seed=seed, pairs="seen")
-    return torch.stack([torch.from_numpy(render_clip(spec, i).video) for i in range(count)])
+    videos, outlines = [], []
+    for index in range(count):
+        clip = render_clip(spec, index)
+        masks = torch.from_numpy(np.stack(clip.masks)).float()  # (E, T, H, W)
+        grown, shrunk = F.max_pool2d(masks, 3, 1, 1), -F.max_pool2d(-masks, 3, 1, 1)
+        videos.append(torch.from_numpy(clip.video))
+        outlines.append((grown > shrunk).any(dim=0))
+    return torch.stack(videos), torch.stack(outlines)
 
 
 def train_vae(vae: AutoencoderKLWan, recipe: VaeRecipe, seed: int, progress: bool = True) -> list[float]:
     """Train ``vae`` in place on random crops of the seen-pair world; returns the L1 per step."""
-    videos = _seen_clips(recipe, seed, recipe.clips)  # (N, T, H, W, 3)
+    videos, outlines = seen_clips(recipe, seed, recipe.clips)  # (N, T, H, W, 3), (N, T, H, W)
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     vae.train()
@@ -141,28 +155,29 @@ def train_vae(vae: AutoencoderKLWan, recipe: VaeRecipe, seed: int, progress: boo
         (recipe.image_steps, 1, recipe.image_batch, recipe.image_lr),
         (recipe.clip_steps, recipe.frames, recipe.clip_batch, recipe.clip_lr),
     ]
-    for steps, frames, batch, lr in phases:
-        optimizer = torch.optim.AdamW(vae.parameters(), lr, weight_decay=0.0)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s, steps=steps: min(1.0, (s + 1) / recipe.warmup) * (0.1 if s >= 0.8 * steps else 1.0)
-        )
-        bar = tqdm(range(steps), desc=f"shapes VAE, {frames}-frame crops", disable=not progress)
-        for _ in bar:
-            rows = torch.randint(len(videos), (batch,), generator=generator)
-            start = int(torch.randint(recipe.length - frames + 1, (1,), generator=generator))
-            y, x = torch.randint(recipe.size - recipe.crop + 1, (2,), generator=generator).tolist()
-            clip = _pixels(
-                videos[rows, start : start + frames, y : y + recipe.crop, x : x + recipe.crop]
-            )  # (B, 3, T, h, w)
-            posterior = vae.encode(clip).latent_dist
-            error = (decode_unclamped(vae, posterior.mode()) - clip).abs()
-            loss = error.mean() + recipe.kl_weight * posterior.kl().mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(error.mean().item())
-            bar.set_postfix(l1=f"{losses[-1]:.3f}")
+    with fast_layers(vae):  # exact, about twice as fast on CPU
+        for steps, frames, batch, lr in phases:
+            optimizer = torch.optim.AdamW(vae.parameters(), lr, weight_decay=0.0)
+            schedule = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda s, steps=steps: min(1.0, (s + 1) / recipe.warmup) * (0.1 if s >= 0.8 * steps else 1.0)
+            )
+            bar = tqdm(range(steps), desc=f"shapes VAE, {frames}-frame crops", disable=not progress)
+            for _ in bar:
+                rows = torch.randint(len(videos), (batch,), generator=generator)
+                start = int(torch.randint(recipe.length - frames + 1, (1,), generator=generator))
+                y, x = torch.randint(recipe.size - recipe.crop + 1, (2,), generator=generator).tolist()
+                crop = (rows, slice(start, start + frames), slice(y, y + recipe.crop), slice(x, x + recipe.crop))
+                clip = _pixels(videos[crop])  # (B, 3, T, h, w)
+                weight = 1 + recipe.outline_weight * outlines[crop][:, None].float()  # (B, 1, T, h, w)
+                posterior = vae.encode(clip).latent_dist
+                error = (decode_unclamped(vae, posterior.mode()) - clip).abs()
+                loss = (weight * error).mean() / weight.mean() + recipe.kl_weight * posterior.kl().mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                losses.append(error.mean().item())
+                bar.set_postfix(l1=f"{losses[-1]:.3f}")
     vae.eval()
     return losses
 
@@ -186,7 +201,7 @@ def gate(vae: AutoencoderKLWan, recipe: VaeRecipe) -> dict:
 @torch.no_grad()
 def latent_statistics(vae: AutoencoderKLWan, recipe: VaeRecipe, seed: int) -> tuple[list[float], list[float]]:
     """Per-channel mean and standard deviation of the latents of 16 training clips."""
-    clips = _pixels(_seen_clips(recipe, seed, 16))
+    clips = _pixels(seen_clips(recipe, seed, 16)[0])
     latents = torch.cat([vae.encode(c[None]).latent_dist.mode() for c in clips])  # (16, C, F, h, w)
     return latents.mean(dim=(0, 2, 3, 4)).tolist(), latents.std(dim=(0, 2, 3, 4)).tolist()
 
@@ -202,14 +217,17 @@ def save_shapes_wan(
     with seeded(seed):
         vae = shapes_vae(recipe.base_dim)
     losses = train_vae(vae, recipe, seed)
-    mean, std = latent_statistics(vae, recipe, seed)
+    with fast_layers(vae):  # exact: the same statistics and gate, sooner
+        mean, std = latent_statistics(vae, recipe, seed)
+        seconds = time.perf_counter() - start
+        scores = gate(vae, recipe)
     vae.register_to_config(latents_mean=mean, latents_std=std)
     vae.save_pretrained(out / "vae")
     report = {
         "recipe": asdict(recipe),
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": round(seconds, 1),
         "final_l1": float(np.mean(losses[-20:])),
-        "gate": gate(vae, recipe),
+        "gate": scores,
     }
     (out / "vae" / "gate.json").write_text(json.dumps(report, indent=2) + "\n")
     return out
