@@ -15,7 +15,9 @@ import os
 import shutil
 from pathlib import Path
 
-PRESET_FORMAT = 3  # part of every preset's folder name: 2 — tokenizers with chat templates; 3 — the shapes VAE trained longer, outlines weighted
+# part of every preset's folder name: 2 — tokenizers with chat templates; 3 — the shapes VAE
+# trained longer, its entity outlines weighted
+PRESET_FORMAT = 3
 # name -> (module, writer, keyword arguments of the writer)
 TINY: dict[str, tuple[str, str, dict]] = {
     "sam3": ("sara.models.sam3", "save_tiny", {}),
