@@ -145,6 +145,20 @@ def seen_clips(recipe: VaeRecipe, seed: int, count: int) -> tuple[torch.Tensor, 
     return torch.stack(videos), torch.stack(outlines)
 
 
+def vae_step(
+    vae: AutoencoderKLWan, optimizer: torch.optim.Optimizer, clip: torch.Tensor, weight: torch.Tensor, kl_weight: float
+) -> float:
+    """One optimizer step on ``clip [B, 3, T, h, w]``: L1 of the decoded posterior mode, each
+    pixel weighted by ``weight [B, 1, T, h, w]``, plus ``kl_weight`` × KL; returns the plain L1."""
+    posterior = vae.encode(clip).latent_dist
+    error = (decode_unclamped(vae, posterior.mode()) - clip).abs()
+    loss = (weight * error).mean() / weight.mean() + kl_weight * posterior.kl().mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return error.mean().item()
+
+
 def train_vae(vae: AutoencoderKLWan, recipe: VaeRecipe, seed: int, progress: bool = True) -> list[float]:
     """Train ``vae`` in place on random crops of the seen-pair world; returns the L1 per step."""
     videos, outlines = seen_clips(recipe, seed, recipe.clips)  # (N, T, H, W, 3), (N, T, H, W)
@@ -169,14 +183,8 @@ def train_vae(vae: AutoencoderKLWan, recipe: VaeRecipe, seed: int, progress: boo
                 crop = (rows, slice(start, start + frames), slice(y, y + recipe.crop), slice(x, x + recipe.crop))
                 clip = _pixels(videos[crop])  # (B, 3, T, h, w)
                 weight = 1 + recipe.outline_weight * outlines[crop][:, None].float()  # (B, 1, T, h, w)
-                posterior = vae.encode(clip).latent_dist
-                error = (decode_unclamped(vae, posterior.mode()) - clip).abs()
-                loss = (weight * error).mean() / weight.mean() + recipe.kl_weight * posterior.kl().mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                losses.append(vae_step(vae, optimizer, clip, weight, recipe.kl_weight))
                 schedule.step()
-                losses.append(error.mean().item())
                 bar.set_postfix(l1=f"{losses[-1]:.3f}")
     vae.eval()
     return losses
