@@ -1,7 +1,7 @@
 """``sara bench vae``: one training step of the shapes VAE (:func:`vae_step`: encode,
 unclamped decode, weighted L1 + KL, backward, AdamW) with Diffusers' layers and with
 :func:`sara.models.vae_layers.fast_layers`, on single frames (phase 1 of its recipe) and on
-short clips (phase 2), as ratios."""
+short clips (its optional phase 2), as ratios."""
 
 from __future__ import annotations
 

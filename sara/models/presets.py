@@ -16,8 +16,8 @@ import shutil
 from pathlib import Path
 
 # part of every preset's folder name: 2 — tokenizers with chat templates; 3 — the shapes VAE
-# trained longer, its entity outlines weighted
-PRESET_FORMAT = 3
+# trained longer, its entity outlines weighted; 4 — the shapes VAE frame-wise (no clip phase)
+PRESET_FORMAT = 4
 # name -> (module, writer, keyword arguments of the writer)
 TINY: dict[str, tuple[str, str, dict]] = {
     "sam3": ("sara.models.sam3", "save_tiny", {}),

@@ -8,12 +8,15 @@ compression (no pixel patches). The shortcuts carry each patch's mean colour to 
 back from the first step; without them a VAE this narrow needs thousands of steps to learn the
 colours at all.
 
-Training is in two phases, on crops of rendered clips (``pairs: seen``, in memory):
-
-1. single frames. The VAE starts frame-wise — every causal 3×3×3 convolution sees only its
-   own frame and the temporal resamplers copy frames (Wan's own initialisation of them) — so
-   what it learns on images already holds for videos, at a fifth of a clip's cost per sample;
-2. short clips (the first frame and one 4-frame latent step), where the temporal taps learn.
+It trains on crops of rendered clips (``pairs: seen``, in memory), on single frames. The VAE
+starts frame-wise — every causal 3×3×3 convolution sees only its own frame and the temporal
+resamplers copy frames (Wan's own initialisation of them) — so what it learns on images
+already holds for videos, at a fifth of a clip's cost per sample. It stays frame-wise: each
+latent frame holds one frame of its 4-frame step, and decodes to that frame 4 times, so
+motion moves in 4-frame steps. A second phase on short clips, where the temporal taps learn
+to blend frames (``clip_steps`` > 0), is optional: at the budgets tried it blurred colours
+where shapes meet into fringes of a third palette colour, and the gate fell
+(``docs/EVALUATION.md``).
 
 The loss is L1 of the decoded posterior mode (a sampled latent's noise swamps a fresh
 encoder's signal, and Stage 2 encodes with the mode too) plus a small KL term. Pixels on an
@@ -59,7 +62,7 @@ class VaeRecipe:
     image_steps: int = 1250  # phase 1: optimizer steps on single frames
     image_batch: int = 8
     image_lr: float = 1e-3  # AdamW, after a linear warm-up; ×0.1 for the last fifth of each phase
-    clip_steps: int = 80  # phase 2: optimizer steps on short clips
+    clip_steps: int = 0  # phase 2 (optional): optimizer steps on short clips; 0: the VAE stays frame-wise
     clip_batch: int = 4
     clip_lr: float = 1e-4  # low: the temporal taps learn without undoing phase 1
     frames: int = 5  # frames per clip crop: the first frame and one 4-frame latent step
@@ -169,6 +172,7 @@ def train_vae(vae: AutoencoderKLWan, recipe: VaeRecipe, seed: int, progress: boo
         (recipe.image_steps, 1, recipe.image_batch, recipe.image_lr),
         (recipe.clip_steps, recipe.frames, recipe.clip_batch, recipe.clip_lr),
     ]
+    phases = [phase for phase in phases if phase[0] > 0]
     with fast_layers(vae):  # exact, about twice as fast on CPU
         for steps, frames, batch, lr in phases:
             optimizer = torch.optim.AdamW(vae.parameters(), lr, weight_decay=0.0)
