@@ -113,6 +113,19 @@ def test_outlines_are_the_edges_of_the_entity_masks():
 
 
 @pytest.mark.slow
+def test_training_on_single_frames_keeps_the_vae_frame_wise():
+    # the shipped recipe (no clip phase): the past taps never see a gradient, so the trained
+    # VAE still decodes each later latent frame to four copies of one frame
+    recipe = VaeRecipe(clips=2, image_steps=3, image_batch=2, base_dim=8)
+    assert recipe.clip_steps == 0
+    vae = shapes_vae(recipe.base_dim)
+    assert len(train_vae(vae, recipe, seed=0, progress=False)) == recipe.image_steps
+    with torch.no_grad():
+        frames = decode_unclamped(vae, torch.randn(1, 16, 2, 4, 6))[0]  # (3, 5, 32, 48)
+    assert all(torch.equal(frames[:, 1], frames[:, t]) for t in (2, 3, 4))
+    assert not torch.equal(frames[:, 0], frames[:, 1])
+
+
 def test_training_lowers_the_reconstruction_error():
     recipe = VaeRecipe(clips=2, image_steps=60, image_batch=8, clip_steps=4, clip_batch=1, base_dim=8)
     spec = SynthSpec(frames=recipe.length, size=recipe.size, seed=3, pairs="seen")  # the clips it trains on
@@ -144,4 +157,7 @@ def test_preset_folder_loads_with_statistics_and_gate(tmp_path):
         assert set(gate["gate"][row]) == set(METRICS)
     assert gate["gate"]["ground truth"]["presence"]["mean"] == 1.0  # the rendered clips show every entity
     section = vae_part(folder)  # the demo's paragraph and table
-    assert "40 steps on single frames" in section and section.count("<tr>") == 3
+    assert "40 steps on single frames, then 4 on 5-frame clips" in section and section.count("<tr>") == 3
+    gate["recipe"]["clip_steps"] = 0  # the shipped recipe: no clip phase
+    (folder / "vae" / "gate.json").write_text(json.dumps(gate))
+    assert "frame-wise" in vae_part(folder) and "-frame clips" not in vae_part(folder)

@@ -36,10 +36,15 @@ def vae_part(folder: Path) -> str:
         return ""
     report = json.loads(path.read_text())
     recipe = report["recipe"]
+    clips = (
+        f", then {recipe['clip_steps']} on {recipe['frames']}-frame clips"
+        if recipe["clip_steps"]
+        else "; frame-wise: each latent frame decodes to one frame of its 4-frame step"
+    )
     return paragraph(
         f"The Wan folder is the `shapes` preset: the `medium` DiT and the tiny umT5 with a VAE trained on the shapes world "
-        f"({recipe['image_steps']} steps on single frames, then {recipe['clip_steps']} on {recipe['frames']}-frame "
-        f"clips, {recipe['crop']}² crops; {report['seconds']:.0f} s, final L1 {report['final_l1']:.3f}), so that "
+        f"({recipe['image_steps']} steps on single frames{clips}, {recipe['crop']}² crops; {report['seconds']:.0f} s, "
+        f"final L1 {report['final_l1']:.3f}), so that "
         f"generated latents decode to shapes. Its gate: `sara eval shapes` on {recipe['gate_clips']} held-out clips "
         "of unseen colour–shape pairs and on their reconstructions, mean [95 % interval] over clips:"
     ) + table(["", *METRICS], summary_rows(report["gate"], METRICS))
