@@ -112,7 +112,6 @@ def test_outlines_are_the_edges_of_the_entity_masks():
     assert outlines.float().mean() < 0.2  # a thin band, not the shapes
 
 
-@pytest.mark.slow
 def test_training_on_single_frames_keeps_the_vae_frame_wise():
     # the shipped recipe (no clip phase): the past taps never see a gradient, so the trained
     # VAE still decodes each later latent frame to four copies of one frame
@@ -126,6 +125,7 @@ def test_training_on_single_frames_keeps_the_vae_frame_wise():
     assert not torch.equal(frames[:, 0], frames[:, 1])
 
 
+@pytest.mark.slow
 def test_training_lowers_the_reconstruction_error():
     recipe = VaeRecipe(clips=2, image_steps=60, image_batch=8, clip_steps=4, clip_batch=1, base_dim=8)
     spec = SynthSpec(frames=recipe.length, size=recipe.size, seed=3, pairs="seen")  # the clips it trains on
