@@ -54,7 +54,7 @@ TINY_WAN = {
     # shapes world's colours and layouts within minutes of CPU training (the tiny one does not).
     # Two heads of 64, not eight of 16: Wan's RoPE gives each spatial axis head_dim // 6
     # frequencies, and 16-channel heads leave two (1 and 0.01 rad per token), too few to tell
-    # the 8 × 8 token grid's positions apart; at 64 ten (held-out flow loss 0.530 against 0.614
+    # the 8 × 8 token grid's positions apart; at 64 ten (held-out flow loss 0.529 against 0.614
     # after the demo's 800 steps)
     "medium": TinyWan(experts=1, expand_timesteps=False, z_dim=16, residual_vae=False, layers=4, heads=2, head_dim=64),
     # a wider, deeper DiT (12 M parameters) for benchmarks: how the alignment's cost compares as the DiT grows
