@@ -200,5 +200,7 @@ def test_the_shapes_dit_tells_every_position_of_its_grid_from_a_neighbour(axis):
     spec = TINY_WAN["medium"]
     similarity = rope_similarity(tiny_transformer(spec.z_dim, 64, spec.layers, spec.heads, spec.head_dim), axis)[:8]
     assert (similarity[2:] < similarity[1]).all(), similarity
-    narrow = rope_similarity(tiny_transformer(spec.z_dim, 64, spec.layers, spec.heads * 4, spec.head_dim // 4), axis)[:8]
+    narrow = rope_similarity(tiny_transformer(spec.z_dim, 64, spec.layers, spec.heads * 4, spec.head_dim // 4), axis)[
+        :8
+    ]
     assert not (narrow[2:] < narrow[1]).all(), "the check tells the narrow heads apart"

@@ -113,7 +113,9 @@ def save_tiny_wan(out_dir: str | Path, seed: int = 0, variant: str = "tiny") -> 
     with seeded(seed):
         text_encoder = UMT5EncoderModel(tiny_umt5_config(tokenizer))
         width = text_encoder.config.d_model
-        experts = [tiny_transformer(spec.z_dim, width, spec.layers, spec.heads, spec.head_dim) for _ in range(spec.experts)]
+        experts = [
+            tiny_transformer(spec.z_dim, width, spec.layers, spec.heads, spec.head_dim) for _ in range(spec.experts)
+        ]
         vae = tiny_vae(spec.z_dim, spec.residual_vae)
     pipeline = WanPipeline(
         tokenizer=tokenizer,
