@@ -184,13 +184,15 @@ def test_writing_a_preset_leaves_the_callers_random_stream_alone(name, tmp_path)
     )
 
 
-def rope_similarity(dit, axis: int) -> torch.Tensor:
-    """Mean cos of the rotary angle between position 0 and position d on one spatial axis (1: height,
-    2: width): what a constant query sees of a constant key d tokens away."""
-    rope = dit.rope
+def rope_similarity(heads: int, head_dim: int, axis: int, grid: int = 8) -> torch.Tensor:
+    """Mean cos of the rotary angle between position 0 and position d < ``grid`` on one spatial
+    axis (1: height, 2: width) of the medium DiT built with these heads: what a constant query
+    sees of a constant key d tokens away."""
+    spec = TINY_WAN["medium"]
+    rope = tiny_transformer(spec.z_dim, 64, spec.layers, heads, head_dim).rope
     sizes = [rope.t_dim, rope.h_dim, rope.w_dim]
-    cos, sin = rope.freqs_cos.split(sizes, dim=1)[axis], rope.freqs_sin.split(sizes, dim=1)[axis]
-    return (cos * cos[0] + sin * sin[0]).mean(dim=1)  # [positions]
+    cos, sin = rope.freqs_cos.split(sizes, dim=1)[axis][:grid], rope.freqs_sin.split(sizes, dim=1)[axis][:grid]
+    return (cos * cos[0] + sin * sin[0]).mean(dim=1)  # [grid]
 
 
 @pytest.mark.parametrize("axis", [1, 2])
@@ -198,9 +200,7 @@ def test_the_shapes_dit_tells_every_position_of_its_grid_from_a_neighbour(axis):
     # 128² clips: 16² latents in 2×2 patches, 8 tokens per axis. With 16-channel heads Wan's RoPE
     # has two frequencies per axis and a token 6 away looks nearer than the next one
     spec = TINY_WAN["medium"]
-    similarity = rope_similarity(tiny_transformer(spec.z_dim, 64, spec.layers, spec.heads, spec.head_dim), axis)[:8]
+    similarity = rope_similarity(spec.heads, spec.head_dim, axis)
     assert (similarity[2:] < similarity[1]).all(), similarity
-    narrow = rope_similarity(tiny_transformer(spec.z_dim, 64, spec.layers, spec.heads * 4, spec.head_dim // 4), axis)[
-        :8
-    ]
+    narrow = rope_similarity(spec.heads * 4, spec.head_dim // 4, axis)
     assert not (narrow[2:] < narrow[1]).all(), "the check tells the narrow heads apart"
