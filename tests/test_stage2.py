@@ -92,12 +92,14 @@ def test_precompute_is_sharded_and_resumable(world, shared, tmp_path, capsys):
     assert "cache made with other settings (sizes)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("ema, asynchronous", [(None, False), (0.5, False), (None, True)])
-def test_train_resume_is_exact_and_exports_a_pipeline(world, shared, tmp_path, monkeypatch, ema, asynchronous):
+@pytest.mark.parametrize(
+    "ema, asynchronous, decay", [(None, False, "constant"), (0.5, False, "cosine"), (None, True, "constant")]
+)
+def test_train_resume_is_exact_and_exports_a_pipeline(world, shared, tmp_path, monkeypatch, ema, asynchronous, decay):
     assert main(["stage2", "precompute", *overrides(world, shared, tmp_path / "x")]) == 0
     straight, split = tmp_path / "straight", tmp_path / "split"
     # asynchronous: step 2's shards are written in the background and published when step 4's begin
-    more = {"optim.ema_decay": "null" if ema is None else ema, "async_save": asynchronous}
+    more = {"optim.ema_decay": "null" if ema is None else ema, "async_save": asynchronous, "optim.lr_decay": decay}
     assert main(["stage2", "train", *overrides(world, shared, straight, **more)]) == 0
 
     publish = PendingCheckpoint.publish
@@ -116,6 +118,12 @@ def test_train_resume_is_exact_and_exports_a_pipeline(world, shared, tmp_path, m
     curves = [json.loads((run / "history.json").read_text()) for run in (straight, split)]
     assert [r["step"] for r in curves[1]] == [1, 2, 3, 4]
     assert [r["loss"] for r in curves[0]] == [r["loss"] for r in curves[1]]
+    assert [r["lr"] for r in curves[0]] == [r["lr"] for r in curves[1]]  # the schedule resumes where it was
+    after_warmup = [r["lr"] for r in curves[0]]  # one warm-up step: each logged lr is past it
+    if decay == "cosine":
+        assert after_warmup == sorted(after_warmup, reverse=True) and after_warmup[-1] < 0.5 * after_warmup[0]
+    else:
+        assert len(set(after_warmup)) == 1
     assert all(r["align"] > 0 for r in curves[0])
     weights = [trainable_weights(latest_checkpoint(run)) for run in (straight, split)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

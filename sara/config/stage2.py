@@ -15,6 +15,7 @@ SALIENCY_SOURCES = ("aligner", "masks")
 EXPERTS = ("high", "low")
 TEACHERS = ("vjepa2", "oracle")
 DENSITIES = ("uniform", "logit_normal", "mode")
+LR_DECAYS = ("constant", "cosine")  # after warm-up (sara.trainer.batches.lr_factor)
 # the Linear layers LoRA adapts by default in every Wan block, as other Wan trainers do:
 # self- and cross-attention projections and the feed-forward
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
@@ -95,7 +96,10 @@ class PrecomputeConfig:
 class Stage2OptimConfig:
     steps: int = option(200, ge=1)  # optimizer steps in all
     batch_size: int = option(4, ge=1)  # clips per step
-    lr: float = option(1e-4, gt=0)  # AdamW learning rate after warm-up (then constant)
+    lr: float = option(1e-4, gt=0)  # AdamW learning rate after warm-up
+    # after warm-up: constant (continual training that may be extended), or cosine to zero at
+    # `steps` (a run of known length: its last steps average out the noise of a large lr)
+    lr_decay: str = option("constant", choices=LR_DECAYS)
     weight_decay: float = option(0.0, ge=0)
     warmup_steps: int = option(10, ge=0)  # linear warm-up
     grad_clip: float = option(1.0, gt=0)  # max global gradient norm

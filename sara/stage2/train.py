@@ -80,7 +80,7 @@ def _train(config: Stage2Config, setup: Stage2Setup, world: World, resume: str |
         trained = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trained, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_factor(config.optim.warmup_steps, config.optim.steps, "constant")
+            optimizer, lr_factor(config.optim.warmup_steps, config.optim.steps, config.optim.lr_decay)
         )
         ema = EMAModel(trained, decay=config.optim.ema_decay) if config.optim.ema_decay else None
         state = TrainState(model, optimizer, scheduler, ema)

@@ -8,15 +8,14 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from sara.config.stage2 import LR_DECAYS
 from sara.data.buckets import BucketBatchSampler
-
-DECAYS = ("cosine", "constant")
 
 
 def lr_factor(warmup: int, total: int, decay: str = "cosine") -> Callable[[int], float]:
     """Linear warm-up over ``warmup`` steps, then ``cosine`` decay to zero at ``total`` or ``constant``."""
-    if decay not in DECAYS:
-        raise ValueError(f"decay: {decay!r}; choose one of {', '.join(DECAYS)}")
+    if decay not in LR_DECAYS:
+        raise ValueError(f"decay: {decay!r}; choose one of {', '.join(LR_DECAYS)}")
 
     def factor(step: int) -> float:
         if step < warmup:
