@@ -119,7 +119,7 @@ def test_train_resume_is_exact_and_exports_a_pipeline(world, shared, tmp_path, m
     assert [r["step"] for r in curves[1]] == [1, 2, 3, 4]
     assert [r["loss"] for r in curves[0]] == [r["loss"] for r in curves[1]]
     assert [r["lr"] for r in curves[0]] == [r["lr"] for r in curves[1]]  # the schedule resumes where it was
-    after_warmup = [r["lr"] for r in curves[0]]  # one warm-up step: each logged lr is past it
+    after_warmup = [r["lr"] for r in curves[0]]  # a one-step warm-up reaches the full lr at once
     if decay == "cosine":
         assert after_warmup == sorted(after_warmup, reverse=True) and after_warmup[-1] < 0.5 * after_warmup[0]
     else:
