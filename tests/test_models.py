@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sara.models.aligner import SemanticAligner, parameter_count
-from sara.models.presets import PRESET_FORMAT, TINY, resolve, write_tiny
+from sara.models.presets import PRESET_FORMAT, TINY, WAN_VARIANTS, resolve, write_tiny
 from sara.models.text import CaptionEmbedder, CaptionEncoder, last_attended
 from sara.models.tokenizer import tiny_tokenizer
 from sara.models.vjepa2 import VideoEncoder
@@ -119,6 +119,7 @@ def test_presets_are_written_once_and_unknown_ones_refused(root):
         "wan-small",
         "wan-medium",
         "wan-shapes",
+        "wan-shapes-wide",
     }
     assert folder.name == f"tiny-vjepa2-v{PRESET_FORMAT}-seed0"  # a new preset format never reuses an old folder
     with pytest.raises(ValueError, match="no tiny preset"):
@@ -196,11 +197,20 @@ def rope_similarity(heads: int, head_dim: int, axis: int, grid: int = 8) -> torc
 
 
 @pytest.mark.parametrize("axis", [1, 2])
-def test_the_shapes_dit_tells_every_position_of_its_grid_from_a_neighbour(axis):
+@pytest.mark.parametrize("variant", ["medium", "wide"])  # the DiTs of the shapes and shapes-wide presets
+def test_the_shapes_dit_tells_every_position_of_its_grid_from_a_neighbour(axis, variant):
     # 128² clips: 16² latents in 2×2 patches, 8 tokens per axis. With 16-channel heads Wan's RoPE
     # has two frequencies per axis and a token 6 away looks nearer than the next one
-    spec = TINY_WAN["medium"]
+    spec = TINY_WAN[variant]
     similarity = rope_similarity(spec.heads, spec.head_dim, axis)
     assert (similarity[2:] < similarity[1]).all(), similarity
     narrow = rope_similarity(spec.heads * 4, spec.head_dim // 4, axis)
     assert not (narrow[2:] < narrow[1]).all(), "the check tells the narrow heads apart"
+
+
+def test_the_wide_shapes_dit_is_the_medium_one_deeper_and_wider():
+    medium, wide = (TINY_WAN[v] for v in ("medium", "wide"))
+    assert (wide.head_dim, wide.z_dim) == (medium.head_dim, medium.z_dim)  # same rotary table, same VAE
+    counts = [parameter_count(tiny_transformer(s.z_dim, 64, s.layers, s.heads, s.head_dim)) for s in (medium, wide)]
+    assert 0.9e6 < counts[0] < 1.0e6 and 5.0e6 < counts[1] < 5.6e6, counts
+    assert WAN_VARIANTS["shapes-wide"] == "wan-shapes-wide" and TINY["wan-shapes-wide"][2] == {"variant": "wide"}

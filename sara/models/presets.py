@@ -31,6 +31,7 @@ TINY: dict[str, tuple[str, str, dict]] = {
     "wan-small": ("sara.models.wan", "save_tiny_wan", {"variant": "small"}),
     "wan-medium": ("sara.models.wan", "save_tiny_wan", {"variant": "medium"}),
     "wan-shapes": ("sara.models.shapes_vae", "save_shapes_wan", {"variant": "medium"}),  # trains its VAE: minutes, once
+    "wan-shapes-wide": ("sara.models.shapes_vae", "save_shapes_wan", {"variant": "wide"}),  # the same VAE (same seed)
 }
 # a config's `models.wan` value -> its tiny preset
 WAN_VARIANTS = {
@@ -40,6 +41,7 @@ WAN_VARIANTS = {
     "small": "wan-small",
     "medium": "wan-medium",
     "shapes": "wan-shapes",
+    "shapes-wide": "wan-shapes-wide",
 }
 
 
@@ -73,5 +75,5 @@ def resolve(source: str, name: str, cache_root: str | Path, seed: int = 0) -> Pa
 
 def wan_folder(source: str, tiny_root: str | Path) -> Path:
     """A config's Wan entry as a folder: itself, or a tiny variant (``tiny``, ``tiny-a14b``,
-    ``tiny-ti2v``, ``medium``, ``small``, ``shapes``) written once under ``tiny_root``."""
+    ``tiny-ti2v``, ``medium``, ``small``, ``shapes``, ``shapes-wide``) written once under ``tiny_root``."""
     return resolve("tiny", WAN_VARIANTS[source], tiny_root) if source in WAN_VARIANTS else Path(source)
