@@ -57,10 +57,14 @@ def test_bench_step_prints_each_mode_as_a_ratio_to_sft(tmp_path, capsys):
     results = json.loads(capsys.readouterr().out)
     assert list(results) == ["sft", "trd", "sara", "sara_online"]
     for row in results.values():
-        assert set(row) == {"step_s", "peak_mib", "ratio_to_sft"} and row["step_s"] > 0
+        assert set(row) == {"step_s", "peak_mib", "ratio_to_sft", "batch"} and row["step_s"] > 0
         assert row["ratio_to_sft"] == pytest.approx(row["step_s"] / results["sft"]["step_s"])
+        assert row["batch"] == 2  # the default
     assert results["sft"]["ratio_to_sft"] == 1.0
     assert all(row["peak_mib"] >= 0 for row in results.values())  # the first step's peak, without a warm-up
+    # the same workdir at a batch larger than its first world steps that batch, not fewer
+    assert main([*args, "--modes", "sft", "--no-online", "--batch", "9", "--workdir", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["sft"]["batch"] == 9  # the first world holds 8 clips
 
 
 @pytest.mark.slow

@@ -60,21 +60,22 @@ def _measure(case: StepCase) -> dict:
     torch.manual_seed(config.seed)
     model = build_model(config, setup).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr)
-    steps_of = BucketSteps(clips.bucket_of, min(config.optim.batch_size, len(clips)), config.seed)
+    steps_of = BucketSteps(clips.bucket_of, config.optim.batch_size, config.seed)
     peak = PeakMemory(config.device)
     peak.start()
     times = []
     for step in range(case.warmup + case.steps):
         sync(config.device)
         start = time.perf_counter()
-        batch = clips.batch(steps_of(step), device)
+        rows = steps_of(step)
+        batch = clips.batch(rows, device)
         train_step(model, optimizer, batch, noise_generator(config.seed, step), config, world)
         sync(config.device)
         if step >= case.warmup:
             times.append(time.perf_counter() - start)
         if step == max(case.warmup, 1) - 1:  # the peak of the warm-up (of the first step without one)
             extra = peak.extra_bytes()
-    return {"step_s": statistics.median(times), "peak_mib": extra / MIB}
+    return {"step_s": statistics.median(times), "peak_mib": extra / MIB, "batch": len(rows)}
 
 
 def bench_step(
@@ -99,10 +100,14 @@ def bench_step(
     if "sft" not in modes:
         modes = ["sft", *modes]  # every ratio is to sft
     root = Path(workdir or tempfile.mkdtemp(prefix="sara-bench-step-"))
-    world = root / "world"
+    # a reused workdir keeps one world and cache per shape: a world synthesized for a smaller
+    # batch would otherwise cap the batch (BucketSteps draws without replacement)
+    num = max(8, 2 * batch)
+    shape = f"{num}x{frames}x{size}"
+    world = root / f"world-{shape}"
     if not (world / "train.jsonl").is_file():
         synthesize(
-            SynthSpec(num=max(8, 2 * batch), seed=0, frames=frames, size=size, heldout_fraction=0.0),
+            SynthSpec(num=num, seed=0, frames=frames, size=size, heldout_fraction=0.0),
             world,
             workers=1,
             progress=False,
@@ -115,7 +120,7 @@ def bench_step(
         f"data.size={size}",
         f"models.wan={wan}",
         f"models.tiny_root={root / 'models'}",
-        f"precompute.cache_dir={root / 'cache'}",
+        f"precompute.cache_dir={root / f'cache-{shape}-{Path(wan).name}'}",
         "objective.align.saliency=masks",
         f"optim.batch_size={batch}",
     ]
