@@ -146,6 +146,11 @@ def test_prompt_set_and_cli(tmp_path, capsys):
     plain.write_text(json.dumps({"id": "a", "video": "a.mp4", "caption": "a red circle"}) + "\n")
     assert main(["eval", "shapes", "--manifest", str(plain)]) == 2
     assert "plain.jsonl: record 0 (a): render: missing" in capsys.readouterr().err
+    # prompts over the training world's backgrounds, for a world restricted to some
+    args = ["eval", "shapes-set", "--out", str(tmp_path / "g"), "--num", "3", "--frames", "5", "--size", "64"]
+    assert main([*args, "--backgrounds", "gradient"]) == 0
+    records = load_manifest(tmp_path / "g" / "heldout.jsonl").records
+    assert {r.model_extra["render"]["background"] for r in records} == {"gradient"}
 
 
 def test_the_oracle_teacher_encodes_each_tokens_entity_colours():

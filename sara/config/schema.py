@@ -9,7 +9,7 @@ from sara.config.loader import option
 from sara.config.stage1 import Stage1Config, Stage1DataConfig, Stage1ModelsConfig
 from sara.config.stage2 import Stage2Config, Stage2DataConfig, Stage2ModelsConfig, Stage2OptimConfig
 from sara.routing import MODES
-from sara.vocabulary import PAIRS
+from sara.vocabulary import BACKGROUNDS, PAIRS
 
 
 @dataclass
@@ -43,6 +43,7 @@ class SynthConfig:
     min_visible: float = option(0.5, ge=0, le=1)  # least share of its area each entity shows in every frame
     heldout_fraction: float = option(0.2, ge=0, lt=1)  # clips in heldout.jsonl
     pairs: str = option("all", choices=PAIRS)  # colour–shape pairs: all, seen (never the unseen ones), unseen
+    backgrounds: list[str] = option(list(BACKGROUNDS), choices=BACKGROUNDS)  # the kinds drawn from
 
 
 @dataclass

@@ -8,6 +8,7 @@ import sys
 
 from sara.data.importers import FORMATS
 from sara.data.synthetic import SynthSpec
+from sara.vocabulary import BACKGROUNDS, PAIRS
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -26,6 +27,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--min-visible", type=float, default=spec.min_visible, help="least share of its area an entity shows"
     )
     synth.add_argument("--heldout-fraction", type=float, default=spec.heldout_fraction, help="share in heldout.jsonl")
+    synth.add_argument("--pairs", choices=PAIRS, default=spec.pairs, help="colour–shape pairs drawn")
+    synth.add_argument("--backgrounds", nargs="+", choices=BACKGROUNDS, default=spec.backgrounds, help="kinds drawn")
     synth.add_argument("--workers", type=int, default=2, help="processes")
     synth.set_defaults(handler=_synth)
 
@@ -85,6 +88,8 @@ def _synth(args: argparse.Namespace) -> None:
         fg_fraction=args.fg_fraction,
         min_visible=args.min_visible,
         heldout_fraction=args.heldout_fraction,
+        pairs=args.pairs,
+        backgrounds=tuple(args.backgrounds),
     )
     summary = synthesize(spec, args.out, workers=args.workers)
     clips = ", ".join(f"{n} {split}" for split, n in summary["clips"].items())

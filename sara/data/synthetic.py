@@ -2,7 +2,7 @@
 
 Each clip holds 1–3 shapes of distinct kinds and colours moving in straight lines over a
 non-uniform background (noise, stripes, gradients, or a clutter of shapes in other
-colours), so that finding "the red square" needs the text. Shapes are drawn back to
+colours; ``backgrounds`` restricts the kinds), so that finding "the red square" needs the text. Shapes are drawn back to
 front; each entity's mask is its *visible* part, so crossings give real occlusions.
 Shape sizes are drawn so that on average ``fg_fraction`` of the frame (hence of the
 V-JEPA token grid) is covered, each entity at least ``min_share`` of it (no specks).
@@ -35,7 +35,7 @@ import torch
 from sara.data import shapes
 from sara.data.masks import pool_to_grid, save_mask
 from sara.data.video import write_video
-from sara.vocabulary import COLOURS, MOTIONS, NUMBERS, PAIRS, SHAPES, UNSEEN_PAIRS
+from sara.vocabulary import BACKGROUNDS, COLOURS, MOTIONS, NUMBERS, PAIRS, SHAPES, UNSEEN_PAIRS
 
 CLUTTER = [(120, 100, 80), (110, 110, 110), (150, 120, 150), (90, 120, 110), (160, 150, 110)]  # no entity colour
 LAYOUT_TRIES = 10  # layouts drawn at one size before the shapes shrink
@@ -58,12 +58,15 @@ class SynthSpec:
     min_entities: int = 1
     max_entities: int = 3
     pairs: str = "all"  # colour–shape pairs drawn: all, seen (never UNSEEN_PAIRS) or unseen (only those)
+    backgrounds: tuple[str, ...] = BACKGROUNDS  # the kinds drawn from (a subset: an ablation of the world)
     tubelet: int = 2  # V-JEPA 2's token cell (frames × pixels²), for the reported FG fraction
     patch: int = 16
 
     def __post_init__(self):
         if self.pairs not in PAIRS:
             raise ValueError(f"pairs {self.pairs!r}; choose one of {', '.join(PAIRS)}")
+        if not self.backgrounds or not set(self.backgrounds) <= set(BACKGROUNDS):
+            raise ValueError(f"backgrounds {list(self.backgrounds)}; choose from {', '.join(BACKGROUNDS)}")
         if not 1 <= self.min_entities <= self.max_entities <= len(SHAPES):
             raise ValueError(f"entities: need 1 <= min_entities <= max_entities <= {len(SHAPES)}")
 
@@ -79,9 +82,9 @@ class Rendered:
     facts: dict  # what the renderer knows, stored in the record as "render"
 
 
-def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str, str]:
-    """A non-uniform background ``uint8 [H, W, 3]``, its kind and its description."""
-    kind = str(rng.choice(["noise", "stripes", "gradient", "clutter"]))
+def _background(rng: np.random.Generator, size: int, kinds: tuple[str, ...]) -> tuple[np.ndarray, str, str]:
+    """A non-uniform background ``uint8 [H, W, 3]`` of one of ``kinds``, its kind and its description."""
+    kind = str(rng.choice(list(kinds)))
     yy, xx = np.mgrid[0:size, 0:size] / size
     base = rng.uniform(60, 140, size=3)
     if kind == "noise":
@@ -106,7 +109,7 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str, s
             shape = shapes.draw(kind_c, *rng.uniform(0, size, size=2), r, rng.uniform(0, math.pi), size)
             image[shape] = CLUTTER[int(rng.integers(len(CLUTTER)))]
         return image, kind, "a background cluttered with small grey and brown shapes"
-    raise ValueError(f"background kind {kind!r}; choose one of noise, stripes, gradient, clutter")
+    raise ValueError(f"background kind {kind!r}; choose one of {', '.join(BACKGROUNDS)}")
 
 
 def _token_fg(masks: list[np.ndarray], spec: SynthSpec) -> float:
@@ -225,7 +228,7 @@ def render_clip(spec: SynthSpec, index: int) -> Rendered:
     shares = spec.min_share + rng.dirichlet(np.ones(count)) * max(target - count * spec.min_share, 0.0)
     back_to_front = np.argsort(-shares, kind="stable")  # larger shapes behind: small ones rarely hide them
     kinds, colours, shares = kinds[back_to_front], colours[back_to_front], shares[back_to_front]
-    background, background_kind, scene = _background(rng, spec.size)
+    background, background_kind, scene = _background(rng, spec.size, tuple(spec.backgrounds))
     for attempt in range(MAX_LAYOUTS):
         shrink = 0.85 ** (attempt // LAYOUT_TRIES)
         entities = _layout(rng, kinds, colours, shares * shrink**2, spec)

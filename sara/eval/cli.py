@@ -7,6 +7,7 @@ import argparse
 
 from sara.config.arguments import add_sampling_arguments
 from sara.data.synthetic import SynthSpec
+from sara.vocabulary import BACKGROUNDS
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -64,6 +65,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     prompts.add_argument("--seed", type=int, default=1000, help="of the renderer (other than the training world's)")
     prompts.add_argument("--frames", type=int, default=spec.frames, help="frames per clip")
     prompts.add_argument("--size", type=int, default=spec.size, help="square frame size in pixels")
+    prompts.add_argument("--backgrounds", nargs="+", choices=BACKGROUNDS, default=spec.backgrounds, help="kinds drawn")
     prompts.add_argument("--workers", type=int, default=2, help="processes")
     prompts.set_defaults(handler=_shapes_set)
 
@@ -125,7 +127,9 @@ def _rubric(args: argparse.Namespace) -> int:
 def _shapes_set(args: argparse.Namespace) -> None:
     from sara.eval.prompt_set import write_prompt_set
 
-    path = write_prompt_set(args.out, args.num, args.seed, args.frames, args.size, args.workers)
+    path = write_prompt_set(
+        args.out, args.num, args.seed, args.frames, args.size, args.workers, tuple(args.backgrounds)
+    )
     print(f"wrote {args.num} held-out prompts of unseen colour–shape pairs to {path}")
 
 

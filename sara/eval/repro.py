@@ -53,7 +53,15 @@ def _inputs(config: ReproConfig) -> Manifest:
         synthesize(SynthSpec(**asdict(config.world), seed=0), out / "world", progress=False)
     prompts = out / "prompts" / "heldout.jsonl"
     if not prompts.is_file():
-        write_prompt_set(out / "prompts", config.prompts, config.prompt_seed, config.world.frames, config.world.size)
+        world = config.world  # the prompts' scenes are the training world's
+        write_prompt_set(
+            out / "prompts",
+            config.prompts,
+            config.prompt_seed,
+            world.frames,
+            world.size,
+            backgrounds=tuple(world.backgrounds),
+        )
     return load_manifest(prompts)
 
 
