@@ -2,8 +2,9 @@
 
 Each clip holds 1–3 shapes of distinct kinds and colours moving in straight lines over a
 non-uniform background (noise, stripes, gradients, or a clutter of shapes in other
-colours; ``backgrounds`` restricts the kinds), so that finding "the red square" needs the text. Shapes are drawn back to
-front; each entity's mask is its *visible* part, so crossings give real occlusions.
+colours; ``backgrounds`` restricts the kinds), so that finding "the red square" needs the
+text. Shapes are drawn back to front; each entity's mask is its *visible* part, so
+crossings give real occlusions.
 Shape sizes are drawn so that on average ``fg_fraction`` of the frame (hence of the
 V-JEPA token grid) is covered, each entity at least ``min_share`` of it (no specks).
 Everything is a function of ``(seed, clip index)``; ``pairs`` can keep a fixed set of
@@ -26,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +84,7 @@ class Rendered:
     facts: dict  # what the renderer knows, stored in the record as "render"
 
 
-def _background(rng: np.random.Generator, size: int, kinds: tuple[str, ...]) -> tuple[np.ndarray, str, str]:
+def _background(rng: np.random.Generator, size: int, kinds: Sequence[str]) -> tuple[np.ndarray, str, str]:
     """A non-uniform background ``uint8 [H, W, 3]`` of one of ``kinds``, its kind and its description."""
     kind = str(rng.choice(list(kinds)))
     yy, xx = np.mgrid[0:size, 0:size] / size
@@ -228,7 +230,7 @@ def render_clip(spec: SynthSpec, index: int) -> Rendered:
     shares = spec.min_share + rng.dirichlet(np.ones(count)) * max(target - count * spec.min_share, 0.0)
     back_to_front = np.argsort(-shares, kind="stable")  # larger shapes behind: small ones rarely hide them
     kinds, colours, shares = kinds[back_to_front], colours[back_to_front], shares[back_to_front]
-    background, background_kind, scene = _background(rng, spec.size, tuple(spec.backgrounds))
+    background, background_kind, scene = _background(rng, spec.size, spec.backgrounds)
     for attempt in range(MAX_LAYOUTS):
         shrink = 0.85 ** (attempt // LAYOUT_TRIES)
         entities = _layout(rng, kinds, colours, shares * shrink**2, spec)
