@@ -89,7 +89,7 @@ def _synth(args: argparse.Namespace) -> None:
         min_visible=args.min_visible,
         heldout_fraction=args.heldout_fraction,
         pairs=args.pairs,
-        backgrounds=tuple(args.backgrounds),
+        backgrounds=args.backgrounds,
     )
     summary = synthesize(spec, args.out, workers=args.workers)
     clips = ", ".join(f"{n} {split}" for split, n in summary["clips"].items())

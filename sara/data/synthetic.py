@@ -65,6 +65,8 @@ class SynthSpec:
     patch: int = 16
 
     def __post_init__(self):
+        # a config's or a command line's list, held as the frozen spec's tuple
+        object.__setattr__(self, "backgrounds", tuple(self.backgrounds))
         if self.pairs not in PAIRS:
             raise ValueError(f"pairs {self.pairs!r}; choose one of {', '.join(PAIRS)}")
         if not self.backgrounds or not set(self.backgrounds) <= set(BACKGROUNDS):

@@ -127,9 +127,7 @@ def _rubric(args: argparse.Namespace) -> int:
 def _shapes_set(args: argparse.Namespace) -> None:
     from sara.eval.prompt_set import write_prompt_set
 
-    path = write_prompt_set(
-        args.out, args.num, args.seed, args.frames, args.size, args.workers, tuple(args.backgrounds)
-    )
+    path = write_prompt_set(args.out, args.num, args.seed, args.frames, args.size, args.workers, args.backgrounds)
     print(f"wrote {args.num} held-out prompts of unseen colour–shape pairs to {path}")
 
 

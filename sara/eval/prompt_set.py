@@ -4,15 +4,14 @@ the metric's ceiling; a model trained on the seen world is asked for new binding
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from sara.data.synthetic import SynthSpec, synthesize
 from sara.vocabulary import BACKGROUNDS
 
 
-def prompt_set_spec(
-    num: int, seed: int, frames: int, size: int, backgrounds: tuple[str, ...] = BACKGROUNDS
-) -> SynthSpec:
+def prompt_set_spec(num: int, seed: int, frames: int, size: int, backgrounds: Sequence[str] = BACKGROUNDS) -> SynthSpec:
     """Every clip held out (``heldout.jsonl``), 2–3 entities, unseen pairs only."""
     return SynthSpec(
         num=num, seed=seed, frames=frames, size=size, heldout_fraction=1.0, min_entities=2, pairs="unseen",
@@ -22,7 +21,7 @@ def prompt_set_spec(
 
 def write_prompt_set(
     out: str | Path, num: int, seed: int, frames: int, size: int, workers: int = 2,
-    backgrounds: tuple[str, ...] = BACKGROUNDS,
+    backgrounds: Sequence[str] = BACKGROUNDS,
 ) -> Path:  # fmt: skip
     """Render the set into ``out``; returns its manifest, ``out/heldout.jsonl``."""
     synthesize(prompt_set_spec(num, seed, frames, size, backgrounds), out, workers=workers, progress=False)

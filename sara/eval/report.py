@@ -27,7 +27,7 @@ from sara.stage2.generate import generate
 def evaluation_part(config: DemoConfig, out: Path) -> Section:
     stage2 = config.stage2
     size, frames = stage2.data.size, stage2.data.frames
-    backgrounds = tuple(config.stage2_world.backgrounds)  # the prompts' scenes are the training world's
+    backgrounds = config.stage2_world.backgrounds  # the prompts' scenes are the training world's
     manifest = load_manifest(
         write_prompt_set(out / "prompts", config.eval_prompts, 1000, frames, size, backgrounds=backgrounds)
     )

@@ -60,7 +60,7 @@ def _inputs(config: ReproConfig) -> Manifest:
             config.prompt_seed,
             world.frames,
             world.size,
-            backgrounds=tuple(world.backgrounds),
+            backgrounds=world.backgrounds,
         )
     return load_manifest(prompts)
 
