@@ -50,4 +50,8 @@ class ReproConfig:
     prompt_seed: int = 1000  # renderer seed of the prompt set
     sample_seed: int = 0  # prompt i is sampled with seed sample_seed + i by every arm (paired noise)
     generate_steps: int = option(20, ge=1)  # denoising steps (UniPC, CFG 5)
+    # runs trained and sampled at once, each in a process of its own with an equal share of the
+    # CPU threads: the study's DiTs are so small that one run leaves a GPU mostly idle (launch
+    # overhead, not arithmetic, bounds its step), so several share one card; 1: in this process
+    jobs: int = option(1, ge=1)
     stage2: Stage2Config = field(default_factory=_repro_stage2)  # shared by every arm; mode and routing per arm

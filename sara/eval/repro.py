@@ -9,6 +9,10 @@ The table (:mod:`sara.eval.repro_table`) gives every seed, per-arm means with hi
 bootstrap intervals (seeds, then prompts) and paired differences against ``sft`` and
 ``trd``.
 
+With ``jobs`` above 1 the runs go to that many worker processes at once (several tiny runs
+share one GPU); a run's losses do not depend on which process ran it or when, up to the
+rounding of sums split over another number of threads.
+
 The study is resumable: a finished run (its ``pipeline/``) is not trained again, an
 interrupted one resumes from its last checkpoint, videos already written are kept.
 """
@@ -17,8 +21,13 @@ from __future__ import annotations
 
 import copy
 import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
+
+import torch
 
 from sara.config import save_config
 from sara.config.repro import ARMS, ReproConfig
@@ -95,13 +104,26 @@ def run_repro(config: ReproConfig, progress: bool = True) -> dict[Key, list[dict
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out)
     manifest = _inputs(config)
-    results: dict[Key, list[dict]] = {}
     keys = [(t, s, a) for t in config.teachers for s in config.seeds for a in config.arms]
+    # here, before any worker starts: the presets (the shapes VAE trains for minutes) are
+    # written once and the caches are shared by every run of a teacher
     for teacher in config.teachers:
         precompute(arm_config(config, teacher, config.seeds[0], "sara"), progress=False)  # one cache per teacher
-    for key in tqdm(keys, desc="repro runs", disable=not progress):
-        results[key] = run_arm(config, manifest, *key)
-    return results
+    with tqdm(total=len(keys), desc="repro runs", disable=not progress) as bar:
+        if config.jobs == 1:
+            results = {}
+            for key in keys:
+                results[key] = run_arm(config, manifest, *key)
+                bar.update()
+            return results
+        threads = max(1, (os.cpu_count() or 1) // config.jobs)
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        with ProcessPoolExecutor(config.jobs, context, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+            futures = {pool.submit(run_arm, config, manifest, *key): key for key in keys}
+            for future in as_completed(futures):
+                future.result()  # a failed run stops the study with its own error
+                bar.update()
+        return {key: future.result() for future, key in futures.items()}  # in the order of keys
 
 
 def write_study(config: ReproConfig, results: dict[Key, list[dict]], seconds: float) -> Path:
