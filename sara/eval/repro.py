@@ -96,6 +96,11 @@ def run_arm(config: ReproConfig, manifest: Manifest, teacher: str, seed: int, ar
     return scores
 
 
+def worker_threads(jobs: int) -> int:
+    """Each worker's share of this machine's CPU threads."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
 def run_repro(config: ReproConfig, progress: bool = True) -> dict[Key, list[dict]]:
     """Every run of the study; returns the scores of each (teacher, seed, arm)."""
     from tqdm import tqdm
@@ -116,9 +121,9 @@ def run_repro(config: ReproConfig, progress: bool = True) -> dict[Key, list[dict
                 results[key] = run_arm(config, manifest, *key)
                 bar.update()
             return results
-        threads = max(1, (os.cpu_count() or 1) // config.jobs)
         context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-        with ProcessPoolExecutor(config.jobs, context, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        threads = (worker_threads(config.jobs),)
+        with ProcessPoolExecutor(config.jobs, context, initializer=torch.set_num_threads, initargs=threads) as pool:
             futures = {pool.submit(run_arm, config, manifest, *key): key for key in keys}
             for future in as_completed(futures):
                 future.result()  # a failed run stops the study with its own error
