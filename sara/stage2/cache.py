@@ -34,7 +34,7 @@ from sara.models.presets import wan_folder
 from sara.parallel.world import World, close_world, init_world
 from sara.stage1.features import FEATURES_VERSION
 from sara.stage1.saliency import locate
-from sara.stage2.encoders import Stage2Encoders, buckets, teacher
+from sara.stage2.encoders import Stage2Encoders, buckets, teacher, warn_overlong
 
 EMPTY_CAPTION = "empty_caption.safetensors"  # text states of "" (Wan's unconditional input)
 
@@ -144,6 +144,9 @@ def _precompute(config: Stage2Config, view, world: World, progress: bool) -> Pat
     index = _read_index(folder, settings)
     manifest = load_manifest(config.data.train)
     todo = [i for i in range(len(manifest)) if str(i) not in index["clips"]]
+    if world.is_main and todo:
+        captions = [manifest.records[i].prompt() for i in todo]
+        warn_overlong(encoders.text.tokenizer, captions, config.models.text_length, "models.text_length")
     bad = BadSamples(config.data.max_bad_fraction)
     clips = Stage2Dataset(manifest, buckets(config), config.data, config.seed, union_masks=True)
     size = config.precompute.batch_size

@@ -5,6 +5,7 @@ also call them online — the same function, so both paths feed the DiT the same
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -23,6 +24,8 @@ from sara.stage1.saliency import SaliencyModel
 from sara.stage2.align import VJEPA_FIRST_FRAME, VfmView
 from sara.stage2.oracle import WIDTH as ORACLE_WIDTH
 from sara.stage2.oracle import OracleTeacher
+
+log = logging.getLogger(__name__)
 
 
 def frame_counts(config: Stage2Config) -> list[int]:
@@ -70,6 +73,20 @@ def pad_text(texts: list[Tensor], length: int) -> Tensor:
     for row, text in enumerate(texts):
         out[row, : min(length, len(text))] = text[:length]
     return out
+
+
+def warn_overlong(tokenizer, captions: list[str], length: int, setting: str) -> int:
+    """Warn when captions run past ``length`` umT5 tokens: ``WanPipeline`` cuts them there, so
+    the DiT never reads their tail — an MTSS caption's cast and shots come late, and a cut
+    caption trains a DiT that ignores them. Returns how many are cut."""
+    counts = [len(ids) for ids in tokenizer(captions, add_special_tokens=True).input_ids]  # with </s>, as Wan counts
+    cut = sum(count > length for count in counts)
+    if cut:
+        log.warning(
+            "%d of %d captions are longer than %s %d umT5 tokens (the longest: %d) and are cut there",
+            cut, len(captions), setting, length, max(counts),
+        )  # fmt: skip
+    return cut
 
 
 class Stage2Encoders(torch.nn.Module):

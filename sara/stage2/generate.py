@@ -16,6 +16,7 @@ from sara.data.visualize import slug
 from sara.models.wan import dit_grid, latent_shape, vae_memory
 from sara.parallel.context import apply_ulysses, check_tokens
 from sara.parallel.world import close_world, init_world
+from sara.stage2.encoders import warn_overlong
 
 
 def load_pipeline(
@@ -110,6 +111,8 @@ def generate(
                     apply_ulysses(dit, world)
             _check_tokens(pipe, sampling, world.cp)
         jobs = jobs if jobs is not None else numbered(prompts, out, sampling.seed)
+        if world.is_main and jobs:
+            warn_overlong(pipe.tokenizer, [job.prompt for job in jobs], sampling.text_length, "text_length")
         mine = jobs[world.dp_rank :: world.dp_size]
         return render(pipe, mine, sampling, progress and world.is_main, world.cp_rank == 0, gif=gif)
     finally:
