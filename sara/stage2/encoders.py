@@ -84,8 +84,12 @@ def warn_overlong(tokenizer, captions: list[str], length: int, setting: str) -> 
     if cut:
         log.warning(
             "%d of %d captions are longer than %s %d umT5 tokens (the longest: %d) and are cut there",
-            cut, len(captions), setting, length, max(counts),
-        )  # fmt: skip
+            cut,
+            len(captions),
+            setting,
+            length,
+            max(counts),
+        )
     return cut
 
 
