@@ -68,15 +68,22 @@ def test_bench_step_prints_each_mode_as_a_ratio_to_sft(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_bench_step_memory_switches_each_run_against_plain_sara(tmp_path, capsys):
+def test_bench_step_memory_switches_each_run_below_the_case_they_change(tmp_path, capsys):
     args = ["bench", "step", "--modes", "sara", "--memory", "--batch", "2", "--frames", "9", "--size", "64"]
     assert main([*args, "--warmup", "1", "--steps", "1", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    switches = ["sara+accumulate2", "sara+checkpointing", "sara+lora8", "sara+lora8+fp8", "sara_online+vae_tile"]
-    table = out.split("memory switches, each against the step it changes (sara, or sara_online for the VAE):")[1]
-    rows = {line.split("|")[0].strip(): line for line in table.splitlines() if "|" in line}
-    assert list(rows) == ["case", "sara", *switches]
-    assert rows["sara"].split("|")[1].split()[1] == "1.00" and rows["sara"].split("|")[2].split()[1] == "1.00"
+    table = out.split("memory switches, each against the case above it that it changes:")[1]
+    rows = {line.split("|")[0].strip(): line.split("|")[1:] for line in table.splitlines() if "|" in line}
+    trained = ["sara+accumulate2", "sara+checkpointing", "sara+lora8", "sara+lora8+fp8"]
+    vae = ["sara_online+vae_tile", "sara_online+vae_slicing"]
+    validate = ["validate+offload_frozen"]
+    assert list(rows) == ["case", "sara", *trained, "sara_online", *vae, "validate", *validate]
+    for reference in ("sara", "sara_online", "validate"):
+        assert [cell.split()[1] for cell in rows[reference]] == ["1.00", "1.00"]
+    # a validation round is no training step: it is kept out of the modes' table
+    assert "validate" not in out.split("memory switches")[0]
+    # the validation cases sampled the first two captions of the world
+    assert len(list((tmp_path / "run" / "samples").glob("*.mp4"))) == 2
 
 
 @pytest.mark.slow

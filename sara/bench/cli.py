@@ -39,7 +39,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     step.add_argument("--no-online", action="store_true", help="skip the online-encoder variant")
     step.add_argument("--wan", default="tiny", help=f"{' | '.join(WAN_VARIANTS)}, or a Diffusers-format Wan folder")
     step.add_argument("--workdir", help="where the world, presets and cache go (default: a new temporary folder)")
-    step.add_argument("--memory", action="store_true", help="also sara with each memory switch, × sara")
+    step.add_argument(
+        "--memory", action="store_true", help="also each memory switch, × the case it changes (sara, its validation)"
+    )
     step.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     step.set_defaults(handler=_step)
 
@@ -119,7 +121,7 @@ def _step(args: argparse.Namespace) -> None:
     modes, switches = format_tables(results)
     print(modes)
     if switches:
-        print("\nmemory switches, each against the step it changes (sara, or sara_online for the VAE):")
+        print("\nmemory switches, each against the case above it that it changes:")
         print(switches)
 
 

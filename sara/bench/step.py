@@ -4,8 +4,14 @@ A small shapes world is synthesised and precomputed once; then each case (``sft`
 ``trd``, ``sara`` from the cache, and ``sara`` with the frozen encoders run online) trains
 the tiny DiT in a fresh process, so that no case's allocations hide in another's peak.
 The first ``warmup`` steps are not timed (their peak is the one reported; with no warm-up,
-the first step's); the step time is the median of the timed steps. The ``sara`` cases read ground-truth-mask saliency: the
-cost of a step does not depend on where its saliency came from.
+the first step's); the step time is the median of the timed steps. The ``sara`` cases read
+ground-truth-mask saliency: the cost of a step does not depend on where its saliency came from.
+
+With ``memory``, each one-GPU memory switch is measured against the case it changes: the
+training switches against the cached ``sara`` step, the VAE's tiles and slices against the
+online one, and ``validation.offload_frozen`` against a plain round of validation videos
+of a two-expert model that trains one expert (``validate``: the pipeline loaded around the
+live expert, then its videos sampled; its time is the sampling's).
 """
 
 from __future__ import annotations
@@ -18,17 +24,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
 import torch
+import transformers
 
 from sara.bench.memory import PeakMemory, sync
 from sara.config import load_config
 from sara.config.stage2 import Stage2Config
 from sara.data.synthetic import SynthSpec, synthesize
+from sara.models.presets import wan_folder
+from sara.models.wan import read_layout
 from sara.parallel.world import World
 from sara.stage2.build import build_model, resolve_setup
 from sara.stage2.cache import precompute
 from sara.stage2.clips import CachedClips, OnlineClips
 from sara.stage2.step import noise_generator, train_step
+from sara.stage2.validate import Validator
 from sara.trainer.batches import BucketSteps
 
 MIB = 2**20
@@ -40,6 +51,9 @@ SWITCHES = {
     "lora8": ("optim.lora_rank=8",),
     "lora8+fp8": ("optim.lora_rank=8", "optim.layerwise_fp8=true"),
 }
+VALIDATE = "validate"  # the case of a validation round, the reference of validation.offload_frozen
+VALIDATE_EXPERT = "tiny-a14b"  # its model when the benched one has a single expert
+VALIDATE_STEPS = 4  # its denoising steps: the peak does not depend on how many
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,11 @@ class StepCase:
     overrides: tuple[str, ...]  # the Stage 2 config of the case, as key=value
     warmup: int
     steps: int
+    validate: bool = False  # a round of validation videos instead of optimizer steps
+
+
+def _run(case: StepCase) -> dict:
+    return _measure_validation(case) if case.validate else _measure(case)
 
 
 def _measure(case: StepCase) -> dict:
@@ -78,6 +97,25 @@ def _measure(case: StepCase) -> dict:
     return {"step_s": statistics.median(times), "peak_mib": extra / MIB, "batch": len(rows)}
 
 
+def _measure_validation(case: StepCase) -> dict:
+    """Seconds of sampling one round of validation videos and the peak extra MiB of loading
+    the pipeline and sampling it (runs in its own process)."""
+    diffusers.utils.logging.disable_progress_bar()  # the pipeline's loading bars, in this worker alone
+    transformers.utils.logging.disable_progress_bar()
+    config = load_config(Stage2Config, None, case.overrides)
+    device = torch.device(config.device)
+    setup = resolve_setup(config)
+    model = build_model(config, setup).to(device)  # the live expert, there before validation begins
+    peak = PeakMemory(config.device)
+    peak.start()
+    validator = Validator(config, setup, model, World(rank=0, size=1, device=device))
+    sync(config.device)
+    start = time.perf_counter()
+    videos = validator(Path(config.out_dir) / "samples")
+    sync(config.device)
+    return {"step_s": time.perf_counter() - start, "peak_mib": peak.extra_bytes() / MIB, "batch": len(videos)}
+
+
 def bench_step(
     modes: list[str],
     batch: int,
@@ -92,9 +130,11 @@ def bench_step(
     progress: bool = True,
     memory: bool = False,
 ) -> dict[str, dict]:
-    """``{case: {step_s, peak_mib, ratio_to_sft}}`` for each mode (and ``sara_online``);
-    with ``memory`` also ``sara+SWITCH`` for each of :data:`SWITCHES` (and
-    ``sara_online+vae_tile``: the online VAE encoding in tiles of half the frame)."""
+    """``{case: {step_s, peak_mib, batch, ratio_to_sft}}`` for each mode (and ``sara_online``);
+    with ``memory`` also ``sara+SWITCH`` for each of :data:`SWITCHES`, ``sara_online+vae_tile``
+    and ``sara_online+vae_slicing`` (the online VAE encoding in tiles of half the frame, or
+    one clip at a time), and ``validate`` and ``validate+offload_frozen`` (``ratio_to_sft``
+    none: a validation round is no training step)."""
     from tqdm import tqdm
 
     if "sft" not in modes:
@@ -136,14 +176,36 @@ def bench_step(
         if online:
             tile = f"precompute.vae_tile={max(32, size // 2)}"
             cases.append(StepCase("sara_online+vae_tile", (*sara, "online=true", tile), warmup, steps))
+            cases.append(
+                StepCase(
+                    "sara_online+vae_slicing", (*sara, "online=true", "precompute.vae_slicing=true"), warmup, steps
+                )
+            )
+        validate = _validation_overrides(overrides, wan, root / "models")
+        for name, offload in ((VALIDATE, "false"), (f"{VALIDATE}+offload_frozen", "true")):
+            more = (*validate, f"validation.offload_frozen={offload}")
+            cases.append(StepCase(name, more, warmup, steps, validate=True))
     context = multiprocessing.get_context("spawn")
     results = {}
     for case in tqdm(cases, desc="bench step", disable=not progress):
         with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            results[case.name] = pool.submit(_measure, case).result()
-    for row in results.values():
-        row["ratio_to_sft"] = row["step_s"] / results["sft"]["step_s"]
+            results[case.name] = pool.submit(_run, case).result()
+    for name, row in results.items():
+        training = not name.startswith(VALIDATE)
+        row["ratio_to_sft"] = row["step_s"] / results["sft"]["step_s"] if training else None
     return results
+
+
+def _validation_overrides(overrides: list[str], wan: str, tiny_root: Path) -> tuple[str, ...]:
+    """The ``validate`` case: ``wan`` if it has two experts (else :data:`VALIDATE_EXPERT`)
+    training its low-noise expert alone, so that the high-noise one is the frozen expert."""
+    two = len(read_layout(wan_folder(wan, tiny_root)).experts) == 2
+    return (
+        *overrides,
+        f"models.wan={wan if two else VALIDATE_EXPERT}",
+        "objective.experts=[low]",
+        f"validation.steps={VALIDATE_STEPS}",
+    )
 
 
 def format_step(results: dict[str, dict], base: str | None = "sft", cases: list[str] | None = None) -> str:
@@ -151,12 +213,14 @@ def format_step(results: dict[str, dict], base: str | None = "sft", cases: list[
     with ``base=None`` to each case's own reference, the case its name extends
     (``sara_online+vae_tile`` to ``sara_online``)."""
     label = base or "base"
-    header = f"{'case':>20} | {'step s':>8} {'× ' + label:>7} | {'peak MiB':>9} {'× ' + label:>7}"
+    names = cases or list(results)
+    width = max(20, *map(len, names))
+    header = f"{'case':>{width}} | {'step s':>8} {'× ' + label:>7} | {'peak MiB':>9} {'× ' + label:>7}"
     lines = [header, "-" * len(header)]
-    for name in cases or list(results):
+    for name in names:
         row, ref = results[name], results[base or name.split("+")[0]]
         lines.append(
-            f"{name:>20} | {row['step_s']:>8.4f} {row['step_s'] / ref['step_s']:>7.2f} | "
+            f"{name:>{width}} | {row['step_s']:>8.4f} {row['step_s'] / ref['step_s']:>7.2f} | "
             f"{row['peak_mib']:>9.1f} {row['peak_mib'] / max(ref['peak_mib'], 1e-9):>7.2f}"
         )
     return "\n".join(lines)
@@ -164,7 +228,12 @@ def format_step(results: dict[str, dict], base: str | None = "sft", cases: list[
 
 def format_tables(results: dict[str, dict]) -> tuple[str, str | None]:
     """The modes as ratios to sft, and the memory switches (if measured) each against the
-    step it changes (``sara``, or ``sara_online`` for the VAE's tiles)."""
+    case it changes, which stands above them (``sara``; ``sara_online`` for the VAE's tiles
+    and slices; ``validate`` for the offloaded frozen expert)."""
     switches = [name for name in results if "+" in name]
-    modes = format_step(results, "sft", [name for name in results if name not in switches])
-    return modes, format_step(results, None, ["sara", *switches]) if switches else None
+    references = dict.fromkeys(name.split("+")[0] for name in switches)
+    modes = format_step(results, "sft", [n for n in results if n not in switches and n != VALIDATE])
+    if not switches:
+        return modes, None
+    grouped = [name for ref in references for name in (ref, *(s for s in switches if s.split("+")[0] == ref))]
+    return modes, format_step(results, None, grouped)

@@ -129,11 +129,16 @@ def stage2_part(config: DemoConfig, out: Path) -> Section:
             ),
             preformatted(bench_text),
             paragraph(
-                "The memory switches, each against the step it changes: `optim.accumulate=2`, "
+                "The memory switches, each below the case it changes: `optim.accumulate=2`, "
                 "`optim.gradient_checkpointing`, `optim.lora_rank=8`, that with `optim.layerwise_fp8` (the "
-                "frozen base stored in fp8) and `precompute.vae_tile` for the online VAE. The tiny DiT's "
+                "frozen base stored in fp8) against the `sara` step; `precompute.vae_tile` and "
+                "`precompute.vae_slicing` against the online step, whose VAE they change; "
+                "`validation.offload_frozen` against a round of validation videos of a tiny A14B that trains "
+                "its low-noise expert (`validate`: pipeline loaded, two videos sampled). The tiny DiT's "
                 "activations and weights are small beside the process's own, so these ratios understate "
-                "what each saves on a real model (`docs/PERFORMANCE.md` has the 12 M-parameter DiT's)."
+                "what each saves on a real model (`docs/PERFORMANCE.md` has the 12 M-parameter DiT's); "
+                "on CPU the offloaded expert waits in the same memory it runs from, so only a GPU shows "
+                "what offloading saves."
             ),
             preformatted(switch_text),
         ]
