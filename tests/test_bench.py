@@ -82,7 +82,9 @@ def test_bench_step_memory_switches_each_run_below_the_case_they_change(tmp_path
         assert [cell.split()[1] for cell in rows[reference]] == ["1.00", "1.00"]
     # a validation round is no training step: it is kept out of the modes' table
     assert "validate" not in out.split("memory switches")[0]
-    # the validation cases sampled the first two captions of the world
+    # the validation cases sampled the world's first two captions with a two-expert model,
+    # the tiny DiT having one expert
+    assert "validate: 2 validation videos of tiny-a14b training its low-noise expert" in out
     assert len(list((tmp_path / "run" / "samples").glob("*.mp4"))) == 2
 
 

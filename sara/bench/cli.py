@@ -93,7 +93,7 @@ def _trd(args: argparse.Namespace) -> None:
 def _step(args: argparse.Namespace) -> None:
     import torch
 
-    from sara.bench.step import bench_step, format_tables
+    from sara.bench.step import VALIDATE, VALIDATE_STEPS, bench_step, format_tables
     from sara.device import pick_device
 
     pick_device(args.device)
@@ -123,6 +123,11 @@ def _step(args: argparse.Namespace) -> None:
     if switches:
         print("\nmemory switches, each against the case above it that it changes:")
         print(switches)
+        validate = results[VALIDATE]
+        print(
+            f"{VALIDATE}: {validate['batch']} validation videos of {validate['wan']} training its low-noise "
+            f"expert, {VALIDATE_STEPS} steps each; its time is the sampling's"
+        )
 
 
 def _dist(args: argparse.Namespace) -> None:

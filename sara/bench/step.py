@@ -113,7 +113,8 @@ def _measure_validation(case: StepCase) -> dict:
     start = time.perf_counter()
     videos = validator(Path(config.out_dir) / "samples")
     sync(config.device)
-    return {"step_s": time.perf_counter() - start, "peak_mib": peak.extra_bytes() / MIB, "batch": len(videos)}
+    seconds, extra = time.perf_counter() - start, peak.extra_bytes()
+    return {"step_s": seconds, "peak_mib": extra / MIB, "batch": len(videos), "wan": config.models.wan}
 
 
 def bench_step(
@@ -134,7 +135,7 @@ def bench_step(
     with ``memory`` also ``sara+SWITCH`` for each of :data:`SWITCHES`, ``sara_online+vae_tile``
     and ``sara_online+vae_slicing`` (the online VAE encoding in tiles of half the frame, or
     one clip at a time), and ``validate`` and ``validate+offload_frozen`` (``ratio_to_sft``
-    none: a validation round is no training step)."""
+    none: a validation round is no training step; ``batch`` its videos, ``wan`` its model)."""
     from tqdm import tqdm
 
     if "sft" not in modes:
