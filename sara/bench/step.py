@@ -174,14 +174,12 @@ def bench_step(
         if "sara" not in modes:
             cases.append(StepCase("sara", sara, warmup, steps))  # the switches' reference
         cases += [StepCase(f"sara+{name}", (*sara, *more), warmup, steps) for name, more in SWITCHES.items()]
-        if online:
-            tile = f"precompute.vae_tile={max(32, size // 2)}"
-            cases.append(StepCase("sara_online+vae_tile", (*sara, "online=true", tile), warmup, steps))
-            cases.append(
-                StepCase(
-                    "sara_online+vae_slicing", (*sara, "online=true", "precompute.vae_slicing=true"), warmup, steps
-                )
-            )
+        if online:  # the VAE's savers change only the online step
+            vae = {
+                "vae_tile": f"precompute.vae_tile={max(32, size // 2)}",
+                "vae_slicing": "precompute.vae_slicing=true",
+            }
+            cases += [StepCase(f"sara_online+{k}", (*sara, "online=true", v), warmup, steps) for k, v in vae.items()]
         validate = _validation_overrides(overrides, wan, root / "models")
         for name, offload in ((VALIDATE, "false"), (f"{VALIDATE}+offload_frozen", "true")):
             more = (*validate, f"validation.offload_frozen={offload}")
