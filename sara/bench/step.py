@@ -189,9 +189,9 @@ def bench_step(
     for case in tqdm(cases, desc="bench step", disable=not progress):
         with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
             results[case.name] = pool.submit(_run, case).result()
-    for name, row in results.items():
-        training = not name.startswith(VALIDATE)
-        row["ratio_to_sft"] = row["step_s"] / results["sft"]["step_s"] if training else None
+    for case in cases:
+        row = results[case.name]
+        row["ratio_to_sft"] = None if case.validate else row["step_s"] / results["sft"]["step_s"]
     return results
 
 
@@ -231,7 +231,8 @@ def format_tables(results: dict[str, dict]) -> tuple[str, str | None]:
     and slices; ``validate`` for the offloaded frozen expert)."""
     switches = [name for name in results if "+" in name]
     references = dict.fromkeys(name.split("+")[0] for name in switches)
-    modes = format_step(results, "sft", [n for n in results if n not in switches and n != VALIDATE])
+    trained = [n for n in results if n not in switches and results[n]["ratio_to_sft"] is not None]
+    modes = format_step(results, "sft", trained)
     if not switches:
         return modes, None
     grouped = [name for ref in references for name in (ref, *(s for s in switches if s.split("+")[0] == ref))]
