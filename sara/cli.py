@@ -3,7 +3,8 @@
 Each command group registers its subcommands next to the code it runs (``sara/*/cli.py``);
 handlers import what they run, so ``--help`` stays quick. Every expected failure — bad
 input, a config or manifest error, missing weights, too many unreadable samples — ends in
-one line on stderr and exit code 2.
+one line on stderr and exit code 2; a trainer stopped by a signal after its checkpoint
+exits with 75 (``sara.trainer.preemption.EXIT_STOPPED``) on rank 0, 0 on the others.
 """
 
 from __future__ import annotations
@@ -104,12 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from sara.data.datasets import TooManyBadSamples
+    from sara.parallel.world import is_main_process
+    from sara.trainer.preemption import EXIT_STOPPED, Stopped
 
     try:
         return args.handler(args) or 0
+    except Stopped as exc:  # a checkpoint is written; the job scheduler decides when to resume
+        if not is_main_process():  # the run's outcome is rank 0's: srun --kill-on-bad-exit must not cut it short
+            return 0
+        print(f"sara: {exc}", file=sys.stderr)
+        return EXIT_STOPPED
     except (ValueError, TooManyBadSamples, FileNotFoundError, PermissionError) as exc:
-        # bad input (ConfigError, ManifestError, WeightsError, VideoError are ValueErrors): one line, no traceback
-        print(f"sara: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        # bad input (ConfigError, ManifestError, WeightsError, VideoError are ValueErrors): one line, no
+        # traceback; a run that cannot start (PlanProblems): one line per problem
+        for line in getattr(exc, "problems", None) or [str(exc).splitlines()[0] if str(exc) else type(exc).__name__]:
+            print(f"sara: error: {line}", file=sys.stderr)
         return 2
 
 

@@ -88,7 +88,8 @@ def lora_config(config: DemoConfig, out: Path) -> Stage2Config:
     lora.out_dir = str(out / "stage2_lora")
     lora.precompute.cache_dir = str(cache_dir(config.stage2))  # the demo's Stage 2 cache
     steps = lora.optim.steps = lora.save_every = config.lora_steps
-    lora.optim.lora_rank, lora.optim.accumulate = LORA_RANK, 2
+    # two micro-batches of half the demo's clips: the demo's global batch, at half the activations
+    lora.optim.lora_rank, lora.optim.accumulate, lora.optim.batch_size = LORA_RANK, 2, lora.optim.batch_size // 2
     lora.objective.flow.density = "logit_normal"
     lora.export_comfyui = True
     lora.log_every = max(1, steps // 4)
@@ -121,7 +122,7 @@ def lora_part(config: DemoConfig, out: Path) -> tuple[str, Path]:
         f"`sara stage2 train optim.lora_rank={LORA_RANK} optim.accumulate=2 objective.flow.density=logit_normal "
         f"export_comfyui=true`: {lora.optim.steps} steps of rank-{LORA_RANK} adapters on "
         f"{', '.join(lora.optim.lora_targets)} (the targets other Wan trainers adapt), two micro-batches of "
-        f"{lora.optim.batch_size // 2} clips per step, σ logit-normal before the shift, on the Stage 2 cache. Besides "
+        f"{lora.optim.batch_size} clips per step, σ logit-normal before the shift, on the Stage 2 cache. Besides "
         "the merged pipeline, each trained expert's adapter is written alone: the file "
         "`WanPipeline.load_lora_weights` reads (a two-expert model's low-noise file with "
         "`load_into_transformer_2=True`; names `high_noise` / `low_noise`) and its twin in ComfyUI's keys, "

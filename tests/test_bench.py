@@ -1,6 +1,10 @@
 """The TRD benchmark's bookkeeping (its timings are printed, never asserted)."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +116,20 @@ def test_bench_vae_times_each_phase_with_both_layer_sets(capsys):
     for row in rows:
         diffusers, fast, ratio = (float(cell.split()[0]) for cell in row[2:])
         assert diffusers > 0 and fast > 0 and ratio == pytest.approx(diffusers / fast, rel=0.05)
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_dry_on_the_cpu(tmp_path):
+    """scripts/gpu_check.sh --dry-run: every check of `sara bench gpu` at toy sizes, figures in OUT."""
+    script = Path(__file__).parents[1] / "scripts" / "gpu_check.sh"
+    env = os.environ | {"OUT": str(tmp_path), "SARA_PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", str(script), "--dry-run"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads((tmp_path / "gpu_check.json").read_text())
+    trd = figures["trd"]
+    assert trd["tokens"] == 512 and trd["blockwise"]["dtype"] == "bfloat16" and trd["dense"] is not None
+    assert set(figures["step"]) == {"sft", "sara"}
+    for row in figures["step"].values():  # 2 × 2 × 4 DiT tokens; V-JEPA: 1 tubelet of 4 × 8
+        assert (row["dit_tokens"], row["vfm_tokens"]) == (16, 32)
+        assert row["timestep_dtype"] == "float32" and row["timesteps_exact"]
+    assert "timesteps float32, equal to σ · 1000" in done.stdout

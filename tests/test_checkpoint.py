@@ -1,14 +1,21 @@
-"""Checkpoints: every RNG restored, and a state file that would run code is refused."""
+"""Checkpoints: every RNG restored, a state file that would run code refused, background saves
+published once written and their gloo group made at start-up."""
 
 import random
+import time
+from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
+from distributed import spawn
 
+from sara.config.parallel import ParallelConfig
 from sara.config.stage1 import Stage1Config
-from sara.parallel.world import World
-from sara.trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint, trainable_weights
+from sara.parallel.world import World, init_world
+from sara.trainer.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint, trainable_weights
+from sara.trainer.loop import LoopPlan, run_loop
 
 ONE = World(rank=0, size=1, device=torch.device("cpu"))
 
@@ -52,3 +59,53 @@ def test_a_state_file_that_would_run_code_is_refused(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"train.pt: refused, it holds more than tensors and plain values"):
         load_checkpoint(folder, _parts(), ONE)
     assert "this would have run" not in capsys.readouterr().out
+
+
+def _stepper(state: TrainState, pause: float = 0.0):
+    def step(index: int) -> dict[str, torch.Tensor]:
+        loss = state.model(torch.randn(4, 3)).square().mean()
+        loss.backward()
+        state.optimizer.step()
+        state.optimizer.zero_grad()
+        time.sleep(pause)  # the background writer's time
+        return {"loss": loss.detach()}
+
+    return step
+
+
+def _reduce(figures: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {"loss": figures["loss"].item()}
+
+
+def test_an_async_checkpoint_is_published_as_soon_as_every_shard_is_written(tmp_path):
+    state, seen = _parts(), {}
+    plan = LoopPlan(6, 6, 3, "test", ("loss",), async_save=True)
+
+    def after(done: int, logger) -> None:
+        seen[done] = latest_checkpoint(tmp_path)
+
+    run_loop(tmp_path, ONE, state, Stage1Config(), plan, 0, _stepper(state, 0.5), _reduce, after, progress=False)
+    assert seen[3] is None and seen[4] is None  # begun at step 3's end, written in the background
+    assert seen[5].name == "step-0000003"  # published at step 4's end, not when step 6's begins
+    assert latest_checkpoint(tmp_path).name == "step-0000006"
+
+
+def _loop_where_gloo_cannot_start(out: str) -> dict:
+    world = init_world(ParallelConfig(), "cpu")
+    state, calls = _parts(), []
+    step = _stepper(state)
+    plan = LoopPlan(4, 1, 2, "test", ("loss",), async_save=True)
+    with mock.patch("sara.trainer.checkpoint.dist.new_group", side_effect=RuntimeError("gloo: no usable interface")):
+        try:
+            run_loop(Path(out), world, state, Stage1Config(), plan, 0, lambda i: calls.append(i) or step(i), _reduce)
+        except RuntimeError as exc:
+            return {"steps": calls, "failure": str(exc)}
+    return {"steps": calls, "failure": None}
+
+
+@pytest.mark.slow
+def test_the_background_saves_group_is_made_before_the_first_step(tmp_path):
+    """A network setting gloo cannot use fails a run with async_save at start-up, not at its
+    first checkpoint hours later."""
+    for result in spawn(_loop_where_gloo_cannot_start, 2, str(tmp_path)):
+        assert result == {"steps": [], "failure": "gloo: no usable interface"}

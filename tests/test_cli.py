@@ -100,6 +100,7 @@ def test_demo_writes_a_self_contained_report(tmp_path, capsys):
         "stage2_world.heldout_fraction=0.5",
     ]
     small += ["stage2.data.frames=9", "stage2.data.size=64", "stage2.models.text_length=32", "stage2.optim.steps=2"]
+    small += ["stage2.optim.batch_size=2"]  # the two training clips of stage2_world
     small += ["stage2.models.wan=tiny"]  # the shapes VAE trains for minutes: tests/test_shapes_vae.py
     small += ["stage2.validation.heldout=${out_dir}/shapes17/heldout.jsonl", "stage2.validation.loss_every=1"]
     small += ["stage2.log_every=1"]

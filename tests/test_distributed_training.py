@@ -1,6 +1,6 @@
-"""``torchrun`` runs of `sara stage2 train`: the same losses as one process, a SIGKILLed run
-resumed exactly, SIGUSR1 → checkpoint → exit 0 → resumed on another world size, a busy
-run folder, shapes that do not split."""
+"""Launched runs of `sara stage2 train`: under ``torchrun``, the same losses as one process, a
+SIGKILLed run resumed exactly; under scripts/slurm.sbatch, SIGUSR1 → checkpoint → exit 75 →
+requeue → resumed on another world size; a busy run folder."""
 
 from __future__ import annotations
 
@@ -15,18 +15,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 
 from sara.cli import main
-from sara.config.stage2 import Stage2Config
 from sara.data.synthetic import SynthSpec, synthesize
-from sara.parallel.context import apply_ulysses
-from sara.parallel.world import World
-from sara.stage2.build import build_model, resolve_setup
-from sara.stage2.train import check_shapes
+from sara.parallel.spawn import free_port
 from sara.trainer.checkpoint import latest_checkpoint, trainable_weights
+from sara.trainer.preemption import EXIT_STOPPED
 
 pytestmark = pytest.mark.slow
 LAUNCH_TIMEOUT = 240  # seconds a torchrun run may take
+HALF = {"optim.batch_size": 2}  # clips per rank: two data-parallel ranks take the one process's four
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +58,34 @@ def overrides(root: Path, out: Path, steps: int = 8, **more) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
+LAUNCHED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_launch_outlives_its_test():
+    """Every launcher a test starts is ended with its processes, however the test ends."""
+    yield
+    while LAUNCHED:
+        proc = LAUNCHED.pop()
+        if proc.poll() is None:
+            for pid in descendants(proc):
+                os.kill(pid, signal.SIGKILL)  # torchrun puts its workers in sessions of their own
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def launch(command: list[str], env: dict) -> subprocess.Popen:
+    """``command`` in a session of its own (killed as a group), its output captured."""
+    proc = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    LAUNCHED.append(proc)
+    return proc
+
+
 def torchrun(processes: int, args: list[str]) -> subprocess.Popen:
-    """`sara stage2 train` under torchrun, in a session of its own (killed as a group)."""
+    """`sara stage2 train` under torchrun."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     command += ["-m", "sara", "stage2", "train", *args]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return launch(command, os.environ | {"OMP_NUM_THREADS": "1"})
 
 
 def finish(proc: subprocess.Popen) -> str:
@@ -81,10 +102,30 @@ def wait_for_checkpoint(run: Path, proc: subprocess.Popen) -> None:
         time.sleep(0.05)
 
 
-def workers(proc: subprocess.Popen) -> list[int]:
-    """The training processes torchrun started (children of its agent)."""
-    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-    return [int(pid) for pid in children]
+def descendants(proc: subprocess.Popen) -> list[int]:
+    """Every process under a launcher, parents before children."""
+    found, queue = [], [proc.pid]
+    while queue:
+        pid = queue.pop(0)
+        try:
+            children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except FileNotFoundError:  # ended meanwhile
+            continue
+        found += children
+        queue += children
+    return found
+
+
+def trainers(proc: subprocess.Popen) -> list[int]:
+    """The `python -m sara` processes under a launcher, in start order."""
+    return [pid for pid in descendants(proc) if b"sara" in _cmdline(pid)[:4]]  # python [-u] -m sara
+
+
+def _cmdline(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return []
 
 
 def losses(run: Path) -> list[float]:
@@ -102,46 +143,132 @@ def test_torchrun_gives_the_losses_of_one_process_and_resumes_exactly_after_sigk
         torch.testing.assert_close(weights[1][key], value, rtol=1e-3, atol=1e-5)  # 48 AdamW steps of float drift
 
     killed = tmp_path / "killed"
-    proc = torchrun(2, overrides(shared, killed, steps))
+    proc = torchrun(2, overrides(shared, killed, steps, **HALF))  # two data-parallel ranks of two clips
     wait_for_checkpoint(killed, proc)
-    for pid in workers(proc):  # torchrun puts its workers in sessions of their own
+    for pid in trainers(proc):  # torchrun puts its workers in sessions of their own
         os.kill(pid, signal.SIGKILL)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     interrupted = int(latest_checkpoint(killed).name.removeprefix("step-"))
     assert interrupted < steps  # killed mid-run
-    finish(torchrun(2, [*overrides(shared, killed, steps), "--resume", "latest"]))
+    finish(torchrun(2, [*overrides(shared, killed, steps, **HALF), "--resume", "latest"]))
     assert losses(killed) == pytest.approx(reference, rel=1e-5)
 
 
 def test_accumulation_on_sharded_ranks_gives_the_whole_batch_of_one_process(shared, tmp_path):
-    """Two data-parallel (FSDP) ranks, each running its two clips as two micro-batches: every
+    """Two data-parallel (FSDP) ranks, each running two micro-batches of one clip: every
     micro-batch's backward reduce-scatters into the same sharded gradient, so the steps are
-    those of one process on all four clips at once."""
+    those of one process on all four clips at once (the same global batch: 1 × 2 × 2 = 4)."""
     more = {"data.caption_dropout": 0.5}  # dropout drawn for the whole batch, then split
     assert main(["stage2", "train", *overrides(shared, tmp_path / "one", 6, **more)]) == 0
-    finish(torchrun(2, overrides(shared, tmp_path / "two", 6, **more, **{"optim.accumulate": 2})))
+    micro = {"optim.batch_size": 1, "optim.accumulate": 2}
+    out = finish(torchrun(2, overrides(shared, tmp_path / "two", 6, **more, **micro)))
+    assert "global batch 4 = 1 clip(s) × accumulate 2 × dp 2" in out
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
     weights = [trainable_weights(latest_checkpoint(tmp_path / run)) for run in ("one", "two")]
     for key, value in weights[0].items():
         torch.testing.assert_close(weights[1][key], value, rtol=1e-4, atol=1e-6)
 
 
-def test_sigusr1_checkpoints_exits_zero_and_resumes_on_another_world_size(shared, tmp_path):
+# SLURM's srun, as far as scripts/slurm.sbatch uses it: its options, then the command started
+# once per task with the task's SLURM_* variables; the exit code is the largest of the tasks'
+FAKE_SRUN = """#!PYTHON
+import os, subprocess, sys
+args = sys.argv[1:]
+while args[0].startswith("--"):
+    args.pop(0)
+tasks = int(os.environ["SLURM_NTASKS"])
+procs = [
+    subprocess.Popen(args, env=os.environ | {"SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)}) for i in range(tasks)
+]
+sys.exit(max(p.wait() for p in procs))
+"""
+FAKE_SCONTROL = """#!/usr/bin/env bash
+echo "$@" >> "$SCONTROL_LOG"
+[ "$1" = show ] && echo 127.0.0.1  # the first node of the job: this machine
+exit 0
+"""
+
+
+def slurm(tmp_path: Path, args: list[str], tasks: int = 2) -> subprocess.Popen:
+    """scripts/slurm.sbatch as SLURM would run it, with `srun` and `scontrol` stand-ins on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "srun").write_text(FAKE_SRUN.replace("PYTHON", sys.executable))
+    (bin_dir / "scontrol").write_text(FAKE_SCONTROL)
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    env = os.environ | {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node-0",
+        "SLURM_NTASKS": str(tasks), "SCONTROL_LOG": str(tmp_path / "scontrol.log"), "SARA_PYTHON": sys.executable,
+        "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1",
+    }  # fmt: skip
+    script = Path(__file__).parents[1] / "scripts" / "slurm.sbatch"
+    config = script.parents[1] / "configs" / "stage2" / "tiny.yaml"  # its aligner replaced: saliency from masks
+    return launch(["bash", str(script), str(config), *args, "models.aligner=null"], env)
+
+
+def test_sigusr1_under_slurm_checkpoints_requeues_and_resumes_on_another_world_size(shared, tmp_path):
+    """SLURM's USR1 (here to one trainer of two): both finish the step and checkpoint; rank 0
+    exits 75 (the other 0) and its task requeues the job, which a job that exits 0 would not
+    be; the checkpoint written by two ranks resumes in one process to the reference losses."""
     assert main(["stage2", "train", *overrides(shared, tmp_path / "one", 12)]) == 0
     reference = losses(tmp_path / "one")
     run = tmp_path / "preempted"
-    proc = torchrun(2, overrides(shared, run, 400, async_save=True))  # shards written in the background
+    proc = slurm(tmp_path, overrides(shared, run, 400, async_save=True, **HALF))  # shards written in the background
     wait_for_checkpoint(run, proc)
-    os.kill(workers(proc)[1], signal.SIGUSR1)  # one rank is told; all of them stop together
-    out = finish(proc)
-    assert "stopped by a signal after step" in out
+    os.kill(trainers(proc)[1], signal.SIGUSR1)  # one rank is told; all of them stop together
+    out, _ = proc.communicate(timeout=LAUNCH_TIMEOUT)
+    assert proc.returncode == EXIT_STOPPED, out.decode()[-3000:]
+    assert "stopped by a signal after step" in out.decode()
+    assert (tmp_path / "scontrol.log").read_text().splitlines() == ["show hostnames node-0", "requeue 4242"]
     stopped = int(latest_checkpoint(run).name.removeprefix("step-"))
     assert 2 <= stopped <= 10 and not (run / "pipeline").exists()
     assert losses(run) == pytest.approx(reference[:stopped], rel=1e-5)
     # written by 2 ranks, resumed by 1: training goes on where it stopped
     assert main(["stage2", "train", *overrides(shared, run, stopped + 2), "--resume", "latest"]) == 0
     assert losses(run) == pytest.approx(reference[: stopped + 2], rel=1e-5)
+
+
+def test_a_slurm_job_that_finishes_or_fails_is_not_requeued(shared, tmp_path):
+    finished = slurm(tmp_path, overrides(shared, tmp_path / "done", 2, **HALF))
+    assert finished.wait(timeout=LAUNCH_TIMEOUT) == 0 and (tmp_path / "done" / "pipeline").is_dir()
+    failed = slurm(tmp_path, overrides(shared, tmp_path / "bad", 2, **{"parallel.ulysses": 3}))
+    out, _ = failed.communicate(timeout=LAUNCH_TIMEOUT)
+    assert failed.returncode == 2 and "parallel.ulysses: 3 does not divide" in out.decode()
+    assert "requeue" not in (tmp_path / "scontrol.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def a14b(shared) -> dict:
+    """The shared world, cached for the two-expert preset."""
+    more = {"models.wan": "tiny-a14b", "precompute.cache_dir": shared / "cache-a14b"}
+    assert main(["stage2", "precompute", *overrides(shared, shared / "precompute-a14b", **more)]) == 0
+    return more
+
+
+def experts_with_optimizer_state(checkpoint: Path) -> set[str]:
+    keys = dcp.FileSystemReader(checkpoint / "state").read_metadata().state_dict_metadata
+    return {key.split(".")[3] for key in keys if key.startswith("optim.state.experts.")}
+
+
+def test_a_checkpoint_taken_before_both_experts_stepped_resumes_exactly(shared, a14b, tmp_path):
+    """Seed 0 draws the low-noise expert at step 1 and the high-noise one at step 2: the step-1
+    checkpoint holds AdamW state for one expert only. Resumed to step 4 — in one process,
+    and on two ranks — the losses are the uninterrupted run's: the other expert starts fresh
+    (AdamW step counts exact), as it did in the run that wrote the checkpoint."""
+    assert main(["stage2", "train", *overrides(shared, tmp_path / "whole", 4, **a14b)]) == 0
+    reference = losses(tmp_path / "whole")
+    assert experts_with_optimizer_state(latest_checkpoint(tmp_path / "whole")) == {"high", "low"}
+    drill = tmp_path / "one"
+    assert main(["stage2", "train", *overrides(shared, drill, 1, save_every=1, **a14b)]) == 0
+    assert experts_with_optimizer_state(latest_checkpoint(drill)) == {"low"}
+    assert main(["stage2", "train", *overrides(shared, drill, 4, **a14b), "--resume", "latest"]) == 0
+    assert losses(drill) == pytest.approx(reference, rel=1e-5)
+    ranks = tmp_path / "two"
+    finish(torchrun(2, overrides(shared, ranks, 1, save_every=1, **a14b, **HALF)))
+    finish(torchrun(2, [*overrides(shared, ranks, 4, **a14b, **HALF), "--resume", "latest"]))
+    assert losses(ranks) == pytest.approx(reference, rel=1e-5)
 
 
 def test_a_busy_run_folder_is_refused(shared, tmp_path, capsys):
@@ -151,20 +278,6 @@ def test_a_busy_run_folder_is_refused(shared, tmp_path, capsys):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another trainer holds the run
         assert main(["stage2", "train", *overrides(shared, run, 2)]) == 2
     assert f"{run}: in use by another trainer" in capsys.readouterr().err
-
-
-def test_shapes_that_do_not_split_are_refused(tmp_path):
-    config = Stage2Config()
-    config.models.tiny_root, config.objective.align.mode = str(tmp_path), "sft"
-    config.data.frames, config.data.size = 17, 32  # latents 5 × 4 × 4 → 20 DiT tokens
-    setup = resolve_setup(config)
-    model = build_model(config, setup)
-    three = World(rank=0, size=3, device=torch.device("cpu"), cp=3)
-    with pytest.raises(ValueError, match=r"data.buckets: 17 frames of 32×32: 20 DiT tokens do not split over"):
-        check_shapes(model, setup, three)
-    check_shapes(model, setup, World(rank=0, size=4, device=torch.device("cpu"), cp=4))  # 20 = 4 × 5
-    with pytest.raises(ValueError, match="parallel.ulysses: 3 does not divide the DiT's 4 attention heads"):
-        apply_ulysses(model.experts["high"], three)
 
 
 def test_stage1_under_torchrun_gives_the_losses_of_one_process(tmp_path):

@@ -186,6 +186,12 @@ def test_heldout_loss_is_logged_beside_the_training_terms(world, shared, tmp_pat
     apart = held | {"validation.loss_every": 3, "log_every": 2}
     assert main(["stage2", "train", *overrides(world, shared, tmp_path / "apart", **apart)]) == 2
     assert "validation.loss_every: 3 must be a multiple of log_every (2)" in capsys.readouterr().err
+    other = tmp_path / "other.jsonl"  # a held-out manifest the cache was not made for
+    other.write_text("".join((world / "train.jsonl").read_text().splitlines(keepends=True)[:3]))
+    unready = tmp_path / "unready"
+    assert main(["stage2", "train", *overrides(world, shared, unready, **held | {"validation.heldout": other})]) == 2
+    assert "cache made with other settings" in capsys.readouterr().err
+    assert not (unready / "tensorboard").exists()  # refused at start-up, before the loop's first step
 
 
 def test_generate_writes_videos_of_the_requested_frames_and_size(world, shared, tmp_path):
@@ -454,7 +460,8 @@ def test_gradient_accumulation_gives_the_whole_batch_step(world, shared, tmp_pat
     runs = {}
     for accumulate in (1, 2):
         out = tmp_path / f"acc{accumulate}"
-        more = {"optim.batch_size": 4, "optim.accumulate": accumulate, "optim.lr": 1e-2, "data.caption_dropout": 0.5}
+        more = {"optim.batch_size": 4 // accumulate, "optim.accumulate": accumulate, "optim.lr": 1e-2}
+        more |= {"data.caption_dropout": 0.5}
         assert main(["stage2", "precompute", *overrides(world, shared, out, steps=3, **more)]) == 0
         assert main(["stage2", "train", *overrides(world, shared, out, steps=3, **more)]) == 0
         runs[accumulate] = (json.loads((out / "history.json").read_text()), trainable_weights(latest_checkpoint(out)))
@@ -464,9 +471,9 @@ def test_gradient_accumulation_gives_the_whole_batch_step(world, shared, tmp_pat
     assert one[-1]["loss"] != one[0]["loss"]
     for key, value in weights_one.items():  # Adam's normalised updates magnify rounding in a few elements
         assert (weights_two[key] - value).norm() <= 1e-4 * value.norm(), key
-    more = {"optim.batch_size": 4, "optim.accumulate": 5}
+    more = {"optim.batch_size": 4, "optim.accumulate": 2}  # a global batch of 8: more than the world's 6 clips
     assert main(["stage2", "train", *overrides(world, shared, tmp_path / "bad", **more)]) == 2
-    assert "optim.accumulate: 5 micro-batches, but each rank has 4 clip(s) a step" in capsys.readouterr().err
+    assert "optim.batch_size: no shape bucket holds a global batch of 8 clips" in capsys.readouterr().err
 
 
 def test_layerwise_fp8_stores_the_frozen_base_in_fp8_and_exports_it_unquantised(world, shared, tmp_path, capsys):
@@ -504,7 +511,8 @@ def test_layerwise_fp8_stores_the_frozen_base_in_fp8_and_exports_it_unquantised(
 
     no_lora = overrides(world, shared, tmp_path / "bad", **{"optim.layerwise_fp8": True})
     assert main(["stage2", "train", *no_lora]) == 2
-    assert "optim.layerwise_fp8: stores the frozen base of a LoRA run in one process" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "optim.layerwise_fp8: stores the frozen base of a LoRA run; needs optim.lora_rank > 0 (is 0)" in err
 
 
 def test_vae_slicing_is_exact_and_tiling_close_in_precompute_and_generation(world, shared, tmp_path, capsys):

@@ -53,6 +53,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     dist.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     dist.set_defaults(handler=_dist)
 
+    gpu = group.add_parser("gpu", help="the GPU's checks: bf16 TRD at N=32768, a bf16 FSDP step of TI2V-5B's width")
+    gpu.add_argument("--dry-run", action="store_true", help="every check on the CPU at toy sizes")
+    gpu.add_argument("--out", help="also write the figures to this JSON file")
+    gpu.set_defaults(handler=_gpu)
+
     vae = group.add_parser("vae", help="shapes VAE training step: Diffusers layers vs fast_layers, per phase")
     vae.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     vae.add_argument("--steps", type=int, default=10, help="timed steps; the median is reported")
@@ -142,6 +147,28 @@ def _dist(args: argparse.Namespace) -> None:
         print(json.dumps({"sharding": sharding, "shares": shares}, indent=2))
         return
     print(format_dist(sharding, shares))
+
+
+def _gpu(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from sara.bench.gpu import DRY, FULL, format_checks, run_checks
+    from sara.device import pick_device
+
+    check = DRY if args.dry_run else FULL
+    device = pick_device(check.device)  # a clear error where CUDA is asked for and absent
+    figures = run_checks(check)
+    if args.out:
+        Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
+    name = torch_name(device)
+    print(f"sara bench gpu{' --dry-run' if args.dry_run else ''} on {name}")
+    print(format_checks(figures))
+
+
+def torch_name(device) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
 
 
 def _vae(args: argparse.Namespace) -> None:

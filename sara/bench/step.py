@@ -34,19 +34,21 @@ from sara.config.stage2 import Stage2Config
 from sara.data.synthetic import SynthSpec, synthesize
 from sara.models.presets import wan_folder
 from sara.models.wan import read_layout
+from sara.parallel.precision import param_dtype
 from sara.parallel.world import World
 from sara.stage2.build import build_model, resolve_setup
 from sara.stage2.cache import precompute
 from sara.stage2.clips import CachedClips, OnlineClips
-from sara.stage2.step import noise_generator, train_step
+from sara.stage2.step import global_batch, noise_generator, train_step
 from sara.stage2.validate import Validator
 from sara.trainer.batches import BucketSteps
 
 MIB = 2**20
 # the memory switches for one GPU, each a `sara` step with these settings (`--memory`);
-# accumulation runs the batch as two micro-batches, so its batch must be even
+# accumulation runs the same global batch as two micro-batches of half of it ({half}), so
+# the batch must be even
 SWITCHES = {
-    "accumulate2": ("optim.accumulate=2",),
+    "accumulate2": ("optim.accumulate=2", "optim.batch_size={half}"),
     "checkpointing": ("optim.gradient_checkpointing=true",),
     "lora8": ("optim.lora_rank=8",),
     "lora8+fp8": ("optim.lora_rank=8", "optim.layerwise_fp8=true"),
@@ -77,9 +79,9 @@ def _measure(case: StepCase) -> dict:
     setup = resolve_setup(config)
     clips = OnlineClips(config, setup, device) if config.online else CachedClips(config)
     torch.manual_seed(config.seed)
-    model = build_model(config, setup).to(device).train()
+    model = build_model(config, setup, compute_dtype=param_dtype(config.parallel, device)).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr)
-    steps_of = BucketSteps(clips.bucket_of, config.optim.batch_size, config.seed)
+    steps_of = BucketSteps(clips.bucket_of, global_batch(config, world.dp_size), config.seed)
     peak = PeakMemory(config.device)
     peak.start()
     times = []
@@ -105,7 +107,8 @@ def _measure_validation(case: StepCase) -> dict:
     config = load_config(Stage2Config, None, case.overrides)
     device = torch.device(config.device)
     setup = resolve_setup(config)
-    model = build_model(config, setup).to(device)  # the live expert, there before validation begins
+    compute = param_dtype(config.parallel, device)
+    model = build_model(config, setup, compute_dtype=compute).to(device)  # the live expert, there before validation
     peak = PeakMemory(config.device)
     peak.start()
     validator = Validator(config, setup, model, World(rank=0, size=1, device=device))
@@ -173,7 +176,8 @@ def bench_step(
     if memory:
         if "sara" not in modes:
             cases.append(StepCase("sara", sara, warmup, steps))  # the switches' reference
-        cases += [StepCase(f"sara+{name}", (*sara, *more), warmup, steps) for name, more in SWITCHES.items()]
+        for name, more in SWITCHES.items():
+            cases.append(StepCase(f"sara+{name}", (*sara, *(m.format(half=batch // 2) for m in more)), warmup, steps))
         if online:  # the VAE's savers change only the online step
             vae = {
                 "vae_tile": f"precompute.vae_tile={max(32, size // 2)}",

@@ -29,12 +29,17 @@ def resume_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per :class:`Sampling` field, named, typed, defaulted and explained as the field."""
     defaults = Sampling()
+    names = {"guidance_scale": "cfg", "guidance_scale_2": "cfg-2"}
     for field in fields(Sampling):
-        flag = "--" + {"guidance_scale": "cfg"}.get(field.name, field.name).replace("_", "-")
+        flag = "--" + names.get(field.name, field.name).replace("_", "-")
         choices = SCHEDULERS if field.name == "scheduler" else None
-        default = getattr(defaults, field.name)
         parser.add_argument(
-            flag, dest=field.name, type=type(default), default=default, choices=choices, help=field.metadata["help"]
+            flag,
+            dest=field.name,
+            type=field.metadata["type"],
+            default=getattr(defaults, field.name),
+            choices=choices,
+            help=field.metadata["help"],
         )
 
 

@@ -16,6 +16,7 @@ EXPERTS = ("high", "low")
 TEACHERS = ("vjepa2", "oracle")
 DENSITIES = ("uniform", "logit_normal", "mode")
 LR_DECAYS = ("constant", "cosine")  # after warm-up (sara.trainer.batches.lr_factor)
+EXPORT_DTYPES = ("released", "float32", "bfloat16")
 # the Linear layers LoRA adapts by default in every Wan block, as other Wan trainers do:
 # self- and cross-attention projections and the feed-forward
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
@@ -122,8 +123,11 @@ class ValidationConfig:
     loss_every: int = option(0, ge=0)  # steps between held-out loss figures (a multiple of log_every); 0: none
     loss_clips: int = option(8, ge=1)  # the fixed held-out batch: its first clips of one shape
     prompts: list[str] = field(default_factory=list)  # empty: the first two captions of data.train
-    steps: int = option(20, ge=1)  # denoising steps (UniPC)
-    guidance_scale: float = option(5.0, ge=1)
+    steps: int = option(20, ge=1)  # denoising steps (UniPC), fewer than a release's own (A14B 40, TI2V 50)
+    # guidance of the (high-noise) expert and of the low-noise one; null: the release's official
+    # values (A14B 4.0 and 3.0, TI2V 5.0), else 5.0. Shift, negative prompt: as `sara stage2 generate`
+    guidance_scale: float | None = option(None, ge=1)
+    guidance_scale_2: float | None = option(None, ge=1)
     offload_frozen: bool = False  # keep an expert that does not train in CPU memory, its blocks onloaded as they run
 
 
@@ -149,4 +153,8 @@ class Stage2Config:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     # LoRA runs: also write each expert's adapter in ComfyUI's native keys (lora/*_comfyui.safetensors)
     export_comfyui: bool = False
+    # the dtype of the exported expert(s): released (each tensor as the base folder stores it —
+    # Wan2.2: bf16, the fp32 modules aside — so a full fine-tune is the release's size, not
+    # twice it), or float32 / bfloat16 for every tensor
+    export_dtype: str = option("released", choices=EXPORT_DTYPES)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # FSDP2 and Ulysses degrees under torchrun

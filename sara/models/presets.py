@@ -1,8 +1,11 @@
 """Tiny presets: each writes a local folder in its library's own format, so that tiny and
 real runs load through the same ``from_pretrained`` path.
 
-A model entry of a config is either a folder of real weights or ``tiny``; :func:`resolve`
-turns ``tiny`` into a folder, written once under a cache root and reused after. The
+A model entry of a config is a folder of real weights, ``tiny``, or the name of a released
+model whose configs ship in ``sara/models/released`` (:data:`RELEASED`: its architecture
+without weights, what ``sara stage2 plan`` needs); :func:`resolve` turns ``tiny`` into a
+folder, written once under a cache root and reused after, and a released name into its
+config-only folder, which :func:`require_weights` refuses to load weights from. The
 registry names each preset's writer by module and function: a module is imported only
 when its preset is written, so listing the presets (``sara models tiny --help``) imports
 no model library.
@@ -33,6 +36,9 @@ TINY: dict[str, tuple[str, str, dict]] = {
     "wan-shapes": ("sara.models.shapes_vae", "save_shapes_wan", {"variant": "medium"}),  # trains its VAE: minutes, once
     "wan-shapes-wide": ("sara.models.shapes_vae", "save_shapes_wan", {"variant": "wide"}),  # the same VAE (same seed)
 }
+# config-only folders of the released models (JSON, no weights), by name
+RELEASED_ROOT = Path(__file__).parent / "released"
+RELEASED = tuple(sorted(p.name for p in RELEASED_ROOT.iterdir() if p.is_dir()))
 # a config's `models.wan` value -> its tiny preset
 WAN_VARIANTS = {
     "tiny": "wan",
@@ -54,7 +60,10 @@ def write_tiny(name: str, out_dir: str | Path, seed: int = 0) -> Path:
 
 
 def resolve(source: str, name: str, cache_root: str | Path, seed: int = 0) -> Path:
-    """``source`` as a weights folder: itself, or for ``tiny`` the tiny ``name`` preset."""
+    """``source`` as a weights folder: itself, a released model's config-only folder, or for
+    ``tiny`` the tiny ``name`` preset."""
+    if source in RELEASED:
+        return RELEASED_ROOT / source
     if source != "tiny":
         return Path(source)
     if name not in TINY:
@@ -74,6 +83,25 @@ def resolve(source: str, name: str, cache_root: str | Path, seed: int = 0) -> Pa
 
 
 def wan_folder(source: str, tiny_root: str | Path) -> Path:
-    """A config's Wan entry as a folder: itself, or a tiny variant (``tiny``, ``tiny-a14b``,
-    ``tiny-ti2v``, ``medium``, ``small``, ``shapes``, ``shapes-wide``) written once under ``tiny_root``."""
-    return resolve("tiny", WAN_VARIANTS[source], tiny_root) if source in WAN_VARIANTS else Path(source)
+    """A config's Wan entry as a folder: itself, a released model's config-only folder, or a
+    tiny variant (``tiny``, ``tiny-a14b``, ``tiny-ti2v``, ``medium``, ``small``, ``shapes``,
+    ``shapes-wide``) written once under ``tiny_root``."""
+    if source in WAN_VARIANTS:
+        return resolve("tiny", WAN_VARIANTS[source], tiny_root)
+    return resolve(source, "wan", tiny_root)
+
+
+def require_weights(folder: Path, key: str) -> Path:
+    """``folder``, unless it is a released model's config-only copy.
+
+    Raises:
+        WeightsError: naming ``key``, the config entry that chose the folder.
+    """
+    from sara.models.weights import WeightsError  # torch: imported only when weights are about to load
+
+    if folder.resolve().is_relative_to(RELEASED_ROOT.resolve()):
+        raise WeightsError(
+            f"{key}: {folder.name} holds the released model's configs only (enough for `sara stage2 plan`); "
+            "point it at a folder with the downloaded weights"
+        )
+    return folder

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+from safetensors import safe_open
 from transformers import UMT5EncoderModel
 
 from sara.models.text import tiny_umt5_config
@@ -148,6 +150,13 @@ class WanLayout:
     expand_timesteps: bool
     vae_temporal: int = 4  # video frames per latent frame (after the first)
     vae_spatial: int = 8  # pixels per latent side
+    patch: tuple[int, int, int] = (1, 2, 2)  # the DiT's (frames, rows, columns) of latents per token
+
+    @property
+    def pixel_multiple(self) -> tuple[int, int]:
+        """What a frame's height and width must be multiples of: pixels per DiT token side
+        (VAE factor × patch: TI2V-5B 16 × 2 = 32, A14B 8 × 2 = 16)."""
+        return self.vae_spatial * self.patch[1], self.vae_spatial * self.patch[2]
 
     def expert_of(self, timesteps: torch.Tensor) -> torch.Tensor:
         """Index into ``experts`` of each timestep ``[B]``: 0 (high noise) or 1 (low noise)."""
@@ -184,6 +193,7 @@ def read_layout(folder: str | Path) -> WanLayout:
     if two and ratio is None:
         raise WeightsError(f"{index}: boundary_ratio: needed with transformer_2")
     vae = json.loads((folder / "vae" / "config.json").read_text()) if (folder / "vae" / "config.json").is_file() else {}
+    transformer = json.loads((folder / SUBFOLDER[HIGH] / "config.json").read_text())
     return WanLayout(
         folder=folder,
         experts=(HIGH, LOW) if two else (HIGH,),
@@ -191,6 +201,7 @@ def read_layout(folder: str | Path) -> WanLayout:
         expand_timesteps=bool(spec.get("expand_timesteps")),
         vae_temporal=vae.get("scale_factor_temporal") or 4,
         vae_spatial=vae.get("scale_factor_spatial") or 8,
+        patch=tuple(transformer["patch_size"]),
     )
 
 
@@ -205,15 +216,48 @@ def load_transformers(
     }
 
 
+def _headers(folder: str | Path, subfolder: str) -> Iterator[tuple[str, str, list[int]]]:
+    """``(name, safetensors dtype, shape)`` of every tensor of a folder's component, from the
+    file headers alone (a config-only folder has none)."""
+    for file in sorted((Path(folder) / subfolder).glob("*.safetensors")):
+        with safe_open(file, "pt") as tensors:
+            for name in tensors.keys():
+                piece = tensors.get_slice(name)
+                yield name, piece.get_dtype(), piece.get_shape()
+
+
 def dit_parameters(folder: str | Path) -> int:
     """Parameters of a Wan folder's (first) DiT, read from its safetensors headers, not loaded."""
-    from safetensors import safe_open
+    return sum(math.prod(shape) for _, _, shape in _headers(folder, "transformer"))
 
-    total = 0
-    for file in (Path(folder) / "transformer").glob("*.safetensors"):
-        with safe_open(file, "pt") as tensors:
-            total += sum(math.prod(tensors.get_slice(name).get_shape()) for name in tensors.keys())
-    return total
+
+# safetensors' dtype names -> torch's
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}  # fmt: skip
+
+
+def stored_dtypes(folder: str | Path, subfolder: str) -> dict[str, torch.dtype]:
+    """The dtype each tensor of a folder's component is stored in: what a release ships
+    (Wan2.2: bf16, diffusers' fp32 modules aside) and what an export writes back."""
+    return {name: SAFETENSORS_DTYPES[dtype] for name, dtype, _ in _headers(folder, subfolder)}
+
+
+def released_dtype(folder: str | Path, subfolder: str) -> torch.dtype:
+    """The dtype most of a component's parameters are stored in (fp32 for a folder without weights)."""
+    counts: dict[torch.dtype, int] = {}
+    for _, dtype, shape in _headers(folder, subfolder):
+        counts[SAFETENSORS_DTYPES[dtype]] = counts.get(SAFETENSORS_DTYPES[dtype], 0) + math.prod(shape)
+    return max(counts, key=counts.get) if counts else torch.float32
+
+
+def keeps_fp32(model: torch.nn.Module, name: str) -> bool:
+    """Whether diffusers keeps parameter ``name`` of ``model`` in fp32 whatever dtype the
+    model loads in (its ``_keep_in_fp32_modules``; the Wan DiT's time embedder, modulation
+    tables and norms), by diffusers' own rule: a listed name is one of the dotted parts."""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or ()
+    return any(part in keep for part in name.split("."))
 
 
 def load_vae(folder: str | Path, dtype: torch.dtype = torch.float32) -> AutoencoderKLWan:

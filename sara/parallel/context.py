@@ -32,9 +32,7 @@ def apply_ulysses(dit: WanTransformer3DModel, world: World) -> None:
     Raises:
         ValueError: the DiT's attention heads do not divide by the degree.
     """
-    heads = dit.config.num_attention_heads
-    if heads % world.cp:
-        raise ValueError(f"parallel.ulysses: {world.cp} does not divide the DiT's {heads} attention heads")
+    check_heads(dit.config.num_attention_heads, world.cp)
     config = DiffusersParallel(context_parallel_config=ContextParallelConfig(ulysses_degree=world.cp, mesh=world.mesh))
     config.setup(world.rank, world.size, world.device, mesh=world.mesh)
     dit._parallel_config = config
@@ -43,6 +41,16 @@ def apply_ulysses(dit: WanTransformer3DModel, world: World) -> None:
         if processor is not None and hasattr(processor, "_parallel_config"):
             processor._parallel_config = config
     apply_context_parallel(dit, config.context_parallel_config, dit._cp_plan)
+
+
+def check_heads(heads: int, cp: int) -> None:
+    """Refuse a Ulysses degree that does not split the DiT's attention heads.
+
+    Raises:
+        ValueError: naming ``parallel.ulysses`` and the head count.
+    """
+    if heads % cp:
+        raise ValueError(f"parallel.ulysses: {cp} does not divide the DiT's {heads} attention heads")
 
 
 def check_tokens(tokens: int, cp: int, where: str) -> None:

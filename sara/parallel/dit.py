@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from sara.config.parallel import ParallelConfig
+from sara.models.wan import keeps_fp32
 from sara.parallel.collectives import gather_tokens, world_mean
 from sara.parallel.context import apply_ulysses
 from sara.parallel.precision import param_dtype
@@ -42,11 +43,20 @@ def parallelize(model: Stage2Model, world: World, config: ParallelConfig) -> Sta
             # each rank projects its own tokens; the alignment term needs them all, in order
             projector.register_forward_hook(lambda module, args, out: gather_tokens(out, world.cp_mesh))
         model.align_part = (world.cp_rank, world.cp)
-    policy = MixedPrecisionPolicy(param_dtype=param_dtype(config, world.device), reduce_dtype=torch.float32)
+    compute = param_dtype(config, world.device)
+    # inputs are never cast: σ, its timesteps (σ · 1000: steps of 4 above 512 in bf16) and the
+    # latents enter as one process and WanPipeline give them, in fp32
+    policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32, cast_forward_inputs=False)
+    fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, cast_forward_inputs=False)
+    units, replicated = kept_in_fp32(model) if compute != torch.float32 else ([], set())
 
-    def shard(module: nn.Module, reshard: bool = config.reshard_after_forward) -> None:
-        fully_shard(module, mesh=world.fsdp_mesh, mp_policy=policy, reshard_after_forward=reshard)
+    def shard(module: nn.Module, mp: MixedPrecisionPolicy = policy, reshard: bool = config.reshard_after_forward):
+        fully_shard(
+            module, mesh=world.fsdp_mesh, mp_policy=mp, reshard_after_forward=reshard, ignored_params=replicated or None
+        )
 
+    for unit in units:
+        shard(unit, fp32)
     for dit in model.experts.values():
         for block in dit.blocks:
             shard(block)
@@ -55,6 +65,23 @@ def parallelize(model: Stage2Model, world: World, config: ParallelConfig) -> Sta
         shard(projector)
     shard(model, reshard=False)  # the root's parameters are gathered again at once in backward
     return model
+
+
+def kept_in_fp32(model: Stage2Model) -> tuple[list[nn.Module], set[nn.Parameter]]:
+    """What diffusers keeps in fp32 in every expert (``_keep_in_fp32_modules``): the time
+    embedder, sharded as a unit of its own gathered in fp32, and the small parameters of
+    the blocks' norms and modulation tables, left whole on every rank in fp32 (a unit of
+    their own each would cost three collectives per block); their gradients are averaged by
+    :func:`sara.parallel.gradients.sync_replicated`."""
+    units, replicated = [], set()
+    for dit in model.experts.values():
+        for name, module in dit.named_modules():
+            if name.split(".")[-1] in (dit._keep_in_fp32_modules or ()) and not name.startswith("blocks."):
+                if any(True for _ in module.parameters()):
+                    units.append(module)
+        inside = {p for unit in units for p in unit.parameters()}
+        replicated |= {p for name, p in dit.named_parameters() if keeps_fp32(dit, name) and p not in inside}
+    return units, replicated
 
 
 def backward(loss: Tensor, world: World) -> None:

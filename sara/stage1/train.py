@@ -177,8 +177,7 @@ def _train(config: Stage1Config, world: World, resume: str | None, progress: boo
         plan = LoopPlan(
             optim.steps, config.log_every, config.save_every, "stage1", ("loss", "bce", "dice", "infonce"), True
         )
-        if not run_loop(run, world, state, config, plan, start, step, reduce, after, progress):
-            return run
+        run_loop(run, world, state, config, plan, start, step, reduce, after, progress)
         metrics = evaluate(aligner, heldout, world.device)
         if world.is_main:
             (run / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -13,8 +13,8 @@ from peft import LoraConfig
 
 from sara.config.stage2 import Stage2Config
 from sara.data.buckets import Bucket
-from sara.models.presets import wan_folder
-from sara.models.wan import SUBFOLDER, WanLayout, load_transformers, read_layout
+from sara.models.presets import require_weights, wan_folder
+from sara.models.wan import SUBFOLDER, WanLayout, keeps_fp32, load_transformers, read_layout, released_dtype
 from sara.stage2.align import VfmView
 from sara.stage2.encoders import buckets, teacher
 from sara.stage2.objective import Stage2Model
@@ -29,11 +29,10 @@ class Stage2Setup:
 
 
 def resolve_setup(config: Stage2Config) -> Stage2Setup:
-    """Read the folders and check the clip shapes against them, once per run."""
+    """Read the folders' configs (no weights) and check the clip shapes against them, once per run."""
     vfm_dim, view = teacher(config)
-    return Stage2Setup(
-        read_layout(wan_folder(config.models.wan, config.models.tiny_root)), vfm_dim, view, buckets(config)
-    )
+    layout = read_layout(wan_folder(config.models.wan, config.models.tiny_root))
+    return Stage2Setup(layout, vfm_dim, view, buckets(config, layout))
 
 
 def trained_experts(config: Stage2Config, layout: WanLayout) -> tuple[str, ...]:
@@ -47,17 +46,27 @@ FP8 = torch.float8_e4m3fn  # the storage of optim.layerwise_fp8
 
 
 def build_model(
-    config: Stage2Config, setup: Stage2Setup, meta: bool = False, frozen_dtype: torch.dtype = torch.float32
+    config: Stage2Config,
+    setup: Stage2Setup,
+    meta: bool = False,
+    compute_dtype: torch.dtype = torch.float32,
+    masters: bool = True,
 ) -> Stage2Model:
     """The trainable experts of the folder, their adapters and projectors, on the CPU with
     the folder's weights — or, with ``meta``, the same modules on the meta device, without
     memory or weights (what ranks other than 0 build; :mod:`sara.parallel.load` fills
-    their shards). Frozen parameters (the base under LoRA) are kept in ``frozen_dtype``."""
+    their shards).
+
+    Dtypes: frozen parameters (the base under LoRA) are read from the folder straight in
+    ``compute_dtype``, except those diffusers keeps in fp32 (norms, modulation tables, the
+    time embedder); trained parameters are fp32 masters. With ``masters=False`` (rank 0's
+    copy that fills the shards) trained weights the folder provides stay as released (bf16
+    for Wan2.2: half of fp32, and each rank's fp32 shard takes them exactly)."""
     names = trained_experts(config, setup.layout)
-    if config.optim.layerwise_fp8 and (not config.optim.lora_rank or meta):
+    lora = config.optim.lora_rank > 0
+    if config.optim.layerwise_fp8 and not lora:  # one process only: sara.stage2.plan refuses it sharded
         raise ValueError(
-            "optim.layerwise_fp8: stores the frozen base of a LoRA run in one process; "
-            f"needs optim.lora_rank > 0 (is {config.optim.lora_rank}) and no sharding"
+            f"optim.layerwise_fp8: stores the frozen base of a LoRA run; needs optim.lora_rank > 0 (is {config.optim.lora_rank})"
         )
     with torch.device("meta") if meta else contextlib.nullcontext():
         if meta:
@@ -68,22 +77,35 @@ def build_model(
                 for n in names
             }
         else:
-            experts = load_transformers(setup.layout, names=names)
-        if config.optim.lora_rank:
+            require_weights(setup.layout.folder, "models.wan")
+            dtype = compute_dtype if lora else released_dtype(setup.layout.folder, SUBFOLDER[names[0]])
+            experts = load_transformers(setup.layout, dtype=dtype, names=names)
+        if lora:
             for dit in experts.values():
                 dit.requires_grad_(False)  # the adapters alone train; the projectors stay fully trainable
                 dit.add_adapter(lora_config(config))
         model = Stage2Model(experts, setup.layout, config.objective, setup.vfm_dim, setup.view)
-    for parameter in model.parameters():
-        if not parameter.requires_grad:
-            parameter.data = parameter.data.to(frozen_dtype)
-    if config.optim.layerwise_fp8:  # frozen Linear weights stored in fp8, cast to frozen_dtype per layer as it runs
+    set_dtypes(model, compute_dtype, masters)
+    if config.optim.layerwise_fp8:  # frozen Linear weights stored in fp8, cast to compute_dtype per layer as it runs
         skip = (*DEFAULT_SKIP_MODULES_PATTERN, "lora_")  # the adapters train in full precision
         for dit in model.experts.values():
-            dit.enable_layerwise_casting(FP8, compute_dtype=frozen_dtype, skip_modules_pattern=skip)
+            dit.enable_layerwise_casting(FP8, compute_dtype=compute_dtype, skip_modules_pattern=skip)
     if config.optim.gradient_checkpointing:
         for dit in model.experts.values():
             dit.enable_gradient_checkpointing()
+    return model
+
+
+def set_dtypes(model: Stage2Model, compute_dtype: torch.dtype, masters: bool = True) -> Stage2Model:
+    """Frozen parameters in ``compute_dtype`` (those diffusers keeps in fp32 in fp32); trained
+    ones in fp32 — with ``masters=False`` only those the run creates (adapters, projectors),
+    the trained weights of the folder staying as loaded. In place; returns ``model``."""
+    dit = next(iter(model.experts.values()))
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            parameter.data = parameter.data.to(torch.float32 if keeps_fp32(dit, name) else compute_dtype)
+        elif masters or "lora_" in name or not name.startswith("experts."):
+            parameter.data = parameter.data.to(torch.float32)
     return model
 
 

@@ -30,11 +30,11 @@ from sara.config.stage2 import Stage2Config, ValidationConfig
 from sara.data.datasets import BadSamples, Stage2Dataset, collate
 from sara.data.manifest import load_manifest
 from sara.files import write_text_atomic
-from sara.models.presets import wan_folder
 from sara.parallel.world import World, close_world, init_world
 from sara.stage1.features import FEATURES_VERSION
 from sara.stage1.saliency import locate
-from sara.stage2.encoders import Stage2Encoders, buckets, teacher, warn_overlong
+from sara.stage2.build import Stage2Setup, resolve_setup
+from sara.stage2.encoders import Stage2Encoders, warn_overlong
 
 EMPTY_CAPTION = "empty_caption.safetensors"  # text states of "" (Wan's unconditional input)
 
@@ -116,23 +116,23 @@ def precompute(config: Stage2Config, progress: bool = True) -> Path:
     do goes to rank ``b mod world``; each rank writes its own shards and its own index part
     (``index.rank-R.json``, replaced after each shard), and rank 0 merges the parts into
     ``index.json`` at the end — and at the start, those a killed run left behind."""
-    _, view = teacher(config)  # frames and sizes must suit the VAE and V-JEPA 2
-    # tiny presets are written before the process group exists: once it does, transformers
-    # saves weights on rank 0 only, and another rank's copy would be incomplete
-    wan_folder(config.models.wan, config.models.tiny_root)
+    # frames and sizes must suit the VAE and V-JEPA 2; tiny presets are written here, before the
+    # process group exists: once it does, transformers saves weights on rank 0 only, and
+    # another rank's copy would be incomplete
+    setup = resolve_setup(config)
     world = init_world(ParallelConfig(), config.device)  # every rank encodes its own clips
     try:
         if config.validation.heldout and config.validation.loss_every:
-            _precompute(heldout_config(config), view, world, progress)
-        return _precompute(config, view, world, progress)
+            _precompute(heldout_config(config), setup, world, progress)
+        return _precompute(config, setup, world, progress)
     finally:
         close_world(world)
 
 
-def _precompute(config: Stage2Config, view, world: World, progress: bool) -> Path:
+def _precompute(config: Stage2Config, setup: Stage2Setup, world: World, progress: bool) -> Path:
     folder = cache_dir(config)
     settings = fingerprint(config)
-    encoders = Stage2Encoders(config, view).to(world.device)
+    encoders = Stage2Encoders(config, setup.view).to(world.device)
     dtype = getattr(torch, config.precompute.dtype)
     if world.is_main:
         folder.mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,7 @@ def _precompute(config: Stage2Config, view, world: World, progress: bool) -> Pat
         captions = [manifest.records[i].prompt() for i in todo]
         warn_overlong(encoders.text.tokenizer, captions, config.models.text_length, "models.text_length")
     bad = BadSamples(config.data.max_bad_fraction)
-    clips = Stage2Dataset(manifest, buckets(config), config.data, config.seed, union_masks=True)
+    clips = Stage2Dataset(manifest, setup.buckets, config.data, config.seed, union_masks=True)
     size = config.precompute.batch_size
     groups: dict[int, list[int]] = {}
     for record in todo:  # a batch holds clips of one bucket: they stack

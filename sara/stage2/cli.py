@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from sara.config.arguments import (
     add_config_arguments,
@@ -37,14 +38,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_sampling_arguments(generate)
     generate.set_defaults(handler=_generate)
 
-    plan = group.add_parser("plan", help="memory per GPU of a run (parameters, gradients, AdamW, EMA) for world sizes")
-    plan.add_argument("--model", required=True, help="wan2.2-ti2v-5b, wan2.2-t2v-a14b, or a Diffusers Wan folder")
-    plan.add_argument("--world", type=int, nargs="+", default=[8, 16], help="GPUs in the run")
-    plan.add_argument("--experts", type=int, default=1, help="experts that train (two-expert models)")
-    plan.add_argument("--lora-rank", type=int, default=0, help="0: full fine-tune")
-    plan.add_argument("--ema", action="store_true", help="an EMA of the trained weights")
-    plan.add_argument("--vfm-dim", type=int, default=1024, help="V-JEPA 2 width (ViT-L 1024, ViT-g 1408)")
-    plan.add_argument("--replicate", type=int, default=1, help="parallel.dp_replicate (HSDP)")
+    plan = group.add_parser(
+        "plan", help="a run resolved for world sizes before any weight is read: splits, shapes, memory, problems"
+    )
+    add_config_arguments(plan, "configs/stage2/wan2.2-t2v-a14b.yaml")
+    plan.add_argument("--world", type=int, nargs="+", default=[8, 16], help="processes (GPUs) in the run")
+    plan.add_argument(
+        "--shutdown-timeout", action="store_true", help="print only the seconds a launcher must wait for a checkpoint"
+    )
     plan.set_defaults(handler=_plan)
 
 
@@ -66,11 +67,7 @@ def _train(args: argparse.Namespace) -> None:
     resume, overrides = resume_and_overrides(args)
     run = train(load_config(Stage2Config, args.config, overrides), resume=resume)
     if is_main_process():
-        done = (run / "pipeline").is_dir()
-        print(
-            f"run {run}; "
-            + (f"Diffusers-format pipeline in {run / 'pipeline'}" if done else "stopped early, no export")
-        )
+        print(f"run {run}; Diffusers-format pipeline in {run / 'pipeline'}")
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -87,8 +84,19 @@ def _generate(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} videos (mp4 and GIF) to {args.out}")
 
 
-def _plan(args: argparse.Namespace) -> None:
-    from sara.parallel.plan import PlanSpec, format_plan
+def _plan(args: argparse.Namespace) -> int:
+    from sara.config import load_config
+    from sara.config.stage2 import Stage2Config
+    from sara.stage2.plan import format_plan, plan_run
 
-    spec = PlanSpec(args.model, args.experts, args.lora_rank, args.ema, args.vfm_dim)
-    print(format_plan(spec, args.world, args.replicate))
+    config = load_config(Stage2Config, args.config, args.overrides)
+    plans = [plan_run(config, world) for world in args.world]
+    if args.shutdown_timeout:
+        print(max(plan.shutdown_timeout for plan in plans))
+    else:
+        print("\n\n".join(format_plan(plan, args.config or "defaults") for plan in plans))
+    failed = [plan for plan in plans if plan.problems]
+    for plan in failed:
+        for problem in plan.problems:
+            print(f"sara: error: {plan.world} processes: {problem}", file=sys.stderr)
+    return 2 if failed else 0

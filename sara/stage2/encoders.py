@@ -17,9 +17,9 @@ from transformers import AutoTokenizer, UMT5EncoderModel, VJEPA2Config
 from sara.config.stage2 import Stage2Config
 from sara.data.buckets import Bucket
 from sara.data.masks import pool_to_grid
-from sara.models.presets import resolve, wan_folder
+from sara.models.presets import require_weights, resolve, wan_folder
 from sara.models.vjepa2 import VideoEncoder
-from sara.models.wan import load_vae, vae_memory
+from sara.models.wan import WanLayout, load_vae, vae_memory
 from sara.stage1.saliency import SaliencyModel
 from sara.stage2.align import VJEPA_FIRST_FRAME, VfmView
 from sara.stage2.oracle import WIDTH as ORACLE_WIDTH
@@ -33,19 +33,28 @@ def frame_counts(config: Stage2Config) -> list[int]:
     return sorted(set(config.data.frame_buckets)) or [config.data.frames]
 
 
-def buckets(config: Stage2Config) -> list[Bucket]:
+def buckets(config: Stage2Config, layout: WanLayout) -> list[Bucket]:
     """The clip shapes of a run: every length of :func:`frame_counts` at every ``[H, W]`` of
-    ``data.buckets`` (or one square size), as ``(frames, H, W)``."""
+    ``data.buckets`` (or one square ``data.size``), as ``(frames, H, W)``.
+
+    Raises:
+        ValueError: a side that is not a whole number of DiT tokens (the folder's VAE factor × patch).
+    """
+    key = "data.buckets" if config.data.buckets else "data.size"
     sizes = config.data.buckets or [[config.data.size, config.data.size]]
+    rows, columns = layout.pixel_multiple
     for size in sizes:
-        if len(size) != 2 or any(side % 32 for side in size):
-            raise ValueError(f"data.buckets: {size} must be [H, W] with both sides multiples of 32")
+        if len(size) != 2 or size[0] % rows or size[1] % columns:
+            raise ValueError(
+                f"{key}: {size} must be [H, W] with H a multiple of {rows} and W of {columns} "
+                f"(pixels per DiT token of {layout.folder.name}: VAE {layout.vae_spatial}× × patch {layout.patch[1:]})"
+            )
     return [Bucket(frames, height, width) for frames in frame_counts(config) for height, width in sizes]
 
 
 def teacher(config: Stage2Config) -> tuple[int, VfmView]:
     """``(width, view)`` of the teacher (V-JEPA 2's features, or the oracle's on its grid);
-    checks that the clips suit it and Wan's VAE."""
+    checks that the clip lengths suit it and Wan's VAE."""
     models = config.models
     vjepa = VJEPA2Config.from_pretrained(resolve(models.vjepa2, "vjepa2", models.tiny_root))
     view = VfmView(vjepa.tubelet_size, vjepa.patch_size, models.vjepa2_stride, models.vjepa2_short_side)
@@ -56,7 +65,6 @@ def teacher(config: Stage2Config) -> tuple[int, VfmView]:
                 f"{key}: {frames} must be 4k + 1 frames (Wan's causal VAE) with 4k a multiple of "
                 f"tubelet × stride ({view.tubelet} × {view.stride})"
             )
-    buckets(config)
     view.latent_frame_of(1)  # a tubelet must not straddle latent frames
     return ORACLE_WIDTH if models.teacher == "oracle" else vjepa.hidden_size, view
 
@@ -100,7 +108,7 @@ class Stage2Encoders(torch.nn.Module):
         super().__init__()
         models = config.models
         self.config = config
-        folder = wan_folder(models.wan, models.tiny_root)
+        folder = require_weights(wan_folder(models.wan, models.tiny_root), "models.wan")
         self.vae = vae_memory(load_vae(folder), config.precompute.vae_tile, config.precompute.vae_slicing)
         self.text = WanPipeline(
             tokenizer=AutoTokenizer.from_pretrained(folder, subfolder="tokenizer"),
@@ -109,7 +117,7 @@ class Stage2Encoders(torch.nn.Module):
             scheduler=None,
         )
         self.text_encoder = self.text.text_encoder.requires_grad_(False)  # registered: moves with .to()
-        self.teacher_folder = resolve(models.vjepa2, "vjepa2", models.tiny_root)
+        self.teacher_folder = require_weights(resolve(models.vjepa2, "vjepa2", models.tiny_root), "models.vjepa2")
         geometry = VJEPA2Config.from_pretrained(self.teacher_folder)
         oracle = models.teacher == "oracle"
         self.teacher = (

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from sara.models.wan import HIGH, SUBFOLDER, WanLayout, load_transformers
+from sara.models.wan import HIGH, SUBFOLDER, WanLayout, load_transformers, stored_dtypes
 from sara.models.wan_keys import comfyui_lora
 from sara.parallel.world import World
 from sara.stage2.build import FP8
@@ -41,7 +41,13 @@ def adapter_name(layout: WanLayout, expert: str) -> str:
 
 
 def export_pipeline(
-    model: Stage2Model, layout: WanLayout, out: Path, world: World, metadata: dict[str, str], comfyui: bool = False
+    model: Stage2Model,
+    layout: WanLayout,
+    out: Path,
+    world: World,
+    metadata: dict[str, str],
+    comfyui: bool = False,
+    dtype: str = "released",
 ) -> Path:
     """``out``: the Wan folder with the trained expert(s) in place (atomically). Every rank
     calls it (gathering a sharded expert is collective); rank 0 puts each full state into an
@@ -49,7 +55,9 @@ def export_pipeline(
     LoRA each expert's adapter is also written alone, beside ``out``, in ``lora/``
     (:func:`adapter_name`; ``metadata``, the run's config, in each file's header): the file
     ``WanPipeline.load_lora_weights`` reads (the low-noise expert's with
-    ``load_into_transformer_2=True``) and, with ``comfyui``, ``NAME_comfyui.safetensors``."""
+    ``load_into_transformer_2=True``) and, with ``comfyui``, ``NAME_comfyui.safetensors``.
+    ``dtype``: ``released`` writes each merged tensor in the dtype the base folder stores it
+    in (the trained fp32 masters rounded to the release's bf16), else that dtype throughout."""
     partial = out.with_name(out.name + ".partial")
     if world.is_main:
         shutil.rmtree(partial, ignore_errors=True)
@@ -65,7 +73,8 @@ def export_pipeline(
         if world.is_main:
             state = _unquantised(state, layout, name)
             adapter = out.parent / "lora" / f"{adapter_name(layout, name)}.safetensors"
-            _write_expert(dit, state, partial / SUBFOLDER[name], adapter, metadata, comfyui)
+            stored = stored_dtypes(layout.folder, SUBFOLDER[name]) if dtype == "released" else getattr(torch, dtype)
+            _write_expert(dit, state, partial / SUBFOLDER[name], adapter, metadata, comfyui, stored)
     if world.is_main:
         shutil.rmtree(out, ignore_errors=True)
         partial.rename(out)
@@ -73,10 +82,17 @@ def export_pipeline(
 
 
 def _write_expert(
-    dit: WanTransformer3DModel, state: dict, folder: Path, adapter: Path, metadata: dict[str, str], comfyui: bool
+    dit: WanTransformer3DModel,
+    state: dict,
+    folder: Path,
+    adapter: Path,
+    metadata: dict[str, str],
+    comfyui: bool,
+    dtypes: dict[str, torch.dtype] | torch.dtype,
 ) -> None:
     """``state`` put into an unsharded copy of ``dit`` built without memory (meta), then saved
-    in Diffusers format — under LoRA the adapter alone first, then merged in."""
+    in Diffusers format, each tensor in ``dtypes`` (by name, else as trained, or one dtype) —
+    under LoRA the adapter alone first (in fp32), then merged in."""
     config = getattr(dit, "peft_config", None)
     with torch.device("meta"):
         copy = WanTransformer3DModel.from_config(dit.config)
@@ -98,6 +114,8 @@ def _write_expert(
             save_file(comfyui_lora(weights, lora.lora_alpha), comfy, metadata={"format": "pt", **metadata})
         copy.fuse_lora()
         copy.unload_lora()
+    for name, parameter in copy.named_parameters():
+        parameter.data = parameter.data.to(dtypes.get(name, parameter.dtype) if isinstance(dtypes, dict) else dtypes)
     copy.save_pretrained(folder)
 
 

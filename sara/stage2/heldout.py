@@ -16,6 +16,7 @@ from torch import Tensor
 
 from sara.config.stage2 import Stage2Config
 from sara.parallel.dit import reduce_terms
+from sara.parallel.precision import autocast, param_dtype
 from sara.parallel.world import World
 from sara.stage2.build import Stage2Setup
 from sara.stage2.cache import heldout_config
@@ -35,7 +36,7 @@ class HeldoutLoss:
         clips = OnlineClips(held, setup, world.device) if config.online else CachedClips(held)
         shapes = clips.bucket_of
         rows = [i for i, shape in enumerate(shapes) if shape == shapes[0]][: config.validation.loss_clips]
-        local = local_rows(len(rows), world)  # refused here when the batch does not split
+        local = local_rows(len(rows), world, "validation.loss_clips")  # refused at start-up when it does not split
         batch = clips.batch(rows[local], world.device)
         total = (len(rows), *batch["latents"].shape[1:])
         generator = noise_generator(config.seed, NOISE_STREAM)
@@ -44,6 +45,7 @@ class HeldoutLoss:
             drawn = model.draw(total, generator, name)
             self.batches.append(batch | {k: v[local].to(world.device) for k, v in drawn.items()})
         self.model, self.world, self.weight = model, world, config.objective.align.weight
+        self.compute = param_dtype(config.parallel, world.device)
 
     @torch.no_grad()
     def __call__(self) -> dict[str, float]:
@@ -51,7 +53,7 @@ class HeldoutLoss:
         try:
             terms: list[dict[str, Tensor]] = []
             for batch in self.batches:
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=batch["latents"].device.type == "cuda"):
+                with autocast(self.compute, batch["latents"].device):
                     terms.append(reduce_terms(self.model(batch)[1], self.world))
         finally:
             self.model.train()

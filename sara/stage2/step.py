@@ -1,12 +1,19 @@
 """One Stage 2 optimizer step, the same in one process and on many.
 
-The batch of step ``k`` is the same global batch whatever the world: its clips are chosen
+**Batch sizes**, as Wan trainers (diffusers' examples, musubi-tuner, DiffSynth) count
+them: ``optim.batch_size`` clips go through the DiT at once on each data-parallel rank (a
+micro-batch), ``optim.accumulate`` micro-batches make a step, and the **global batch** of
+a step is ``batch_size × accumulate × dp`` — derived, logged at start-up, and the same
+for every world that keeps the product (one process with accumulate 4 and four ranks
+with accumulate 1 take the same steps).
+
+The global batch of step ``k`` is a function of ``(seed, k)`` alone: its clips are chosen
 by ``(seed, k)``, and its noise, σ, expert and caption dropout are drawn for the whole
 batch from a generator seeded by ``(seed, k)``. Each data-parallel rank takes its own
-rows of it; the ranks of a sequence-parallel group take the same rows. With
-``optim.accumulate = n`` a rank runs its rows as ``n`` micro-batches, each backward scaled
-by its share of the rows: every term is a mean over samples, so the gradient is the one
-of the whole batch, at the activation memory of one micro-batch.
+rows of it; the ranks of a sequence-parallel group take the same rows. A rank runs its
+rows as ``accumulate`` micro-batches, each backward scaled by its share of the rows: every
+term is a mean over samples, so the gradient is the one of the whole batch, at the
+activation memory of one micro-batch.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from torch import Tensor
 
 from sara.config.stage2 import Stage2Config
 from sara.parallel.dit import backward
+from sara.parallel.gradients import clip_grad_norm, sync_replicated
+from sara.parallel.precision import autocast, param_dtype
 from sara.parallel.world import World
 from sara.stage2.clips import drop_captions
 from sara.stage2.objective import Stage2Model
@@ -25,27 +34,26 @@ def noise_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
-def local_rows(batch_size: int, world: World) -> slice:
+def global_batch(config: Stage2Config, dp_size: int) -> int:
+    """Clips in one optimizer step over the whole run: micro-batch × accumulation × data-parallel ranks."""
+    return config.optim.batch_size * config.optim.accumulate * dp_size
+
+
+def local_rows(batch_size: int, world: World, key: str = "optim.batch_size") -> slice:
     """This rank's rows of a global batch.
 
     Raises:
-        ValueError: the batch does not split evenly over the data-parallel ranks.
+        ValueError: naming ``key``, the batch does not split evenly over the data-parallel ranks.
     """
     if batch_size % world.dp_size:
-        raise ValueError(f"optim.batch_size: {batch_size} clips do not split over {world.dp_size} data-parallel ranks")
+        raise ValueError(f"{key}: {batch_size} clips do not split over {world.dp_size} data-parallel ranks")
     size = batch_size // world.dp_size
     return slice(world.dp_rank * size, (world.dp_rank + 1) * size)
 
 
 def micro_batches(rows: int, accumulate: int) -> list[Tensor]:
-    """This rank's ``rows`` as ``accumulate`` index chunks (sizes differing by at most one).
-
-    Raises:
-        ValueError: fewer rows than micro-batches.
-    """
-    if accumulate > rows:
-        raise ValueError(f"optim.accumulate: {accumulate} micro-batches, but each rank has {rows} clip(s) a step")
-    return list(torch.arange(rows).tensor_split(accumulate))
+    """This rank's ``rows`` as ``accumulate`` index chunks of equal size."""
+    return list(torch.arange(rows).chunk(accumulate))
 
 
 def train_step(
@@ -68,16 +76,17 @@ def train_step(
         batch = drop_captions(batch, config.data.caption_dropout, generator, rows, total)
     optimizer.zero_grad(set_to_none=True)
     terms: dict[str, Tensor] = {}
+    compute = param_dtype(config.parallel, latents.device)
     for chunk in micro_batches(len(latents), config.optim.accumulate):
         share = len(chunk) / len(latents)
         # per-row tensors split; shared ones (the empty caption's states, [1, L, D]) ride along
         part = {k: v[chunk.to(v.device)] if len(v) == len(latents) else v for k, v in batch.items()}
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=latents.device.type == "cuda"):
+        with autocast(compute, latents.device):
             loss, chunk_terms = model(part)
         backward(loss * share, world)
         terms = {k: terms.get(k, 0) + v * share for k, v in chunk_terms.items()}
-    grad_norm = torch.nn.utils.clip_grad_norm_(
-        [p for p in model.parameters() if p.grad is not None], config.optim.grad_clip
-    )
+    trained = [p for p in model.parameters() if p.requires_grad]
+    sync_replicated(trained, world)
+    grad_norm = clip_grad_norm(trained, config.optim.grad_clip)
     optimizer.step()
     return terms, grad_norm

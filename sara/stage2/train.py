@@ -13,7 +13,7 @@ resumed run replays exactly what an uninterrupted one computes.
 from __future__ import annotations
 
 import json
-import math
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,18 +23,17 @@ from diffusers.training_utils import EMAModel
 from sara.config import save_config
 from sara.config.stage2 import Stage2Config
 from sara.models.aligner import parameter_count
-from sara.models.wan import dit_grid, latent_shape
-from sara.parallel.context import check_tokens
 from sara.parallel.dit import parallelize, reduce_terms
 from sara.parallel.load import load_from_rank0
 from sara.parallel.precision import param_dtype
-from sara.parallel.world import World, close_world, init_world
+from sara.parallel.world import World, close_world, init_world, launched
 from sara.stage2.build import Stage2Setup, build_model, resolve_setup
 from sara.stage2.clips import CachedClips, OnlineClips
 from sara.stage2.export import export_pipeline
 from sara.stage2.heldout import HeldoutLoss
 from sara.stage2.objective import Stage2Model
-from sara.stage2.step import local_rows, micro_batches, noise_generator, train_step
+from sara.stage2.plan import check_plan, plan_run
+from sara.stage2.step import global_batch, local_rows, noise_generator, train_step
 from sara.stage2.validate import Validator
 from sara.trainer.batches import BucketSteps, lr_factor
 from sara.trainer.checkpoint import TrainState, load_checkpoint, resume_point
@@ -44,17 +43,15 @@ from sara.trainer.preemption import RunLock
 
 def train(config: Stage2Config, resume: str | None = None, progress: bool = True) -> Path:
     """Train; returns the run folder (checkpoints, history, TensorBoard, ``pipeline/``).
-    A run stopped by SIGTERM/SIGUSR1 returns after its checkpoint, without the export."""
-    validation = config.validation
-    if validation.loss_every and not validation.heldout:
-        raise ValueError("validation.loss_every: needs validation.heldout, a manifest of held-out clips")
-    if validation.loss_every % config.log_every:
-        raise ValueError(
-            f"validation.loss_every: {validation.loss_every} must be a multiple of log_every ({config.log_every})"
-        )
+
+    Raises:
+        Stopped: SIGTERM/SIGUSR1 stopped the run after its checkpoint, before the export.
+    """
     # before the process group exists: a tiny preset written later would get its weights from
     # rank 0 alone (transformers saves on rank 0 only), each rank writes its own copy here
     setup = resolve_setup(config)
+    # every problem of the run — splits, shapes, heads, held-out batch — before any weight is read
+    check_plan(plan_run(config, int(os.environ["WORLD_SIZE"]) if launched() else 1))
     world = init_world(config.parallel, config.device)
     try:
         return _train(config, setup, world, resume, progress)
@@ -69,13 +66,16 @@ def _train(config: Stage2Config, setup: Stage2Setup, world: World, resume: str |
         save_config(config, run)
     with RunLock(run, world):
         clips = OnlineClips(config, setup, world.device) if config.online else CachedClips(config)
+        batch = global_batch(config, world.dp_size)
+        steps_of = BucketSteps(clips.bucket_of, batch, config.seed)  # refused here when no bucket holds a batch
         model = _build(config, setup, world)
         if world.is_main:
             print(
                 f"stage2 {config.objective.align.mode}: experts {', '.join(model.experts)} "
                 f"({parameter_count(model.experts) / 1e6:.2f} M parameters), projectors "
                 f"{parameter_count(model.projectors) / 1e6:.2f} M; {len(clips)} clips; "
-                f"{world.size} process(es): dp {world.dp_size} × ulysses {world.cp}"
+                f"{world.size} process(es): dp {world.dp_size} × ulysses {world.cp}; global batch {batch} = "
+                f"{config.optim.batch_size} clip(s) × accumulate {config.optim.accumulate} × dp {world.dp_size}"
             )
         trained = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trained, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
@@ -89,9 +89,6 @@ def _train(config: Stage2Config, setup: Stage2Setup, world: World, resume: str |
             start = load_checkpoint(checkpoint, state, world)
             if world.is_main:
                 print(f"resumed from {checkpoint} at step {start}")
-        steps_of = BucketSteps(clips.bucket_of, min(config.optim.batch_size, len(clips)), config.seed)
-        local = local_rows(len(steps_of(0)), world)  # a batch that does not split is refused before step 0
-        micro_batches(local.stop - local.start, config.optim.accumulate)
 
         def step(index: int) -> dict[str, torch.Tensor]:
             rows = steps_of(index)
@@ -104,33 +101,27 @@ def _train(config: Stage2Config, setup: Stage2Setup, world: World, resume: str |
             async_save=config.async_save,
         )  # fmt: skip
         validate = _validation(config, setup, model, world, run)
-        finished = run_loop(run, world, state, config, plan, start, step, _reducer(config, world), validate, progress)
-        if not finished:
-            return run
+        run_loop(run, world, state, config, plan, start, step, _reducer(config, world), validate, progress)
         if ema is not None:  # the pipeline gets the averaged weights
             ema.copy_to(trained)
         metadata = {"sara_config": json.dumps(asdict(config))}  # how the weights were trained, in every adapter file
-        export_pipeline(model, setup.layout, run / "pipeline", world, metadata, config.export_comfyui)
+        export_pipeline(
+            model, setup.layout, run / "pipeline", world, metadata, config.export_comfyui, config.export_dtype
+        )
     return run
 
 
 def _build(config: Stage2Config, setup: Stage2Setup, world: World) -> Stage2Model:
     """The model on the device: built on the CPU in one process; on many, built on meta,
     sharded, then filled from rank 0's CPU copy (no rank holds more than its shards)."""
-    # frozen weights are stored in the dtype they compute in: bf16 on GPUs (FSDP gathers in it,
-    # autocast computes in it); fp32 for one process on a CPU
-    sharded_or_gpu = world.distributed or world.device.type == "cuda"
-    frozen = param_dtype(config.parallel, world.device) if sharded_or_gpu else torch.float32
+    compute = param_dtype(config.parallel, world.device)
     if not world.distributed:
         torch.manual_seed(config.seed)
-        model = build_model(config, setup, frozen_dtype=frozen).to(world.device)
-        check_shapes(model, setup, world)
-        return model
-    model = build_model(config, setup, meta=True, frozen_dtype=frozen)
-    check_shapes(model, setup, world)
+        return build_model(config, setup, compute_dtype=compute).to(world.device)
+    model = build_model(config, setup, meta=True, compute_dtype=compute)
     parallelize(model, world, config.parallel)
     torch.manual_seed(config.seed)  # projectors and adapters start as in one process
-    source = build_model(config, setup, frozen_dtype=frozen) if world.is_main else None
+    source = build_model(config, setup, compute_dtype=compute, masters=False) if world.is_main else None
     return load_from_rank0(model, source, world)
 
 
@@ -148,31 +139,19 @@ def _reducer(config: Stage2Config, world: World):
 
 def _validation(config: Stage2Config, setup: Stage2Setup, model: Stage2Model, world: World, run: Path):
     """Validation videos every ``validation.every`` steps and the held-out loss every
-    ``validation.loss_every`` (``None`` when both are off). Each is set up when first due."""
+    ``validation.loss_every`` (``None`` when both are off). Both are built here, at start-up:
+    a held-out batch that does not split, or a pipeline that does not load, stops the run
+    before its first step, not hours in."""
     validation = config.validation
     if not validation.every and not validation.loss_every:
         return None
-    videos, heldout = None, None
+    heldout = HeldoutLoss(config, setup, model, world) if validation.loss_every else None
+    videos = Validator(config, setup, model, world) if validation.every else None
 
     def after(done: int, logger) -> None:
-        nonlocal videos, heldout
-        if validation.loss_every and done % validation.loss_every == 0:
-            heldout = heldout or HeldoutLoss(config, setup, model, world)
+        if heldout is not None and done % validation.loss_every == 0:
             logger.merge(done, heldout())
-        if validation.every and done % validation.every == 0:
-            videos = videos or Validator(config, setup, model, world)
+        if videos is not None and done % validation.every == 0:
             logger.videos("val/videos", videos(run / "samples" / f"step-{done:07d}"), done)
 
     return after
-
-
-def check_shapes(model: Stage2Model, setup: Stage2Setup, world: World) -> None:
-    """Every clip shape must split its DiT tokens over the sequence-parallel group."""
-    if world.cp == 1:
-        return
-    patch = next(iter(model.experts.values())).config.patch_size
-    layout = setup.layout
-    for bucket in setup.buckets:
-        latent = latent_shape(bucket.frames, bucket.height, bucket.width, layout.vae_temporal, layout.vae_spatial)
-        tokens = math.prod(dit_grid(patch, latent))
-        check_tokens(tokens, world.cp, f"data.buckets: {bucket.frames} frames of {bucket.height}×{bucket.width}")

@@ -47,7 +47,10 @@ class BucketSteps:
         self.sampler = BucketBatchSampler(bucket_of, batch_size, seed)
         self.per_epoch = len(self.sampler)
         if self.per_epoch == 0:
-            raise ValueError(f"optim.batch_size: no shape bucket holds {batch_size} clips")
+            raise ValueError(
+                f"optim.batch_size: no shape bucket holds a global batch of {batch_size} clips "
+                "(batch_size × accumulate × data-parallel ranks)"
+            )
         self._epoch, self._batches = -1, []
 
     def __call__(self, step: int) -> list[int]:

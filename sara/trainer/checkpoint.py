@@ -18,7 +18,8 @@ Every rank writes into ``step-N.partial``; after a barrier rank 0 renames it and
 ``checkpoints/latest``, so a crash at any moment leaves the previous checkpoint whole and
 pointed to. Asynchronously (``begin_checkpoint(..., asynchronous=True)``) the shards are
 copied to CPU memory and written in the background while training goes on; the
-checkpoint is published when the next one begins, or when the run ends. Batches and noise are functions of ``(seed, step)``, so the step is the whole
+checkpoint is published at the first step boundary where every rank's shards are on disk
+(the loop asks each step), and at the latest before the next one begins or the run ends. Batches and noise are functions of ``(seed, step)``, so the step is the whole
 data position.
 """
 
@@ -40,6 +41,7 @@ import torch.distributed.checkpoint as dcp
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.checkpoint import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -129,6 +131,10 @@ class PendingCheckpoint:
     full: dict[str, torch.Tensor] | None = None  # model.safetensors (consolidated), on rank 0
     future: Any = None  # DCP's background save, when asynchronous
 
+    def written(self) -> bool:
+        """Whether this rank's shards are on disk (at once for a synchronous checkpoint)."""
+        return self.future is None or getattr(self.future, "upload_completion", self.future).done()
+
     def publish(self) -> Path:
         if self.future is not None:  # this rank's shards are on disk
             getattr(self.future, "upload_completion", self.future).result()
@@ -151,9 +157,11 @@ class PendingCheckpoint:
 _ASYNC_GROUPS: dict[int, Any] = {}
 
 
-def _async_group(world: World):
+def async_group(world: World):
     """A gloo group for the background saves' own collectives, so that they never share a
-    communicator with training's (created once, by every rank together)."""
+    communicator with training's. Created once, by every rank together: a run with
+    ``async_save`` calls it at start-up, so that a network setting gloo cannot use
+    (``GLOO_SOCKET_IFNAME``) fails the run before its first step, not at its first checkpoint."""
     if not world.distributed:
         return None
     if world.size not in _ASYNC_GROUPS:
@@ -188,7 +196,7 @@ def begin_checkpoint(
             future = dcp.async_save(
                 sharded,
                 checkpoint_id=partial / "state",
-                process_group=_async_group(world),
+                process_group=async_group(world),
                 no_dist=not world.distributed,
             )
         else:
@@ -238,12 +246,33 @@ def _load_plain(path: Path) -> dict[str, Any]:
 
 def load_checkpoint(checkpoint: str | Path, state: TrainState, world: World) -> int:
     """Restore weights, optimizer, scheduler, EMA and (same world size) RNG states; returns
-    the step to continue from. Every rank calls it."""
+    the step to continue from. Every rank calls it.
+
+    The optimizer state may be partial: AdamW holds state only for parameters that have
+    stepped, and a two-expert run checkpointed before both experts trained has none for
+    one of them. Those parameters start fresh, as in the run that wrote the checkpoint
+    (their step counts, hence AdamW's bias corrections, stay exact).
+
+    Raises:
+        ValueError: the checkpoint lacks a trainable weight (another model or LoRA setting).
+    """
     checkpoint = Path(checkpoint)
     train = _load_plain(checkpoint / "train.pt")
-    sharded = _sharded(state)
+    stored = set(dcp.FileSystemReader(checkpoint / "state").read_metadata().state_dict_metadata)
+    names = {name: p for name, p in state.model.named_parameters() if p.requires_grad}
+    if missing := [name for name in names if f"model.{name}" not in stored]:
+        raise ValueError(
+            f"{checkpoint}: holds no {missing[0]} ({len(missing)} trainable weights missing): "
+            "written by a run with another model or optim.lora_rank"
+        )
+    sharded = _sharded(state)  # a fresh optimizer gets state for every parameter here (a step at lr 0)
     with _one_process_ok():
-        dcp.load(sharded, checkpoint_id=checkpoint / "state", no_dist=not world.distributed)
+        dcp.load(
+            sharded,
+            checkpoint_id=checkpoint / "state",
+            planner=DefaultLoadPlanner(allow_partial_load=True),
+            no_dist=not world.distributed,
+        )
     set_state_dict(
         state.model,
         state.optimizer,
@@ -251,6 +280,9 @@ def load_checkpoint(checkpoint: str | Path, state: TrainState, world: World) -> 
         optim_state_dict=sharded["optim"],
         options=StateDictOptions(ignore_frozen_params=True, strict=False),
     )
+    for name, parameter in names.items():
+        if f"optim.state.{name}.step" not in stored:  # never stepped when the checkpoint was written
+            state.optimizer.state.pop(parameter, None)
     state.scheduler.load_state_dict(train["scheduler"])
     if state.ema is not None:
         state.ema.load_state_dict(train["ema"])  # the counters; the weights were loaded in place

@@ -4,8 +4,9 @@ A stage supplies ``step(k) -> figures`` (forward, backward, optimizer step on th
 figures are this rank's tensors) and ``reduce(figures) -> floats`` (the step's figures
 over all ranks; a collective, so it runs on log steps only). The loop owns the rest: the
 scheduler and EMA updates, history, the tracker and the bar on rank 0, checkpoints every
-``save_every`` steps and at the end (optionally written in the background), and a clean stop — checkpoint, then return — when
-any rank receives SIGTERM or SIGUSR1.
+``save_every`` steps and at the end (optionally written in the background and published
+as soon as every rank's shards are on disk), and a clean stop — checkpoint, then
+:class:`~sara.trainer.preemption.Stopped` — when any rank receives SIGTERM or SIGUSR1.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from torch import Tensor
 
 from sara.parallel.collectives import world_max
 from sara.parallel.world import World
-from sara.trainer.checkpoint import TrainState, begin_checkpoint
+from sara.trainer.checkpoint import TrainState, async_group, begin_checkpoint
 from sara.trainer.logger import Logger
 from sara.trainer.memory import peak_mib
-from sara.trainer.preemption import Preemption
+from sara.trainer.preemption import Preemption, Stopped
 
 
 @dataclass(frozen=True)
@@ -49,14 +50,19 @@ def run_loop(
     reduce: Callable[[dict[str, Tensor]], dict[str, float]],
     after: Callable[[int, Logger], None] | None = None,
     progress: bool = True,
-) -> bool:
-    """Steps ``start … plan.steps − 1``; ``True`` when all ran, ``False`` when a signal
-    stopped the run (after a checkpoint of the last step done)."""
+) -> None:
+    """Steps ``start … plan.steps − 1``.
+
+    Raises:
+        Stopped: a signal stopped the run, after a checkpoint of the last step done.
+    """
     settings = asdict(config)
     logger = Logger(run, start, plan.steps, plan.desc, plan.shown, world.is_main, progress, config.logging, settings)
     trained = [p for p in state.model.parameters() if p.requires_grad]
     tick, since = time.perf_counter(), start
-    finished, pending = True, None
+    stopped, pending = None, None
+    if plan.async_save:
+        async_group(world)
     with Preemption(world) as signals:
         for index in range(start, plan.steps):
             figures = step(index)
@@ -73,7 +79,12 @@ def run_loop(
                 tick, since = time.perf_counter(), done
             if after is not None:
                 after(done, logger)
-            stopping = signals.agreed()
+            # one small all-reduce a step: whether any rank was asked to stop, and whether every
+            # rank's shards of a checkpoint written in the background are on disk
+            stopping, unwritten = signals.agreed(pending is not None and not pending.written())
+            if pending is not None and not unwritten:  # published as soon as it is whole
+                pending.publish()
+                pending = None
             if done % plan.save_every == 0 or done == plan.steps or stopping:
                 logger.save()
                 if pending is not None:  # the previous checkpoint is complete before the next begins
@@ -83,9 +94,8 @@ def run_loop(
                     pending.publish()
                     pending = None
             if stopping and done < plan.steps:
-                finished = False
-                if world.is_main:
-                    logger.bar.write(f"stopped by a signal after step {done}; resume with --resume latest")
+                stopped = done
                 break
     logger.close()
-    return finished
+    if stopped is not None:
+        raise Stopped(stopped)

@@ -3,7 +3,9 @@
 ``SIGTERM`` (what ``torchrun`` forwards, and SLURM sends at the end of a job) and
 ``SIGUSR1`` (SLURM's ``--signal=USR1@300``) set a flag; at the next step boundary every
 rank learns whether *any* rank got one (one small all-reduce), so all of them write the
-checkpoint together and exit 0, and the requeued job resumes from it.
+checkpoint together and stop (:class:`Stopped`). The command then exits with
+:data:`EXIT_STOPPED`, not 0: a job script tells a run to resume (``scontrol requeue``)
+from one that finished, and a scheduler that requeues failed jobs requeues it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,17 @@ from sara.parallel.collectives import world_max
 from sara.parallel.world import World
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# the exit code of a run stopped by a signal after its checkpoint: EX_TEMPFAIL of sysexits.h,
+# "try again later" (scripts/slurm.sbatch requeues the job on it)
+EXIT_STOPPED = 75
+
+
+class Stopped(Exception):  # noqa: N818 (an outcome, not an error)
+    """A stop signal ended the run after the checkpoint of step ``step``."""
+
+    def __init__(self, step: int):
+        super().__init__(f"stopped by a signal after step {step}; resume with --resume latest")
+        self.step = step
 
 
 class Preemption:
@@ -40,9 +53,12 @@ class Preemption:
     def _handle(self, signum: int, frame) -> None:
         self.received = True
 
-    def agreed(self) -> bool:
-        """Whether any rank has been asked to stop (every rank gets the same answer)."""
-        return world_max(torch.tensor(float(self.received)), self.world).item() > 0
+    def agreed(self, busy: bool = False) -> tuple[bool, bool]:
+        """``(stop, busy)`` over every rank, each true when it is on any rank: whether a rank
+        has been asked to stop, and the caller's own ``busy`` flag, in the same all-reduce
+        (every rank gets the same answer)."""
+        stop, anyone = (world_max(torch.tensor([float(self.received), float(busy)]), self.world) > 0).tolist()
+        return stop, anyone
 
 
 class RunLock:

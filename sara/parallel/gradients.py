@@ -1,0 +1,52 @@
+"""Gradients of a sharded model that also holds whole (replicated) parameters.
+
+Under bf16 compute, :func:`sara.parallel.dit.parallelize` leaves the small parameters diffusers
+keeps in fp32 (norms, modulation tables) whole on every rank: FSDP neither gathers them in
+bf16 nor reduces their gradients. :func:`sync_replicated` averages those gradients as FSDP
+averages the others (over every rank of the run, the loss already scaled for sequence
+parallelism), and :func:`clip_grad_norm` clips sharded and whole gradients by their one
+global norm (``torch.nn.utils.clip_grad_norm_`` refuses a mix of DTensors and tensors).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.distributed.tensor import DTensor
+
+from sara.parallel.world import World
+
+
+def sync_replicated(parameters: list[Tensor], world: World) -> None:
+    """Average over every rank the gradients of the parameters that are not sharded, in one
+    flat all-reduce (nothing to do in one process, or when every parameter is sharded)."""
+    if not world.distributed:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None and not isinstance(p.grad, DTensor)]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world.size
+    for grad, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+        grad.copy_(part.view_as(grad))
+
+
+def clip_grad_norm(parameters: list[Tensor], max_norm: float) -> Tensor:
+    """Scale the gradients so that their global L2 norm is at most ``max_norm``; returns the
+    norm before clipping (a plain tensor)."""
+    stepped = [p for p in parameters if p.grad is not None]
+    sharded = [p for p in stepped if isinstance(p.grad, DTensor)]
+    whole = [p for p in stepped if not isinstance(p.grad, DTensor)]
+    norms = []
+    if sharded:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in sharded])
+        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    if whole:
+        norms.append(torch.nn.utils.get_total_norm([p.grad for p in whole]))
+    total = torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))
+    for group in (sharded, whole):
+        if group:
+            torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
+    return total
