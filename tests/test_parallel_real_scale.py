@@ -44,6 +44,8 @@ def test_bf16_sharded_step_computes_what_one_bf16_process_computes(tiny, size, p
     assert max(found["terms"].values()) < 1e-5, found["terms"]
     assert found["grad"] < 5e-2, (found["worst"], found["grad"])
 
+    if parallel:
+        return  # the control below, once: FSDP's default policy on the plain FSDP world
     cast = spawn(sharded_step, size, tiny, "sara", parallel, LATENT, "bfloat16", False, False, True)
     (seen,) = cast[0]["timesteps"]
     assert seen.dtype == torch.bfloat16 and not torch.equal(seen.float(), reference["timesteps"][0][cast[0]["rows"]])
