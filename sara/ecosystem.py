@@ -119,7 +119,8 @@ def lora_part(config: DemoConfig, out: Path) -> tuple[str, Path]:
     for name, value in deviation.items():
         print(f"adapter {name} into a fresh WanPipeline: max |output − merged output| {value:.2e}")
     html = paragraph(
-        f"`sara stage2 train optim.lora_rank={LORA_RANK} optim.accumulate=2 objective.flow.density=logit_normal "
+        f"`sara stage2 train optim.lora_rank={LORA_RANK} optim.batch_size={lora.optim.batch_size} optim.accumulate=2 "
+        "objective.flow.density=logit_normal "
         f"export_comfyui=true`: {lora.optim.steps} steps of rank-{LORA_RANK} adapters on "
         f"{', '.join(lora.optim.lora_targets)} (the targets other Wan trainers adapt), two micro-batches of "
         f"{lora.optim.batch_size} clips per step, σ logit-normal before the shift, on the Stage 2 cache. Besides "

@@ -33,7 +33,7 @@ from sara.stage2.build import set_dtypes
 from sara.stage2.objective import Stage2Model
 
 VFM_DIM, VIEW = 24, VfmView(tubelet=2, patch=16)
-BATCH = 4
+BATCH = 2  # clips: one per data-parallel rank of the largest split (2), a few seconds a step
 
 
 def build(folder, mode: str = "sara", checkpointing: bool = False, lora: bool = False, compute=torch.float32):

@@ -61,13 +61,12 @@ def test_a_state_file_that_would_run_code_is_refused(tmp_path, capsys):
     assert "this would have run" not in capsys.readouterr().out
 
 
-def _stepper(state: TrainState, pause: float = 0.0):
+def _stepper(state: TrainState):
     def step(index: int) -> dict[str, torch.Tensor]:
         loss = state.model(torch.randn(4, 3)).square().mean()
         loss.backward()
         state.optimizer.step()
         state.optimizer.zero_grad()
-        time.sleep(pause)  # the background writer's time
         return {"loss": loss.detach()}
 
     return step
@@ -78,16 +77,29 @@ def _reduce(figures: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 def test_an_async_checkpoint_is_published_as_soon_as_every_shard_is_written(tmp_path):
+    """Steps 4 and 5 wait until the step-3 shards are on disk (DCP writes `.metadata` last):
+    the checkpoint is `latest` before step 6 begins, not only when step 6's own begins."""
     state, seen = _parts(), {}
-    plan = LoopPlan(6, 6, 3, "test", ("loss",), async_save=True)
+    step = _stepper(state)
+    checkpoints = tmp_path / "checkpoints"
 
-    def after(done: int, logger) -> None:
-        seen[done] = latest_checkpoint(tmp_path)
+    def on_disk() -> bool:  # the partial folder is renamed once published
+        partial = checkpoints / "step-0000003.partial" / "state" / ".metadata"
+        return partial.exists() or (checkpoints / "step-0000003").exists()
 
-    run_loop(tmp_path, ONE, state, Stage1Config(), plan, 0, _stepper(state, 0.5), _reduce, after, progress=False)
-    assert seen[3] is None and seen[4] is None  # begun at step 3's end, written in the background
-    assert seen[5].name == "step-0000003"  # published at step 4's end, not when step 6's begins
-    assert latest_checkpoint(tmp_path).name == "step-0000006"
+    def waiting(index: int) -> dict[str, torch.Tensor]:
+        deadline = time.monotonic() + 60
+        while index in (3, 4) and not on_disk():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        seen[index] = latest_checkpoint(tmp_path)
+        return step(index)
+
+    plan = LoopPlan(7, 7, 3, "test", ("loss",), async_save=True)
+    run_loop(tmp_path, ONE, state, Stage1Config(), plan, 0, waiting, _reduce, progress=False)
+    assert seen[3] is None  # begun at step 3's end, written in the background
+    assert seen[5].name == "step-0000003"  # published at step 4's or 5's end, before step 6 runs
+    assert latest_checkpoint(tmp_path).name == "step-0000007"
 
 
 def _loop_where_gloo_cannot_start(out: str) -> dict:

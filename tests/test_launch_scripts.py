@@ -26,8 +26,8 @@ def run_script(tmp_path: Path, script: str, *args: str, **env: str) -> subproces
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "torchrun").write_text(FAKE_TORCHRUN)
     (bin_dir / "torchrun").chmod(0o755)
-    variables = {k: v for k, v in os.environ.items() if k not in ("WAN22_T2V_A14B", "VJEPA2", "SARA_ALIGNER")}
-    variables |= {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SARA_PYTHON": sys.executable}
+    variables = {k: v for k, v in os.environ.items() if k not in ("WAN22_T2V_A14B", "VJEPA2")}
+    variables |= {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SARA_PYTHON": sys.executable, "SARA_ALIGNER": "runs/s1"}
     variables |= {"TORCHRUN_ARGS": str(tmp_path / "torchrun.args"), **env}
     command = ["bash", str(ROOT / "scripts" / script), str(A14B), *args]
     return subprocess.run(command, env=variables, capture_output=True, text=True, timeout=300)
@@ -40,7 +40,7 @@ def run_script(tmp_path: Path, script: str, *args: str, **env: str) -> subproces
 def test_torchrun_waits_for_the_checkpoint_the_plan_sizes(tmp_path, script, env, world):
     done = run_script(tmp_path, script, "parallel.ulysses=4", "optim.lora_rank=0", **env)
     assert done.returncode == 0, done.stderr[-2000:]
-    config = load_config(Stage2Config, A14B, ["parallel.ulysses=4", "optim.lora_rank=0"])
+    config = load_config(Stage2Config, A14B, ["parallel.ulysses=4", "optim.lora_rank=0", "models.aligner=runs/s1"])
     plan = plan_run(config, world)
     timeout = plan.shutdown_timeout  # both experts fully trained, with AdamW: tens of GiB a rank on 8 GPUs
     assert plan.checkpoint_gib > 40 * 8 / world and timeout >= 180 + plan.checkpoint_gib / 0.5 > 30  # torchrun's 30 s

@@ -23,9 +23,10 @@ P720 = "data.buckets=[[720,1280],[1280,720]]"
 @pytest.fixture(autouse=True)
 def _released_models(monkeypatch, tmp_path):
     """The shipped configs with their models unset: the released architectures' config-only folders."""
-    for variable in ("WAN22_T2V_A14B", "WAN22_TI2V_5B", "VJEPA2", "SARA_ALIGNER"):
+    for variable in ("WAN22_T2V_A14B", "WAN22_TI2V_5B", "VJEPA2"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("SARA_OUTPUT_ROOT", str(tmp_path))
+    monkeypatch.setenv("SARA_ALIGNER", "runs/stage1")  # their saliency's Stage 1 run (not read by the plan)
 
 
 def plan(path, world, *overrides):
@@ -81,8 +82,9 @@ def test_a14b_shapes_experts_and_sampling_are_the_real_models():
     for part in ("gradients", "optimizer"):  # sharded: half as much per GPU on twice the GPUs
         assert sixteen.memory[part] == pytest.approx(resolved.memory[part] / 2, rel=1e-6)
     whole = 2 * sixteen.memory["parameters"] - resolved.memory["parameters"]  # what stays whole on every rank
-    # fp32 on each of the 2 experts: a block's norm2 and modulation table (8 × 5120), the output's table (2 × 5120)
-    assert whole * 2**30 == pytest.approx(4 * 2 * (40 * 8 * 5120 + 2 * 5120))
+    # on each of the 2 experts, a block's fp32 norm2 and modulation table (8 × 5120), its attentions' RMS
+    # norms (4 × 5120, frozen in bf16), and the output's fp32 table (2 × 5120)
+    assert whole * 2**30 == pytest.approx(2 * (40 * (8 * 5120 * 4 + 4 * 5120 * 2) + 2 * 5120 * 4))
     assert sixteen.memory["gathered"] == resolved.memory["gathered"]  # two blocks, whole, whatever the world
     fp32_base = 2 * 14.29e9 * 4 / 8 / 2**30  # GiB per GPU of both experts' bases in fp32
     assert 0.5 * fp32_base < resolved.memory["parameters"] < 0.55 * fp32_base  # the LoRA run's base is bf16
@@ -126,7 +128,7 @@ def test_frame_sizes_follow_the_folders_vae_and_patch():
         "data.buckets: [624, 624] must be [H, W] with H a multiple of 32 and W of 32 "
         "(pixels per DiT token of wan2.2-ti2v-5b: VAE 16× × patch (2, 2))"
     )
-    (problem,) = plan(None, 1, "data.size=72").problems  # the tiny preset: 8× VAE, 2 × 2 patches
+    (problem,) = plan(None, 1, "data.size=72", "objective.align.saliency=masks").problems  # tiny: 8× VAE, 2 × 2 patches
     assert problem.startswith("data.size: [72, 72] must be [H, W] with H a multiple of 16 and W of 16")
 
 
@@ -139,9 +141,17 @@ def test_shutdown_timeout_covers_the_checkpoint_each_rank_writes(capsys):
     assert plan(TI2V, 1).shutdown_timeout > full.shutdown_timeout  # one rank writes it all
 
 
+def test_a_sara_run_needs_the_aligner_its_saliency_comes_from(monkeypatch):
+    monkeypatch.delenv("SARA_ALIGNER")
+    (problem,) = plan(A14B, 8).problems
+    assert problem.startswith("models.aligner: objective.align.saliency=aligner needs the Stage 1 run")
+    assert plan(A14B, 8, "objective.align.saliency=masks").problems == []
+
+
 def test_training_refuses_a_run_that_cannot_start_before_any_weight_is_read(tmp_path, capsys):
     out = tmp_path / "run"
     overrides = [f"out_dir={out}", f"models.tiny_root={tmp_path}", "validation.loss_every=3", "log_every=2"]
+    overrides += ["objective.align.saliency=masks"]
     assert main(["stage2", "train", *overrides]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sara:")]  # after the presets' bars
     assert err == [

@@ -25,7 +25,7 @@ import torch
 from diffusers import WanTransformer3DModel
 
 from sara.bench.memory import PeakMemory, sync
-from sara.bench.trd import bench_trd
+from sara.bench.trd import GIB, bench_trd
 from sara.config import load_config
 from sara.config.parallel import ParallelConfig
 from sara.config.stage2 import Stage2Config
@@ -38,7 +38,6 @@ from sara.stage2.align import VfmView
 from sara.stage2.objective import Stage2Model
 from sara.stage2.step import noise_generator, train_step
 
-GIB = 2**30
 BLOCKS = 4  # of TI2V-5B's 30: the real width, a step that fits beside the TRD
 
 
@@ -68,18 +67,21 @@ def run_checks(check: GpuCheck, progress: bool = True) -> dict:
     trd = bench_trd(
         [check.tokens], check.dim, 1, ["or"], 0.48, check.device, "bfloat16", None, 3, 1.0, progress
     )[0]  # fmt: skip
-    world = _world_of_one(check.device)
+    launcher = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    saved = {key: os.environ.get(key) for key in (*launcher, "MASTER_PORT")}
+    # a process group of this one process (NCCL on CUDA, gloo on the CPU), as torchrun would set it up
+    os.environ.update(launcher, MASTER_PORT=str(free_port()))
+    world = init_world(ParallelConfig(param_dtype="bfloat16"), check.device)
     try:
         steps = {mode: _dit_step(check, mode, world) for mode in ("sft", "sara")}
     finally:
         close_world(world)
+        for key, value in saved.items():  # the caller's environment back: no later world reads these
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return {"check": check.__dict__, "trd": trd, "step": steps}
-
-
-def _world_of_one(device: str) -> World:
-    """A process group of this one process (NCCL on CUDA, gloo on the CPU), as torchrun would set it up."""
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    return init_world(ParallelConfig(param_dtype="bfloat16"), device)
 
 
 def _dit_step(check: GpuCheck, mode: str, world: World) -> dict:

@@ -26,8 +26,9 @@ class ParallelConfig:
     # sequence-parallel degree of the DiT (Ulysses all-to-all over attention heads): tokens and
     # heads are split over this many processes, which see the same clips
     ulysses: int = option(1, ge=1)
-    # dtype FSDP gathers parameters in for compute (gradients are reduced in fp32); auto:
-    # bfloat16 on CUDA, float32 on CPU
+    # the dtype a run computes in, in one process or many: bfloat16 runs the forward under autocast
+    # with fp32 masters for what trains, stores frozen weights in it and has FSDP gather in it
+    # (gradients are reduced in fp32); auto: bfloat16 on CUDA, float32 on CPU
     param_dtype: str = option("auto", choices=PARAM_DTYPES)
     # free gathered parameters after each block's forward (less memory, one more all-gather
     # in backward)

@@ -100,7 +100,7 @@ def trd_loss_dense(
     weights = route.weights(w, w)  # (B, N, N) W_ij
     normaliser = pair_weight_sum(w, mode)  # (B,) Σ W_ij
     per_sample = (weights * loss).sum(dim=(1, 2)) / torch.where(normaliser > 0, normaliser, 1.0)
-    return per_sample.mean().to(pred.dtype)
+    return per_sample.mean()
 
 
 def trd_loss(
@@ -134,7 +134,8 @@ def trd_loss(
             Sequence parallelism gives each rank one, on the same gathered inputs.
 
     Returns:
-        The scalar loss, in ``pred``'s dtype (accumulated in fp32, or fp64 for fp64 inputs).
+        The scalar loss in its accumulation dtype: fp32, or fp64 for fp64 inputs (as autocast
+        keeps losses in fp32); the gradient reaching ``pred`` is in ``pred``'s dtype.
     """
     p, y, w, route, mode = _prepare(pred, target, saliency, mode, margin, chunk_size)
     _check_part(part)
@@ -166,11 +167,11 @@ def repa_loss(pred: Tensor, target: Tensor, part: tuple[int, int] = (0, 1)) -> T
             by ``B·N``; the ``n`` shares sum to the loss.
 
     Returns:
-        The scalar loss in [0, 2], in ``pred``'s dtype (computed in fp32).
+        The scalar loss in [0, 2], in fp32 (fp64 for fp64 inputs).
     """
     _check_features(pred, target, same_width=True)
     _check_part(part)
     compute = torch.float64 if pred.dtype == torch.float64 else torch.float32
     rows = torch.tensor_split(torch.arange(pred.shape[1], device=pred.device), part[1])[part[0]]
     cosine = F.cosine_similarity(pred[:, rows].to(compute), target[:, rows].detach().to(compute), dim=-1)  # (B, n)
-    return ((1 - cosine).sum() / pred.shape[:2].numel()).to(pred.dtype)
+    return (1 - cosine).sum() / pred.shape[:2].numel()

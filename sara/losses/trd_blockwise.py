@@ -148,10 +148,10 @@ class BlockwiseTRD(torch.autograd.Function):
         loss, grad = trd_blockwise_forward(p, y, saliency, route, margin, chunk, normaliser, with_grad, part)
         if with_grad:
             ctx.save_for_backward(grad.to(p.dtype))
-        return loss.to(p.dtype)
+        return loss  # fp32 (fp64): a bf16 scalar would round the value every rank logs and sums
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):  # noqa: D102
         (grad,) = ctx.saved_tensors
-        return grad * grad_output, None, None, None, None, None, None, None
+        return grad * grad_output.to(grad.dtype), None, None, None, None, None, None, None

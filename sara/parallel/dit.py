@@ -21,7 +21,6 @@ from torch import Tensor, nn
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from sara.config.parallel import ParallelConfig
-from sara.models.wan import keeps_fp32
 from sara.parallel.collectives import gather_tokens, world_mean
 from sara.parallel.context import apply_ulysses
 from sara.parallel.precision import param_dtype
@@ -47,16 +46,14 @@ def parallelize(model: Stage2Model, world: World, config: ParallelConfig) -> Sta
     # inputs are never cast: σ, its timesteps (σ · 1000: steps of 4 above 512 in bf16) and the
     # latents enter as one process and WanPipeline give them, in fp32
     policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32, cast_forward_inputs=False)
-    fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, cast_forward_inputs=False)
-    units, replicated = kept_in_fp32(model) if compute != torch.float32 else ([], set())
+    replicated = uncast_parameters(model) if compute != torch.float32 else set()
 
-    def shard(module: nn.Module, mp: MixedPrecisionPolicy = policy, reshard: bool = config.reshard_after_forward):
+    def shard(module: nn.Module, reshard: bool = config.reshard_after_forward) -> None:
         fully_shard(
-            module, mesh=world.fsdp_mesh, mp_policy=mp, reshard_after_forward=reshard, ignored_params=replicated or None
-        )
+            module, mesh=world.fsdp_mesh, mp_policy=policy, reshard_after_forward=reshard,
+            ignored_params=replicated or None,
+        )  # fmt: skip
 
-    for unit in units:
-        shard(unit, fp32)
     for dit in model.experts.values():
         for block in dit.blocks:
             shard(block)
@@ -67,21 +64,22 @@ def parallelize(model: Stage2Model, world: World, config: ParallelConfig) -> Sta
     return model
 
 
-def kept_in_fp32(model: Stage2Model) -> tuple[list[nn.Module], set[nn.Parameter]]:
-    """What diffusers keeps in fp32 in every expert (``_keep_in_fp32_modules``): the time
-    embedder, sharded as a unit of its own gathered in fp32, and the small parameters of
-    the blocks' norms and modulation tables, left whole on every rank in fp32 (a unit of
-    their own each would cost three collectives per block); their gradients are averaged by
-    :func:`sara.parallel.gradients.sync_replicated`."""
-    units, replicated = [], set()
+def uncast_parameters(model: Stage2Model) -> set[nn.Parameter]:
+    """The experts' parameters that autocast never casts: the weights of their norms
+    (diffusers' fp32 norms, the attention's RMS norms) and the modulation tables added to the
+    time embedding (``scale_shift_table``). One process computes with them as stored (an fp32
+    master, or diffusers' fp32 copy under a frozen base); gathered in bf16 they would be
+    rounded, so they stay whole on every rank instead (12 × width a block), their gradients
+    averaged by :func:`sara.parallel.gradients.sync_replicated`. Everything else meets
+    autocast, which rounds an fp32 weight to bf16 exactly as FSDP's gather does."""
+    norms = (nn.LayerNorm, nn.RMSNorm)
+    kept = set()
     for dit in model.experts.values():
-        for name, module in dit.named_modules():
-            if name.split(".")[-1] in (dit._keep_in_fp32_modules or ()) and not name.startswith("blocks."):
-                if any(True for _ in module.parameters()):
-                    units.append(module)
-        inside = {p for unit in units for p in unit.parameters()}
-        replicated |= {p for name, p in dit.named_parameters() if keeps_fp32(dit, name) and p not in inside}
-    return units, replicated
+        for module in dit.modules():
+            if isinstance(module, norms):
+                kept |= set(module.parameters(recurse=False))
+        kept |= {p for name, p in dit.named_parameters() if name.split(".")[-1] == "scale_shift_table"}
+    return kept
 
 
 def backward(loss: Tensor, world: World) -> None:

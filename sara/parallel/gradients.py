@@ -37,6 +37,8 @@ def clip_grad_norm(parameters: list[Tensor], max_norm: float) -> Tensor:
     """Scale the gradients so that their global L2 norm is at most ``max_norm``; returns the
     norm before clipping (a plain tensor)."""
     stepped = [p for p in parameters if p.grad is not None]
+    if not stepped:
+        return torch.zeros(())
     sharded = [p for p in stepped if isinstance(p.grad, DTensor)]
     whole = [p for p in stepped if not isinstance(p.grad, DTensor)]
     norms = []

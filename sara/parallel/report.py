@@ -34,6 +34,7 @@ RUNS = {
     "2 × FSDP, bf16": (2, ParallelConfig(param_dtype=BF16), "1 process, bf16"),
 }
 REAL = Path(__file__).parents[2] / "configs" / "stage2"  # the shipped configs of the released models
+PLANNED = ["parallel.ulysses=2", "models.aligner=runs/stage1"]  # their aligner: a Stage 1 run's folder
 
 
 def _torchrun(config_file: Path, processes: int) -> None:
@@ -78,7 +79,7 @@ def parallel_part(config: DemoConfig, out: Path) -> Section:
         for dtype in ("auto", BF16)
     }
     plans = [
-        format_plan(plan_run(load_config(Stage2Config, REAL / name, ["parallel.ulysses=2"]), world), name)
+        format_plan(plan_run(load_config(Stage2Config, REAL / name, PLANNED), world), name)
         for name in ("wan2.2-ti2v-5b.yaml", "wan2.2-t2v-a14b.yaml")
         for world in (8, 16)
     ]

@@ -108,7 +108,9 @@ def init_world(config: ParallelConfig, device: str = "auto") -> World:
     replicate, shard, ulysses = degrees(config, size)
     chosen = pick_device(device)
     if chosen.type == "cuda":
-        chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        # modulo the GPUs this process sees: all of the node's, or (a scheduler binding one GPU
+        # to each task) only its own
+        chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
         torch.cuda.set_device(chosen)
     if not dist.is_initialized():
         backend = "nccl" if chosen.type == "cuda" else "gloo"

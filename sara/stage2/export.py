@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from sara.config.stage2 import EXPORT_DTYPES
 from sara.models.wan import HIGH, SUBFOLDER, WanLayout, load_transformers, stored_dtypes
 from sara.models.wan_keys import comfyui_lora
 from sara.parallel.world import World
@@ -73,12 +74,22 @@ def export_pipeline(
         if world.is_main:
             state = _unquantised(state, layout, name)
             adapter = out.parent / "lora" / f"{adapter_name(layout, name)}.safetensors"
-            stored = stored_dtypes(layout.folder, SUBFOLDER[name]) if dtype == "released" else getattr(torch, dtype)
-            _write_expert(dit, state, partial / SUBFOLDER[name], adapter, metadata, comfyui, stored)
+            dtypes = _export_dtypes(layout, name, dtype)
+            _write_expert(dit, state, partial / SUBFOLDER[name], adapter, metadata, comfyui, dtypes)
     if world.is_main:
         shutil.rmtree(out, ignore_errors=True)
         partial.rename(out)
     return out
+
+
+def _export_dtypes(layout: WanLayout, expert: str, dtype: str) -> dict[str, torch.dtype] | torch.dtype:
+    """What :func:`export_pipeline` writes an expert's tensors in: each in the base folder's
+    dtype (``released``), or one dtype."""
+    if dtype == "released":
+        return stored_dtypes(layout.folder, SUBFOLDER[expert])
+    if dtype in ("float32", "bfloat16"):
+        return getattr(torch, dtype)
+    raise ValueError(f"export_dtype: {dtype!r}; choose one of {', '.join(EXPORT_DTYPES)}")
 
 
 def _write_expert(
@@ -112,6 +123,7 @@ def _write_expert(
         if comfyui:
             comfy = adapter.with_name(f"{adapter.stem}_comfyui.safetensors")
             save_file(comfyui_lora(weights, lora.lora_alpha), comfy, metadata={"format": "pt", **metadata})
+        copy.float()  # merged in fp32 (a frozen base is stored in bf16), then written in `dtypes`
         copy.fuse_lora()
         copy.unload_lora()
     for name, parameter in copy.named_parameters():

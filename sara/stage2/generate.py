@@ -155,8 +155,8 @@ def generate(
     of that many ranks, whose first writes it. Each prompt keeps its seed, so the videos are
     those of one process. ``jobs``: these videos instead of ``prompts`` numbered in ``out``
     (``NN-<prompt>``, seed ``sampling.seed + NN``). Returns the paths this process wrote."""
-    world = init_world(ParallelConfig(ulysses=ulysses), device)
     sampling = resolve_sampling(sampling, folder)
+    world = init_world(ParallelConfig(ulysses=ulysses), device)
     try:
         pipe = load_pipeline(folder, sampling, world.device)
         if world.cp > 1:

@@ -153,9 +153,9 @@ class Stage2Model(nn.Module):
         align = self.config.align
         part = self.align_part
         if align.mode == "repa":
-            return repa_loss(tokens, target, part=part).float()
+            return repa_loss(tokens, target, part=part)
         if align.mode == "trd":
-            return trd_loss(tokens, target, None, "none", align.margin, part=part).float()
+            return trd_loss(tokens, target, None, "none", align.margin, part=part)
         if align.mode == "sara":
-            return trd_loss(tokens, target, batch["saliency"][rows], align.routing, align.margin, part=part).float()
+            return trd_loss(tokens, target, batch["saliency"][rows], align.routing, align.margin, part=part)
         raise ValueError(f"align.mode: {align.mode!r} has no alignment term; choose one of {', '.join(ALIGN_MODES)}")

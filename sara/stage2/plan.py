@@ -13,8 +13,8 @@ are built on the meta device), for a world of ``N`` processes:
 - the held-out loss batch per rank and how validation videos are sampled;
 - memory per GPU: every parameter's bytes under FSDP2 (fp32 masters, fp32 gradients, AdamW's
   two moments, an EMA; frozen weights in the compute dtype, the fp32 ones diffusers keeps;
-  the small fp32 tables left whole on every rank), and the all-gather working set — two Wan
-  blocks unsharded in the compute dtype. Activations are not counted;
+  the norms and modulation tables left whole on every rank), and the all-gather working
+  set — two Wan blocks unsharded in the compute dtype. Activations are not counted;
 - the checkpoint each rank writes and the time a stop signal must allow for it.
 
 A problem is one line naming the config key; ``sara stage2 train`` resolves the same plan
@@ -32,11 +32,12 @@ from sara.config.sampling import Sampling
 from sara.config.stage2 import Stage2Config
 from sara.models.wan import dit_grid, latent_shape
 from sara.parallel.context import check_heads, check_tokens
-from sara.parallel.dit import kept_in_fp32
+from sara.parallel.dit import uncast_parameters
 from sara.parallel.precision import param_dtype
 from sara.parallel.world import degrees
 from sara.stage2.build import Stage2Setup, build_model, resolve_setup, trained_experts
 from sara.stage2.objective import Stage2Model
+from sara.stage2.step import global_batch
 from sara.stage2.timesteps import draw_sigmas, inside
 from sara.stage2.validate import validation_sampling
 
@@ -92,6 +93,7 @@ class RunPlan:
     experts: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # σ from, to, share of steps
     heldout_per_rank: int | None = None  # held-out clips per data-parallel rank (None: no held-out loss)
     sampling: Sampling | None = None  # validation videos (None: none)
+    global_batch: int = 0  # clips a step over the whole run
     memory: dict[str, float] = field(default_factory=dict)  # GiB per rank
     checkpoint_gib: float = 0.0  # written by each rank
 
@@ -100,18 +102,15 @@ class RunPlan:
         return self.dp_replicate * self.dp_shard
 
     @property
-    def global_batch(self) -> int:
-        return self.micro_batch * self.accumulate * self.dp
-
-    @property
     def shutdown_timeout(self) -> int:
         """Seconds a launcher must give the trainers between its stop signal and SIGKILL."""
         seconds = STEP_MARGIN_S + self.checkpoint_gib / WRITE_GIB_PER_S
         return int(math.ceil(seconds / 30) * 30)
 
 
-def plan_run(config: Stage2Config, world: int) -> RunPlan:
-    """The run of ``config`` on ``world`` processes; its ``problems`` list what refuses it."""
+def plan_run(config: Stage2Config, world: int, setup: Stage2Setup | None = None) -> RunPlan:
+    """The run of ``config`` on ``world`` processes (``setup``: the folders' configs, when
+    already read); its ``problems`` list what refuses it."""
     problems: list[str] = []
     try:
         replicate, shard, ulysses = degrees(config.parallel, world)
@@ -120,8 +119,9 @@ def plan_run(config: Stage2Config, world: int) -> RunPlan:
         replicate, ulysses = config.parallel.dp_replicate, config.parallel.ulysses
         shard = max(1, world // (replicate * ulysses))
     plan = RunPlan(world, replicate, shard, ulysses, config.optim.batch_size, config.optim.accumulate, problems)
+    plan.global_batch = global_batch(config, plan.dp)
     try:
-        setup = resolve_setup(config)
+        setup = setup or resolve_setup(config)
         model = build_model(config, setup, meta=True, compute_dtype=param_dtype(config.parallel, torch.device("cuda")))
     except ValueError as exc:  # a folder, a shape or a setting the model cannot be built with
         problems.append(str(exc).splitlines()[0])
@@ -135,6 +135,12 @@ def plan_run(config: Stage2Config, world: int) -> RunPlan:
         where = f"data.buckets: {shape.frames} frames of {shape.height}×{shape.width}"
         check(check_tokens, shape.dit_tokens, ulysses, where)
     plan.experts = _experts(config, setup, model, problems)
+    align = config.objective.align
+    if align.mode == "sara" and align.saliency == "aligner" and not config.models.aligner:
+        problems.append(
+            "models.aligner: objective.align.saliency=aligner needs the Stage 1 run its saliency comes from "
+            "(the cache is made with it); set it (SARA_ALIGNER in the shipped configs) or saliency=masks"
+        )
     _validation(config, setup, plan)
     if config.optim.layerwise_fp8 and world > 1:
         problems.append("optim.layerwise_fp8: stores the frozen base of a LoRA run in one process, not sharded")
@@ -219,7 +225,7 @@ def _validation(config: Stage2Config, setup: Stage2Setup, plan: RunPlan) -> None
 def _memory(config: Stage2Config, model: Stage2Model, shards: int) -> tuple[dict[str, float], float]:
     """GiB per rank of each part (see the module docstring), and of the checkpoint it writes."""
     compute = param_dtype(config.parallel, torch.device("cuda"))
-    _, whole = kept_in_fp32(model) if compute != torch.float32 else ([], set())
+    whole = uncast_parameters(model) if compute != torch.float32 else set()
     weights = grads = adam = 0.0
     trained = 0.0  # trained parameters per rank
     for parameter in model.parameters():

@@ -52,7 +52,13 @@ def local_rows(batch_size: int, world: World, key: str = "optim.batch_size") -> 
 
 
 def micro_batches(rows: int, accumulate: int) -> list[Tensor]:
-    """This rank's ``rows`` as ``accumulate`` index chunks of equal size."""
+    """This rank's ``rows`` as ``accumulate`` index chunks of equal size.
+
+    Raises:
+        ValueError: the rows do not split into ``accumulate`` equal micro-batches.
+    """
+    if rows % accumulate:
+        raise ValueError(f"optim.accumulate: {rows} clips a rank do not split into {accumulate} micro-batches")
     return list(torch.arange(rows).chunk(accumulate))
 
 

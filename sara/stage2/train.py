@@ -51,7 +51,7 @@ def train(config: Stage2Config, resume: str | None = None, progress: bool = True
     # rank 0 alone (transformers saves on rank 0 only), each rank writes its own copy here
     setup = resolve_setup(config)
     # every problem of the run — splits, shapes, heads, held-out batch — before any weight is read
-    check_plan(plan_run(config, int(os.environ["WORLD_SIZE"]) if launched() else 1))
+    check_plan(plan_run(config, int(os.environ["WORLD_SIZE"]) if launched() else 1, setup))
     world = init_world(config.parallel, config.device)
     try:
         return _train(config, setup, world, resume, progress)
