@@ -77,10 +77,10 @@ def test_cuda_on_a_machine_without_it_is_one_line(monkeypatch, capsys):
 
 def test_python_dash_m_and_config_errors(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "sara", "demo", f"out_dir={tmp_path}", "trd.mdoe=or"], capture_output=True, text=True
+        [sys.executable, "-m", "sara", "demo", f"out_dir={tmp_path}", "trd.margni=0.2"], capture_output=True, text=True
     )
     assert result.returncode == 2
-    assert result.stderr.strip() == "sara: error: command line: trd.mdoe: unknown key; did you mean 'trd.mode'?"
+    assert result.stderr.strip() == "sara: error: command line: trd.margni: unknown key; did you mean 'trd.margin'?"
 
 
 def test_demo_writes_a_self_contained_report(tmp_path, capsys):

@@ -3,11 +3,13 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from sara.config import ConfigError, DemoConfig, Stage1Config, config_to_yaml, load_config, save_config
 from sara.config.repro import ReproConfig
 from sara.config.stage2 import Stage2Config
 from sara.eval.rubric import Rubric
+from sara.losses.alignment import get_alignment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +37,22 @@ def test_precedence_command_line_over_file_over_defaults(tmp_path):
     assert config.seed == 3  # file
     assert config.trd.margin == 0.3  # command line
     assert config.budget.grid == [2, 4, 4]
-    assert config.trd.mode == "or"  # default
+    assert config.stage2.objective.align.routing == "or"  # default
+
+
+def test_the_readmes_example_override_changes_the_term_the_demo_trains_with():
+    line = next(x for x in (REPO / "README.md").read_text().splitlines() if x.startswith("sara demo --config"))
+    overrides = [word for word in line.split("#")[0].split() if "=" in word]
+    plain = load_config(DemoConfig, REPO / "configs" / "demo.yaml").stage2.objective.align
+    changed = load_config(DemoConfig, REPO / "configs" / "demo.yaml", overrides).stage2.objective.align
+    generator = torch.Generator().manual_seed(0)
+    tokens, target = torch.randn(2, 1, 12, 8, generator=generator)
+    saliency = (torch.rand(1, 12, generator=generator) > 0.5).float()
+    terms = [
+        get_alignment(align.mode).term(tokens, target, saliency, align.routing, align.margin, (0, 1))
+        for align in (plain, changed)
+    ]
+    assert not torch.allclose(*terms), overrides  # the Stage 2 loss of the demo's run is another
 
 
 def test_environment_variables_are_interpolated(tmp_path, monkeypatch):
@@ -60,15 +77,19 @@ def test_environment_variables_are_interpolated(tmp_path, monkeypatch):
             [],
             "run.yaml: out_dir: environment variable 'SARA_SURELY_UNSET_VAR' is not set",
         ),
-        ("trd:\n  mode: nor\n", [], "run.yaml: trd.mode: must be one of none, and, or, xor; got 'nor'"),
+        (
+            "stage2:\n  objective:\n    align:\n      routing: nor\n",
+            [],
+            "run.yaml: stage2.objective.align.routing: must be one of and, or, xor; got 'nor'",
+        ),
         ("trd:\n  margin: -1\n", [], r"run.yaml: trd.margin: must be >= 0"),
         ("budget:\n  fg_fraction: 1.0\n", [], "run.yaml: budget.fg_fraction: must be < 1"),
         ("budget:\n  grid: [8, 0, 16]\n", [], "run.yaml: budget.grid: must be >= 1"),
         ("a: [1,\n", [], "run.yaml: invalid YAML at line 2"),
         ("- 1\n- 2\n", [], "run.yaml: expected a mapping"),
-        ("", ["trd.mdoe=or"], r"command line: trd.mdoe: unknown key; did you mean 'trd.mode'\?"),
+        ("", ["trd.margni=0.2"], r"command line: trd.margni: unknown key; did you mean 'trd.margin'\?"),
         ("", ["seed=abc"], "command line: seed: .*could not be converted to Integer"),
-        ("", ["trd.mode=nor"], "command line: trd.mode: must be one of"),
+        ("", ["stage2.objective.align.routing=nor"], "command line: stage2.objective.align.routing: must be one of"),
         ("", ["seed"], "command line: override 'seed' is not of the form key=value"),
     ],
 )
@@ -92,7 +113,7 @@ def test_missing_file_is_named(tmp_path):
 def test_resolved_config_round_trips_through_the_run_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("SARA_TEST_ROOT", str(tmp_path))
     path = write(tmp_path, "out_dir: ${oc.env:SARA_TEST_ROOT}/run\n")
-    config = load_config(DemoConfig, path, ["trd.mode=xor", "trd.chunk_size=64"])
+    config = load_config(DemoConfig, path, ["stage2.objective.align.routing=xor", "trd.chunk_size=64"])
     saved = save_config(config, tmp_path / "run")
     assert "${" not in saved.read_text()  # resolved, not the interpolation
     assert load_config(DemoConfig, saved) == config

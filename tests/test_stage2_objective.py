@@ -1,9 +1,13 @@
 """The Stage 2 objective on tiny Wan presets: block capture, projector, resampling, modes, experts."""
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
 from sara.config.stage2 import Stage2ObjectiveConfig
+from sara.losses.alignment import ALIGN_MODES, ROUTINGS
 from sara.losses.flow import noisy_latents, shift_sigma, unshift_sigma
 from sara.models.presets import resolve
 from sara.models.wan import load_transformers, read_layout
@@ -217,3 +221,10 @@ def test_per_token_timesteps_reach_the_dit(tiny):
     loss.backward()
     assert seen == [torch.Size([2 * 12])]  # (B, 3·2·2 tokens) flattened by the DiT: one timestep per token
     assert terms["align"] > 0 and model.projectors["high"].net[0].weight.grad is not None
+
+
+def test_the_docs_name_every_alignment_objective_and_routing_of_the_registry():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "STAGE2.md").read_text()
+    modes = next(part for part in text.split("\n- ") if part.startswith("**Modes**"))
+    named = set(re.findall(r"`(\w+)`", modes))
+    assert set(ALIGN_MODES) <= named and set(ROUTINGS) <= named, named

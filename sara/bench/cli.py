@@ -6,7 +6,7 @@ import argparse
 import json
 
 from sara.bench.trd import DTYPES
-from sara.config.stage2 import ALIGN_MODES
+from sara.losses.alignment import ALIGN_MODES
 from sara.models.presets import WAN_VARIANTS
 from sara.routing import MODES
 

@@ -8,17 +8,15 @@ from sara.config.clips import ClipTiming
 from sara.config.loader import option
 from sara.config.stage1 import Stage1Config, Stage1DataConfig, Stage1ModelsConfig
 from sara.config.stage2 import Stage2Config, Stage2DataConfig, Stage2ModelsConfig, Stage2OptimConfig
-from sara.routing import MODES
 from sara.vocabulary import BACKGROUNDS, PAIRS
 
 
 @dataclass
 class TRDConfig:
-    """The saliency-routed token-relation distillation term."""
+    """The demo's check of the TRD loss, dense against blockwise, under every routing (the
+    term Stage 2 trains with is ``stage2.objective.align``)."""
 
-    mode: str = option("or", choices=MODES)  # pair routing: none | and | or (SARA) | xor
     margin: float = option(0.1, ge=0)  # |S_p − S_y| below this is not penalised
-    weight: float = option(0.5, ge=0)  # λ in  flow + λ · TRD
     chunk_size: int | None = option(None, ge=1)  # row block of the exact blockwise path; null = auto
 
 

@@ -8,9 +8,8 @@ from sara.config.clips import ClipTiming
 from sara.config.loader import option
 from sara.config.parallel import ParallelConfig
 from sara.config.tracking import LoggingConfig
+from sara.losses.alignment import ALIGN_MODES, ROUTINGS
 
-ALIGN_MODES = ("sft", "repa", "trd", "sara")
-ROUTINGS = ("or", "and", "xor")
 SALIENCY_SOURCES = ("aligner", "masks")
 EXPERTS = ("high", "low")
 TEACHERS = ("vjepa2", "oracle")
@@ -68,7 +67,7 @@ class FlowConfig:
 
 @dataclass
 class AlignConfig:
-    mode: str = option("sara", choices=ALIGN_MODES)  # sft: none; repa: cosine; trd: uniform pairs; sara: routed
+    mode: str = option("sara", choices=ALIGN_MODES)  # sft: none; repa: cosine; trd: every pair; sara: routed pairs
     routing: str = option("or", choices=ROUTINGS)  # pair weights of sara: or (SARA), and, xor
     saliency: str = option("aligner", choices=SALIENCY_SOURCES)  # frozen aligner (full caption) or GT masks
     weight: float = option(0.5, ge=0)  # λ: loss = flow + λ · align

@@ -15,6 +15,7 @@ from torch import Tensor
 from sara.config.stage2 import SALIENCY_SOURCES, Stage2Config
 from sara.data.datasets import Skipped, Stage2Dataset, collate
 from sara.data.manifest import load_manifest
+from sara.losses.alignment import get_alignment
 from sara.stage2.build import Stage2Setup
 from sara.stage2.cache import FeatureCache, cache_dir, fingerprint
 from sara.stage2.encoders import Stage2Encoders, pad_text
@@ -29,9 +30,10 @@ def _stack(clips: list[dict], config: Stage2Config, device: torch.device, empty:
     }
     if config.data.caption_dropout:
         batch["empty_text"] = pad_text([empty], config.models.text_length)  # (1, L, D_t)
-    if config.objective.align.mode != "sft":
+    objective = get_alignment(config.objective.align.mode)
+    if objective.teacher:
         batch["vfm"] = torch.stack([c["vfm"] for c in clips])  # (B, N_v, D_v)
-    if config.objective.align.mode == "sara":
+    if objective.routed:
         batch["saliency"] = torch.stack([c[_saliency_key(config)] for c in clips])  # (B, N_v)
     return {k: v.to(device, torch.float32) for k, v in batch.items()}  # a bfloat16 cache trains in fp32
 
@@ -65,7 +67,7 @@ class CachedClips:
     def __init__(self, config: Stage2Config):
         self.config = config
         self.cache = FeatureCache(cache_dir(config), fingerprint(config))
-        needed = _saliency_key(config) if config.objective.align.mode == "sara" else None
+        needed = _saliency_key(config) if get_alignment(config.objective.align.mode).routed else None
         self.positions = [p for p in range(len(self.cache)) if needed is None or needed in self.cache.keys(p)]
         if missing := len(self.cache) - len(self.positions):
             log.warning("%d of %d cached clips have no %s and are left out", missing, len(self.cache), needed)

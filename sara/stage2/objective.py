@@ -25,8 +25,8 @@ import torch
 from diffusers import WanTransformer3DModel
 from torch import Tensor, nn
 
-from sara.config.stage2 import ALIGN_MODES, Stage2ObjectiveConfig
-from sara.losses import repa_loss, trd_loss
+from sara.config.stage2 import Stage2ObjectiveConfig
+from sara.losses.alignment import get_alignment
 from sara.losses.flow import flow_matching_loss, noisy_latents
 from sara.models.wan import HIGH, WanLayout, dit_grid
 from sara.stage2.align import Projector, VfmView, capture_output, resample_to_vjepa
@@ -52,7 +52,7 @@ class Stage2Model(nn.Module):
         self.align_part = (0, 1)
         align = config.align
         self.projectors = nn.ModuleDict()
-        if align.mode == "sft":
+        if not get_alignment(align.mode).teacher:
             return
         for name, dit in experts.items():
             if not 0 <= align.block < len(dit.blocks):
@@ -132,7 +132,7 @@ class Stage2Model(nn.Module):
         if self.layout.expand_timesteps:  # TI2V-5B: one timestep per DiT token, as its pipeline feeds it
             tokens = math.prod(dit_grid(dit.config.patch_size, xt.shape[2:]))
             timesteps = timesteps[:, None].expand(-1, tokens)
-        if self.config.align.mode == "sft":
+        if not get_alignment(self.config.align.mode).teacher:
             return dit(xt, timestep=timesteps, encoder_hidden_states=text, return_dict=False)[0], None
         with capture_output(dit.blocks[self.config.align.block]) as outputs:
             pred = dit(xt, timestep=timesteps, encoder_hidden_states=text, return_dict=False)[0]
@@ -152,10 +152,8 @@ class Stage2Model(nn.Module):
         target = batch["vfm"][rows]
         align = self.config.align
         part = self.align_part
-        if align.mode == "repa":
-            return repa_loss(tokens, target, part=part)
-        if align.mode == "trd":
-            return trd_loss(tokens, target, None, "none", align.margin, part=part)
-        if align.mode == "sara":
-            return trd_loss(tokens, target, batch["saliency"][rows], align.routing, align.margin, part=part)
-        raise ValueError(f"align.mode: {align.mode!r} has no alignment term; choose one of {', '.join(ALIGN_MODES)}")
+        objective = get_alignment(align.mode)
+        if objective.term is None:
+            raise ValueError(f"align.mode: {align.mode!r} has no alignment term")
+        saliency = batch["saliency"][rows] if objective.routed else None
+        return objective.term(tokens, target, saliency, align.routing, align.margin, part)

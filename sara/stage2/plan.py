@@ -30,6 +30,7 @@ import torch
 
 from sara.config.sampling import Sampling
 from sara.config.stage2 import Stage2Config
+from sara.losses.alignment import get_alignment
 from sara.models.wan import dit_grid, latent_shape
 from sara.parallel.context import check_heads, check_tokens
 from sara.parallel.dit import uncast_parameters
@@ -136,7 +137,7 @@ def plan_run(config: Stage2Config, world: int, setup: Stage2Setup | None = None)
         check(check_tokens, shape.dit_tokens, ulysses, where)
     plan.experts = _experts(config, setup, model, problems)
     align = config.objective.align
-    if align.mode == "sara" and align.saliency == "aligner" and not config.models.aligner:
+    if get_alignment(align.mode).routed and align.saliency == "aligner" and not config.models.aligner:
         problems.append(
             "models.aligner: objective.align.saliency=aligner needs the Stage 1 run its saliency comes from "
             "(the cache is made with it); set it (SARA_ALIGNER in the shipped configs) or saliency=masks"
