@@ -26,6 +26,7 @@ from sara.models.wan import load_transformers, read_layout
 from sara.models.wan_keys import COMFYUI_DIT_PREFIX, original_state
 from sara.plots import pyplot
 from sara.report import Section, image, paragraph, table
+from sara.run_dir import RunDir
 from sara.stage2.adapters import adapter_deviation
 from sara.stage2.cache import cache_dir
 from sara.stage2.timesteps import draw_sigmas
@@ -101,7 +102,7 @@ def lora_config(config: DemoConfig, out: Path) -> Stage2Config:
 
 def _adapter_rows(run: Path) -> list[list[object]]:
     rows = []
-    for path in sorted((run / "lora").glob("*.safetensors")):
+    for path in sorted(RunDir(run).lora.glob("*.safetensors")):
         with safe_open(str(path), "pt") as handle:
             keys, header = list(handle.keys()), handle.metadata() or {}
         trained = json.loads(header.get("sara_config", "{}")).get("optim", {})
@@ -142,7 +143,7 @@ def tracker_part(run: Path) -> str:
     and the validation videos (frame strips)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    events = EventAccumulator(str(RunDir(run).tensorboard), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     tags = events.Tags()
     series = {tag: events.Scalars(tag) for tag in sorted(tags["scalars"])}
@@ -192,7 +193,7 @@ def single_file_part(config: DemoConfig, run: Path, out: Path) -> str:
     """The LoRA run's merged DiT saved as ComfyUI's single file, then `sara models
     from-single-file` back into a Diffusers folder: the same tensors."""
     base = wan_folder(config.stage2.models.wan, config.stage2.models.tiny_root)
-    exported = load_transformers(read_layout(run / "pipeline"))
+    exported = load_transformers(read_layout(RunDir(run).pipeline))
     folder = out / "single_file"
     folder.mkdir()
     files = []

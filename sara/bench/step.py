@@ -36,6 +36,7 @@ from sara.models.presets import wan_folder
 from sara.models.wan import read_layout
 from sara.parallel.precision import param_dtype
 from sara.parallel.world import World
+from sara.run_dir import RunDir
 from sara.stage2.build import build_model, resolve_setup
 from sara.stage2.cache import precompute
 from sara.stage2.clips import CachedClips, OnlineClips
@@ -114,7 +115,7 @@ def _measure_validation(case: StepCase) -> dict:
     validator = Validator(config, setup, model, World(rank=0, size=1, device=device))
     sync(config.device)
     start = time.perf_counter()
-    videos = validator(Path(config.out_dir) / "samples")
+    videos = validator(RunDir(config.out_dir).samples(0))
     sync(config.device)
     seconds, extra = time.perf_counter() - start, peak.extra_bytes()
     return {"step_s": seconds, "peak_mib": extra / MIB, "batch": len(videos), "wan": config.models.wan}

@@ -19,6 +19,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException
 
+from sara.run_dir import RunDir
+
 T = TypeVar("T")
 COMMAND_LINE = "command line"
 
@@ -176,7 +178,7 @@ def config_to_yaml(config: Any) -> str:
 
 def save_config(config: Any, run_dir: str | Path) -> Path:
     """Write the resolved config to ``run_dir/config.yaml``; returns the path."""
-    path = Path(run_dir) / "config.yaml"
+    path = RunDir(run_dir).config
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(config_to_yaml(config))
     return path

@@ -21,6 +21,7 @@ from sara.eval.tables import format_summaries, summary_rows
 from sara.models.presets import wan_folder
 from sara.models.wan import dit_parameters
 from sara.report import Section, image, paragraph, table
+from sara.run_dir import RunDir
 from sara.stage2.generate import generate
 
 
@@ -35,7 +36,7 @@ def evaluation_part(config: DemoConfig, out: Path) -> Section:
         steps=config.generate_steps, seed=config.seed, frames=frames, height=size, width=size,
         text_length=stage2.models.text_length,
     )  # fmt: skip
-    videos = generate(Path(stage2.out_dir) / "pipeline", [r.prompt() for r in manifest.records], out / "eval_videos",
+    videos = generate(RunDir(stage2.out_dir).pipeline, [r.prompt() for r in manifest.records], out / "eval_videos",
                       sampling, progress=False)  # fmt: skip
     generated = f"generated ({stage2.objective.align.mode}, {stage2.optim.steps} steps)"
     results = {

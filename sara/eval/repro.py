@@ -37,6 +37,7 @@ from sara.data.manifest import Manifest, load_manifest
 from sara.data.synthetic import SynthSpec, synthesize
 from sara.eval.prompt_set import write_prompt_set
 from sara.eval.shapes import score_manifest
+from sara.run_dir import RunDir
 from sara.stage2.cache import precompute
 from sara.stage2.generate import generate
 from sara.stage2.train import train
@@ -86,11 +87,13 @@ def run_arm(config: ReproConfig, manifest: Manifest, teacher: str, seed: int, ar
     """Train (or resume, or keep) one run, sample the prompt set, score it: one dict per prompt."""
     stage2 = arm_config(config, teacher, seed, arm)
     run = Path(stage2.out_dir)
-    if not (run / "pipeline").is_dir():
+    if not RunDir(run).pipeline.is_dir():
         train(stage2, resume="latest", progress=False)
     videos = run / "videos"
     if len(list(videos.glob("*.mp4"))) < len(manifest):
-        generate(run / "pipeline", [r.prompt() for r in manifest.records], videos, _sampling(config), progress=False)
+        generate(
+            RunDir(run).pipeline, [r.prompt() for r in manifest.records], videos, _sampling(config), progress=False
+        )
     scores = score_manifest(manifest, videos, progress=False)
     (run / "scores.jsonl").write_text("".join(json.dumps(s) + "\n" for s in scores))
     return scores

@@ -17,6 +17,7 @@ from sara.config.parallel import ParallelConfig
 from sara.config.schema import DemoConfig
 from sara.config.stage2 import Stage2Config
 from sara.report import Section, paragraph, preformatted, table
+from sara.run_dir import RunDir
 from sara.stage2.cache import cache_dir
 from sara.stage2.plan import format_plan, plan_run
 from sara.stage2.train import train
@@ -67,7 +68,7 @@ def parallel_part(config: DemoConfig, out: Path) -> Section:
                 path = Path(folder) / "config.yaml"
                 path.write_text(config_to_yaml(stage2))
                 _torchrun(path, processes)
-        losses[name] = [row["loss"] for row in json.loads((run / "history.json").read_text())]
+        losses[name] = [row["loss"] for row in json.loads(RunDir(run).history.read_text())]
     rows = [[str(step + 1), *(f"{losses[name][step]:.6f}" for name in RUNS)] for step in range(STEPS)]
     worst = {
         dtype: max(

@@ -15,6 +15,7 @@ from sara.device import pick_device
 from sara.plots import loss_curves
 from sara.report import Section, image, paragraph, preformatted, table
 from sara.routing import pair_budget
+from sara.run_dir import RunDir
 from sara.stage1.evaluate import predict
 from sara.stage1.infer import infer
 from sara.stage1.run import load_run
@@ -30,8 +31,8 @@ def stage1_part(config: DemoConfig, out: Path) -> Section:
     start = time.perf_counter()
     run = train(config.stage1, progress=False)
     train_s = time.perf_counter() - start
-    metrics = json.loads((run / "eval.json").read_text())
-    history = json.loads((run / "history.json").read_text())
+    metrics = json.loads(RunDir(run).eval.read_text())
+    history = json.loads(RunDir(run).history.read_text())
     _, aligner, features = load_run(run, progress=False)
     held = features["heldout"]
     captions = held.select(held.whole)  # one row per clip: its full caption, all its entities' masks

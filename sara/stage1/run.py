@@ -9,6 +9,7 @@ from sara.config import load_config
 from sara.config.stage1 import Stage1Config
 from sara.device import pick_device
 from sara.models.aligner import SemanticAligner
+from sara.run_dir import CheckpointDir, RunDir
 from sara.stage1.evaluate import evaluate, format_metrics
 from sara.stage1.features import Stage1Features
 from sara.stage1.saliency import load_aligner, locate
@@ -20,7 +21,7 @@ def load_run(
 ) -> tuple[Stage1Config, SemanticAligner, dict[str, Stage1Features]]:
     """The run's config, its aligner with the checkpoint's weights, and the features of ``splits``."""
     _, checkpoint = locate(path)
-    config = load_config(Stage1Config, checkpoint / "config.yaml")
+    config = load_config(Stage1Config, CheckpointDir(checkpoint).config)
     aligner = load_aligner(checkpoint, config.models.aligner).to(pick_device(config.device))
     return config, aligner, load_features(config, splits, progress)
 
@@ -30,6 +31,6 @@ def evaluate_run(path: str | Path) -> dict[str, float]:
     run, _ = locate(path)
     config, aligner, features = load_run(path)
     metrics = evaluate(aligner, features["heldout"], pick_device(config.device))
-    (run / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    RunDir(run).eval.write_text(json.dumps(metrics, indent=2) + "\n")
     print(format_metrics(metrics, features["heldout"]))
     return metrics

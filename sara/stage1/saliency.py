@@ -19,13 +19,14 @@ from sara.models.aligner import AlignerOutput, SemanticAligner
 from sara.models.presets import resolve
 from sara.models.text import CaptionEncoder
 from sara.models.vjepa2 import VideoEncoder
+from sara.run_dir import CheckpointDir
 from sara.trainer.checkpoint import latest_checkpoint, load_weights
 
 
 def locate(path: str | Path) -> tuple[Path, Path]:
     """``(run folder, checkpoint folder)`` from either of them."""
     path = Path(path)
-    if (path / "model.safetensors").is_file():
+    if CheckpointDir(path).weights.is_file():
         return path.parent.parent, path
     checkpoint = latest_checkpoint(path)
     if checkpoint is None:
@@ -35,7 +36,7 @@ def locate(path: str | Path) -> tuple[Path, Path]:
 
 def load_aligner(checkpoint: str | Path, size: str) -> SemanticAligner:
     """The aligner of a checkpoint folder, frozen, in eval mode."""
-    with safe_open(Path(checkpoint) / "model.safetensors", "pt") as weights:
+    with safe_open(CheckpointDir(Path(checkpoint)).weights, "pt") as weights:
         visual_dim = weights.get_slice("visual_in.1.weight").get_shape()[1]  # Linear(Dv -> d): (d, Dv)
         text_dim = weights.get_slice("text_in.1.weight").get_shape()[1]
         embed_dim = weights.get_slice("global_head.weight").get_shape()[0]
@@ -62,7 +63,7 @@ class SaliencyModel(torch.nn.Module):
     def from_run(cls, path: str | Path) -> SaliencyModel:
         """From a run folder (its latest checkpoint) or a checkpoint folder."""
         _, checkpoint = locate(path)
-        return cls(load_config(Stage1Config, checkpoint / "config.yaml"), checkpoint)
+        return cls(load_config(Stage1Config, CheckpointDir(Path(checkpoint)).config), checkpoint)
 
     @torch.no_grad()
     def tokens(self, frames: Tensor) -> Tensor:

@@ -25,6 +25,7 @@ from sara.models.text import CaptionEmbedder, CaptionEncoder
 from sara.models.vjepa2 import VideoEncoder
 from sara.parallel.collectives import average_gradients, gather_rows, world_mean
 from sara.parallel.world import World, close_world, init_world
+from sara.run_dir import RunDir
 from sara.stage1.evaluate import evaluate, format_metrics
 from sara.stage1.features import Encoders, Stage1Features, compute_features, encode_share
 from sara.stage1.objective import contrast, gather, stage1_loss
@@ -65,7 +66,7 @@ def load_features(
     every process reads all of them from it."""
     world = world or World(rank=0, size=1, device=pick_device(config.device))
     encoders = load_encoders(config, world.device)
-    cache = Path(config.cache_dir or Path(config.out_dir) / "cache")
+    cache = Path(config.cache_dir or RunDir(config.out_dir).cache)
     manifests = {}
     for split in splits:
         path = getattr(config.data, split)
@@ -180,6 +181,6 @@ def _train(config: Stage1Config, world: World, resume: str | None, progress: boo
         run_loop(run, world, state, config, plan, start, step, reduce, after, progress)
         metrics = evaluate(aligner, heldout, world.device)
         if world.is_main:
-            (run / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            RunDir(run).eval.write_text(json.dumps(metrics, indent=2) + "\n")
             print(format_metrics(metrics, heldout))
     return run

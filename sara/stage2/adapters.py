@@ -10,6 +10,8 @@ import torch
 from diffusers import WanPipeline
 from torch import Tensor
 
+from sara.run_dir import RunDir
+
 PATCHES = 4  # latent height and width of the probe input, in DiT patches
 
 
@@ -38,13 +40,13 @@ def adapter_deviation(run: str | Path, base: str | Path) -> dict[str, float]:
     """``{adapter file: max |output − merged output|}`` over the experts, for each LoRA file
     of ``run`` loaded into ``base`` (the Wan folder it trained from) — 0 up to rounding when
     the files are what the merged export holds."""
-    run = Path(run)
-    merged = transformer_outputs(WanPipeline.from_pretrained(run / "pipeline"))
+    run = RunDir(run)
+    merged = transformer_outputs(WanPipeline.from_pretrained(run.pipeline))
     deviation = {}
-    for names in adapter_files(run / "lora"):
+    for names in adapter_files(run.lora):
         pipe = WanPipeline.from_pretrained(base)
         for name, into_second in zip(names, (False, True)):  # the low-noise file goes into transformer_2
-            pipe.load_lora_weights(str(run / "lora"), weight_name=name, load_into_transformer_2=into_second)
+            pipe.load_lora_weights(str(run.lora), weight_name=name, load_into_transformer_2=into_second)
         got = transformer_outputs(pipe)
         deviation[" + ".join(names)] = max((g - m).abs().max().item() for g, m in zip(got, merged))
     return deviation

@@ -31,6 +31,7 @@ from sara.data.datasets import BadSamples, Stage2Dataset, collate
 from sara.data.manifest import load_manifest
 from sara.files import write_text_atomic
 from sara.parallel.world import World, close_world, init_world
+from sara.run_dir import CheckpointDir, RunDir
 from sara.stage1.features import FEATURES_VERSION
 from sara.stage1.saliency import locate
 from sara.stage2.build import Stage2Setup, resolve_setup
@@ -53,7 +54,7 @@ def fingerprint(config: Stage2Config) -> dict:
     config it holds the *content* of the manifest and of the aligner's weights: a manifest
     edited or an aligner retrained in place changes what the cache would hold."""
     models, data = config.models, config.data
-    aligner = digest(locate(models.aligner)[1] / "model.safetensors") if models.aligner else None
+    aligner = digest(CheckpointDir(locate(models.aligner)[1]).weights) if models.aligner else None
     return {
         "features": FEATURES_VERSION,
         "wan": models.wan,
@@ -76,7 +77,7 @@ def fingerprint(config: Stage2Config) -> dict:
 
 
 def cache_dir(config: Stage2Config) -> Path:
-    return Path(config.precompute.cache_dir or Path(config.out_dir) / "cache")
+    return Path(config.precompute.cache_dir or RunDir(config.out_dir).cache)
 
 
 def heldout_config(config: Stage2Config) -> Stage2Config:

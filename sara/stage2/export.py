@@ -19,6 +19,7 @@ from sara.config.stage2 import EXPORT_DTYPES
 from sara.models.wan import HIGH, SUBFOLDER, WanLayout, load_transformers, stored_dtypes
 from sara.models.wan_keys import comfyui_lora
 from sara.parallel.world import World
+from sara.run_dir import RunDir
 from sara.stage2.build import FP8
 from sara.stage2.objective import Stage2Model
 
@@ -44,21 +45,22 @@ def adapter_name(layout: WanLayout, expert: str) -> str:
 def export_pipeline(
     model: Stage2Model,
     layout: WanLayout,
-    out: Path,
+    run: RunDir,
     world: World,
     metadata: dict[str, str],
     comfyui: bool = False,
     dtype: str = "released",
 ) -> Path:
-    """``out``: the Wan folder with the trained expert(s) in place (atomically). Every rank
+    """``run.pipeline``: the Wan folder with the trained expert(s) in place (atomically). Every rank
     calls it (gathering a sharded expert is collective); rank 0 puts each full state into an
     unsharded copy of the expert — LoRA merged into plain weights — and writes. Under
-    LoRA each expert's adapter is also written alone, beside ``out``, in ``lora/``
+    LoRA each expert's adapter is also written alone, in ``run.lora``
     (:func:`adapter_name`; ``metadata``, the run's config, in each file's header): the file
     ``WanPipeline.load_lora_weights`` reads (the low-noise expert's with
     ``load_into_transformer_2=True``) and, with ``comfyui``, ``NAME_comfyui.safetensors``.
     ``dtype``: ``released`` writes each merged tensor in the dtype the base folder stores it
     in (the trained fp32 masters rounded to the release's bf16), else that dtype throughout."""
+    out = run.pipeline
     partial = out.with_name(out.name + ".partial")
     if world.is_main:
         shutil.rmtree(partial, ignore_errors=True)
@@ -73,7 +75,7 @@ def export_pipeline(
         state = get_model_state_dict(dit, options=FULL)
         if world.is_main:
             state = _unquantised(state, layout, name)
-            adapter = out.parent / "lora" / f"{adapter_name(layout, name)}.safetensors"
+            adapter = run.lora / f"{adapter_name(layout, name)}.safetensors"
             dtypes = _export_dtypes(layout, name, dtype)
             _write_expert(dit, state, partial / SUBFOLDER[name], adapter, metadata, comfyui, dtypes)
     if world.is_main:

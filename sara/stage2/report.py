@@ -24,6 +24,7 @@ from sara.models.presets import wan_folder
 from sara.models.wan import dit_parameters
 from sara.plots import loss_curves
 from sara.report import Section, image, paragraph, preformatted, table
+from sara.run_dir import RunDir
 from sara.stage2.cache import FeatureCache, precompute
 from sara.stage2.generate import generate
 from sara.stage2.train import train
@@ -77,7 +78,7 @@ def stage2_part(config: DemoConfig, out: Path) -> Section:
         width=size,
         text_length=stage2.models.text_length,
     )
-    videos = generate(run / "pipeline", prompts, out / "stage2_videos", sampling, progress=False)
+    videos = generate(RunDir(run).pipeline, prompts, out / "stage2_videos", sampling, progress=False)
     seconds["sara stage2 generate"] = time.perf_counter() - start
     timing = bench_step(
         ["sft", "trd", "sara"],
@@ -93,7 +94,7 @@ def stage2_part(config: DemoConfig, out: Path) -> Section:
     )
     bench_text, switch_text = format_tables(timing)
     print(bench_text, switch_text, sep="\n\n")
-    history = json.loads((run / "history.json").read_text())
+    history = json.loads(RunDir(run).history.read_text())
     curve = loss_curves(history, ("loss", "flow", "align", "val_loss", "val_align"), out / "stage2_loss.png")
     rows = [strip(decode_clip(v, None, None).frames.permute(0, 2, 3, 1).numpy(), count=8) for v in videos]
     frames = save_png(out / "stage2_samples.png", np.concatenate(rows))

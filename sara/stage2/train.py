@@ -27,6 +27,7 @@ from sara.parallel.dit import parallelize, reduce_terms
 from sara.parallel.load import load_from_rank0
 from sara.parallel.precision import param_dtype
 from sara.parallel.world import World, close_world, init_world, launched
+from sara.run_dir import RunDir
 from sara.stage2.build import Stage2Setup, build_model, resolve_setup
 from sara.stage2.clips import CachedClips, OnlineClips
 from sara.stage2.export import export_pipeline
@@ -105,9 +106,7 @@ def _train(config: Stage2Config, setup: Stage2Setup, world: World, resume: str |
         if ema is not None:  # the pipeline gets the averaged weights
             ema.copy_to(trained)
         metadata = {"sara_config": json.dumps(asdict(config))}  # how the weights were trained, in every adapter file
-        export_pipeline(
-            model, setup.layout, run / "pipeline", world, metadata, config.export_comfyui, config.export_dtype
-        )
+        export_pipeline(model, setup.layout, RunDir(run), world, metadata, config.export_comfyui, config.export_dtype)
     return run
 
 
@@ -152,6 +151,6 @@ def _validation(config: Stage2Config, setup: Stage2Setup, model: Stage2Model, wo
         if heldout is not None and done % validation.loss_every == 0:
             logger.merge(done, heldout())
         if videos is not None and done % validation.every == 0:
-            logger.videos("val/videos", videos(run / "samples" / f"step-{done:07d}"), done)
+            logger.videos("val/videos", videos(RunDir(run).samples(done)), done)
 
     return after

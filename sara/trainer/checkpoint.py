@@ -53,6 +53,7 @@ from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from
 from sara.config import config_to_yaml
 from sara.files import write_text_atomic
 from sara.parallel.world import World
+from sara.run_dir import CheckpointDir, RunDir
 
 TRAINABLE = StateDictOptions(ignore_frozen_params=True)
 CONSOLIDATED = StateDictOptions(ignore_frozen_params=True, full_state_dict=True, cpu_offload=True)
@@ -140,14 +141,15 @@ class PendingCheckpoint:
             getattr(self.future, "upload_completion", self.future).result()
         _barrier(self.world)
         if self.world.is_main:
+            partial = CheckpointDir(self.partial)
             if self.full is not None:
-                save_file({k: v.contiguous() for k, v in self.full.items()}, self.partial / "model.safetensors")
-            torch.save(self.plain, self.partial / "train.pt")
-            (self.partial / "config.yaml").write_text(self.config)
+                save_file({k: v.contiguous() for k, v in self.full.items()}, partial.weights)
+            torch.save(self.plain, partial.train)
+            partial.config.write_text(self.config)
             shutil.rmtree(self.final, ignore_errors=True)
             self.partial.rename(self.final)
             root = self.final.parent
-            write_text_atomic(root / "latest", self.final.name + "\n")
+            write_text_atomic(RunDir(root.parent).latest, self.final.name + "\n")
             for old in sorted(p for p in root.glob("step-*") if not p.name.endswith(".partial"))[:-KEEP]:
                 shutil.rmtree(old)
         _barrier(self.world)  # no rank reads or writes the run folder before the checkpoint is published
@@ -181,8 +183,9 @@ def begin_checkpoint(
     """Start the checkpoint of ``step`` (every rank calls it): each rank writes its shards —
     with ``asynchronous``, from a copy in CPU memory, in a background thread, while training
     goes on — and the rest is captured now and written by :meth:`PendingCheckpoint.publish`."""
-    root = Path(run_dir) / "checkpoints"
-    final, partial = root / f"step-{step:07d}", root / f"step-{step:07d}.partial"
+    run = RunDir(run_dir)
+    root, final = run.checkpoints, run.checkpoint(step).path
+    partial = final.with_name(final.name + ".partial")
     if world.is_main:
         for stale in root.glob("step-*.partial"):  # left by a run that died before publishing
             shutil.rmtree(stale)
@@ -195,14 +198,14 @@ def begin_checkpoint(
                 warnings.filterwarnings("ignore", message=ONE_PROCESS)
             future = dcp.async_save(
                 sharded,
-                checkpoint_id=partial / "state",
+                checkpoint_id=CheckpointDir(partial).state,
                 process_group=async_group(world),
                 no_dist=not world.distributed,
             )
         else:
-            dcp.save(sharded, checkpoint_id=partial / "state", no_dist=not world.distributed)
+            dcp.save(sharded, checkpoint_id=CheckpointDir(partial).state, no_dist=not world.distributed)
             future = None
-    torch.save(_rng_state(), partial / f"rng-{world.rank}.pt")
+    torch.save(_rng_state(), CheckpointDir(partial).rng(world.rank))
     full = get_model_state_dict(state.model, options=CONSOLIDATED) if consolidated else None
     ema = {k: v for k, v in state.ema.state_dict().items() if k != "shadow_params"} if state.ema else None
     plain = {"step": step, "world_size": world.size, "scheduler": state.scheduler.state_dict(), "ema": ema}
@@ -218,7 +221,7 @@ def save_checkpoint(
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The folder ``checkpoints/latest`` points to, or ``None`` when the run has none."""
-    pointer = Path(run_dir) / "checkpoints" / "latest"
+    pointer = RunDir(run_dir).latest
     if not pointer.is_file():
         return None
     return pointer.parent / pointer.read_text().strip()
@@ -231,7 +234,7 @@ def resume_point(run_dir: str | Path, resume: str | None) -> Path | None:
         return None
     if resume == "latest":
         return latest_checkpoint(run_dir)
-    if not (Path(resume) / "train.pt").is_file():
+    if not CheckpointDir(Path(resume)).train.is_file():
         raise ValueError(f"--resume: {resume} is not a checkpoint folder (no train.pt)")
     return Path(resume)
 
@@ -257,8 +260,9 @@ def load_checkpoint(checkpoint: str | Path, state: TrainState, world: World) -> 
         ValueError: the checkpoint lacks a trainable weight (another model or LoRA setting).
     """
     checkpoint = Path(checkpoint)
-    train = _load_plain(checkpoint / "train.pt")
-    stored = set(dcp.FileSystemReader(checkpoint / "state").read_metadata().state_dict_metadata)
+    files = CheckpointDir(checkpoint)
+    train = _load_plain(files.train)
+    stored = set(dcp.FileSystemReader(files.state).read_metadata().state_dict_metadata)
     names = {name: p for name, p in state.model.named_parameters() if p.requires_grad}
     if missing := [name for name in names if f"model.{name}" not in stored]:
         raise ValueError(
@@ -269,7 +273,7 @@ def load_checkpoint(checkpoint: str | Path, state: TrainState, world: World) -> 
     with _one_process_ok():
         dcp.load(
             sharded,
-            checkpoint_id=checkpoint / "state",
+            checkpoint_id=files.state,
             planner=DefaultLoadPlanner(allow_partial_load=True),
             no_dist=not world.distributed,
         )
@@ -286,7 +290,7 @@ def load_checkpoint(checkpoint: str | Path, state: TrainState, world: World) -> 
     state.scheduler.load_state_dict(train["scheduler"])
     if state.ema is not None:
         state.ema.load_state_dict(train["ema"])  # the counters; the weights were loaded in place
-    rng = checkpoint / f"rng-{world.rank}.pt"
+    rng = files.rng(world.rank)
     if train["world_size"] == world.size and rng.is_file():
         _set_rng_state(_load_plain(rng))
     return train["step"]
@@ -295,9 +299,11 @@ def load_checkpoint(checkpoint: str | Path, state: TrainState, world: World) -> 
 def trainable_weights(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     """A checkpoint's full trainable weights, read in this process (any world size wrote it)."""
     with _one_process_ok():
-        return _load_state_dict_from_keys(keys={"model"}, checkpoint_id=str(Path(checkpoint) / "state"))["model"]
+        return _load_state_dict_from_keys(keys={"model"}, checkpoint_id=str(CheckpointDir(Path(checkpoint)).state))[
+            "model"
+        ]
 
 
 def load_weights(checkpoint: str | Path, model: nn.Module) -> None:
     """Load a consolidated checkpoint's weights into ``model`` (every key must match)."""
-    model.load_state_dict(load_file(Path(checkpoint) / "model.safetensors"))
+    model.load_state_dict(load_file(CheckpointDir(Path(checkpoint)).weights))

@@ -15,12 +15,13 @@ from tqdm import tqdm
 
 from sara.config.tracking import LoggingConfig
 from sara.files import write_text_atomic
+from sara.run_dir import RunDir
 from sara.trainer.trackers import NoTracker, open_tracker
 
 
 def load_history(run: Path, start: int) -> list[dict]:
     """Logged rows up to ``start`` (a resumed run continues the same curve)."""
-    path = run / "history.json"
+    path = RunDir(run).history
     rows = json.loads(path.read_text()) if path.is_file() else []
     return [r for r in rows if r["step"] <= start]
 
@@ -77,7 +78,7 @@ class Logger:
         """Write ``history.json`` (atomically); called before each checkpoint, so rows past
         a checkpoint are dropped on resume."""
         if self.enabled:
-            write_text_atomic(self.run / "history.json", json.dumps(self.history))
+            write_text_atomic(RunDir(self.run).history, json.dumps(self.history))
 
     def close(self) -> None:
         self.bar.close()

@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from sara.parallel.collectives import world_max
 from sara.parallel.world import World
+from sara.run_dir import RunDir
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # the exit code of a run stopped by a signal after its checkpoint: EX_TEMPFAIL of sysexits.h,
@@ -66,7 +67,7 @@ class RunLock:
     operating system releases it when the process ends, however it ends."""
 
     def __init__(self, run: Path, world: World):
-        self.path, self.world, self.file = run / ".lock", world, None
+        self.path, self.world, self.file = RunDir(run).lock, world, None
 
     def __enter__(self) -> RunLock:
         busy = False

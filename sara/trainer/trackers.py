@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sara.config.tracking import LoggingConfig
+from sara.run_dir import RunDir
 
 
 class Tracker(Protocol):
@@ -40,7 +41,7 @@ class TensorBoardTracker:
     def __init__(self, run: Path):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(run / "tensorboard")
+        self.writer = SummaryWriter(RunDir(run).tensorboard)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         for key, value in values.items():
