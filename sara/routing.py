@@ -76,13 +76,6 @@ def check_saliency(saliency: Tensor, batch: int | None = None, tokens: int | Non
         raise ValueError(f"saliency: {bad.numel()} value(s) are non-finite or outside [0, 1], e.g. {bad[0].item():.4g}")
 
 
-def pair_weights(saliency: Tensor, mode: str) -> Tensor:
-    """Dense pair weights ``[B, N] -> [B, N, N]``; for small N and tests."""
-    route = get_route(mode)
-    check_saliency(saliency)
-    return route.weights(saliency, saliency)
-
-
 def pair_weight_sum(saliency: Tensor, mode: str) -> Tensor:
     """Closed-form ``Σ_ij W_ij`` per sample, ``[B, N] -> [B]``, without the N×N matrix.
 

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 from distributed import spawn
+from references import save_checkpoint, trainable_weights
 
 from sara.config.parallel import ParallelConfig
 from sara.config.stage1 import Stage1Config
 from sara.parallel.world import World, init_world
-from sara.trainer.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint, trainable_weights
+from sara.trainer.checkpoint import TrainState, latest_checkpoint, load_checkpoint
 from sara.trainer.loop import LoopPlan, run_loop
 
 ONE = World(rank=0, size=1, device=torch.device("cpu"))

@@ -83,6 +83,7 @@ def test_python_dash_m_and_config_errors(tmp_path):
     assert result.stderr.strip() == "sara: error: command line: trd.margni: unknown key; did you mean 'trd.margin'?"
 
 
+@pytest.mark.slow
 def test_demo_writes_a_self_contained_report(tmp_path, capsys):
     out = tmp_path / "demo"
     small = ["budget.grid=[4,8,8]", "budget.feature_dim=32", "data.num=5", "data.frames=9", "data.size=64"]

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from references import trainable_weights
 
 from sara.cli import main
 from sara.data.synthetic import SynthSpec, synthesize
 from sara.parallel.spawn import free_port
-from sara.trainer.checkpoint import latest_checkpoint, trainable_weights
+from sara.trainer.checkpoint import latest_checkpoint
 from sara.trainer.preemption import EXIT_STOPPED
 
 pytestmark = pytest.mark.slow

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+from references import pair_weights
 
-from sara.routing import MODES, pair_budget, pair_weight_sum, pair_weights
+from sara.routing import MODES, pair_budget, pair_weight_sum
 
 FORMULAS = {
     "none": lambda a, b: torch.ones_like(a * b),

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from diffusers import WanPipeline
+from references import trainable_weights
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -14,7 +15,7 @@ from sara.data.video import decode_clip, write_video
 from sara.models.presets import wan_folder
 from sara.stage2.adapters import adapter_deviation, transformer_outputs
 from sara.stage2.clips import drop_captions
-from sara.trainer.checkpoint import PendingCheckpoint, latest_checkpoint, trainable_weights
+from sara.trainer.checkpoint import PendingCheckpoint, latest_checkpoint
 
 pytestmark = pytest.mark.slow
 

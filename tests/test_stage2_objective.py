@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from references import unshift_sigma
 
 from sara.config.stage2 import Stage2ObjectiveConfig
 from sara.losses.alignment import ALIGN_MODES, ROUTINGS
-from sara.losses.flow import noisy_latents, shift_sigma, unshift_sigma
+from sara.losses.flow import noisy_latents, shift_sigma
 from sara.models.presets import resolve
 from sara.models.wan import load_transformers, read_layout
 from sara.stage2.align import VfmView, capture_output, resample_to_vjepa

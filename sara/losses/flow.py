@@ -17,11 +17,6 @@ def shift_sigma(u: Tensor, shift: float) -> Tensor:
     return shift * u / (1 + (shift - 1) * u)
 
 
-def unshift_sigma(sigma: Tensor, shift: float) -> Tensor:
-    """The inverse of :func:`shift_sigma`."""
-    return sigma / (shift - (shift - 1) * sigma)
-
-
 def noisy_latents(x0: Tensor, noise: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
     """``(x_t, target)`` for latents ``[B, C, F, H, W]`` and per-sample ``sigma`` ``[B]``."""
     s = sigma.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)

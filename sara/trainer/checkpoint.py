@@ -48,7 +48,6 @@ from torch.distributed.checkpoint.state_dict import (
     get_state_dict,
     set_state_dict,
 )
-from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
 from sara.config import config_to_yaml
 from sara.files import write_text_atomic
@@ -212,13 +211,6 @@ def begin_checkpoint(
     return PendingCheckpoint(final, partial, world, plain, config_to_yaml(config), full, future)
 
 
-def save_checkpoint(
-    run_dir: str | Path, step: int, state: TrainState, config: Any, world: World, consolidated: bool = False
-) -> Path:
-    """Write and publish the checkpoint of ``step`` (every rank calls it); keeps the newest two."""
-    return begin_checkpoint(run_dir, step, state, config, world, consolidated).publish()
-
-
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The folder ``checkpoints/latest`` points to, or ``None`` when the run has none."""
     pointer = RunDir(run_dir).latest
@@ -294,14 +286,6 @@ def load_checkpoint(checkpoint: str | Path, state: TrainState, world: World) -> 
     if train["world_size"] == world.size and rng.is_file():
         _set_rng_state(_load_plain(rng))
     return train["step"]
-
-
-def trainable_weights(checkpoint: str | Path) -> dict[str, torch.Tensor]:
-    """A checkpoint's full trainable weights, read in this process (any world size wrote it)."""
-    with _one_process_ok():
-        return _load_state_dict_from_keys(keys={"model"}, checkpoint_id=str(CheckpointDir(Path(checkpoint)).state))[
-            "model"
-        ]
 
 
 def load_weights(checkpoint: str | Path, model: nn.Module) -> None:
