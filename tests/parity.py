@@ -24,13 +24,13 @@ from sara.config.parallel import ParallelConfig
 from sara.config.stage2 import LORA_TARGETS, Stage2ObjectiveConfig
 from sara.models.presets import RELEASED_ROOT
 from sara.models.wan import load_transformers, read_layout
-from sara.parallel.dit import backward, parallelize, reduce_terms
-from sara.parallel.gradients import sync_replicated
+from sara.parallel.gradients import backward, sync_replicated
 from sara.parallel.precision import autocast
 from sara.parallel.world import World, init_world
 from sara.stage2.align import VfmView
 from sara.stage2.build import set_dtypes
 from sara.stage2.objective import Stage2Model
+from sara.stage2.parallelize import parallelize, reduce_terms
 
 VFM_DIM, VIEW = 24, VfmView(tubelet=2, patch=16)
 BATCH = 2  # clips: one per data-parallel rank of the largest split (2), a few seconds a step
@@ -77,7 +77,7 @@ def _forward(model: Stage2Model, batch: dict, compute: torch.dtype, world: World
     dit = next(iter(model.experts.values()))
     hook = dit.condition_embedder.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
     with autocast(compute, torch.device("cpu")):
-        loss, terms = model(batch)
+        loss, terms = model(batch, align_share=world.cp_share)
     backward(loss, world)
     hook.remove()
     return terms, seen
@@ -103,7 +103,7 @@ def sharded_step(
     config = ParallelConfig(**parallel, param_dtype=compute)
     world = init_world(config, "cpu")
     policy = MixedPrecisionPolicy if not cast_inputs else _casting_policy
-    with mock.patch("sara.parallel.dit.MixedPrecisionPolicy", policy):
+    with mock.patch("sara.stage2.parallelize.MixedPrecisionPolicy", policy):
         model = parallelize(build(folder, mode, checkpointing, lora, dtype), world, config)
     batch = make_batch(model, latent)
     rows = torch.arange(BATCH).chunk(world.dp_size)[world.dp_rank]

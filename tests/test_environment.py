@@ -24,7 +24,7 @@ def test_the_declared_torch_floor_is_the_release_the_suite_installs_and_runs():
 
 def test_the_floor_has_what_the_code_calls():
     assert callable(funcol.all_gather_single_autograd)  # sara.parallel.collectives
-    assert "ignored_params" in inspect.signature(fully_shard).parameters  # sara.parallel.dit
+    assert "ignored_params" in inspect.signature(fully_shard).parameters  # sara.stage2.parallelize
     assert "cast_forward_inputs" in inspect.signature(MixedPrecisionPolicy).parameters
     assert callable(torch.nn.utils.get_total_norm) and callable(torch.nn.utils.clip_grads_with_norm_)
     usage = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--help"], capture_output=True, text=True)

@@ -28,11 +28,12 @@ from sara.config.parallel import ParallelConfig
 from sara.config.stage2 import Stage2ObjectiveConfig
 from sara.models.presets import resolve
 from sara.models.wan import load_transformers, read_layout
-from sara.parallel.dit import backward, parallelize
+from sara.parallel.gradients import backward
 from sara.parallel.spawn import run_processes
 from sara.parallel.world import init_world
 from sara.stage2.align import VfmView
 from sara.stage2.objective import Stage2Model
+from sara.stage2.parallelize import parallelize
 
 MIB = 2**20
 VFM_DIM = 1024  # V-JEPA 2 ViT-L
@@ -99,7 +100,7 @@ def _step(folder: str, parallel: dict, batch: int) -> dict:
         traffic = CollectiveBytes(world.cp)
         start = time.perf_counter()
         with traffic:
-            loss, _ = model(local)
+            loss, _ = model(local, align_share=world.cp_share)
             backward(loss, world)
         optimizer.step()
         optimizer.zero_grad(set_to_none=False)

@@ -31,11 +31,11 @@ from sara.config.parallel import ParallelConfig
 from sara.config.stage2 import Stage2Config
 from sara.models.presets import RELEASED_ROOT
 from sara.models.wan import read_layout
-from sara.parallel.dit import parallelize
 from sara.parallel.spawn import free_port
 from sara.parallel.world import World, close_world, init_world
 from sara.stage2.align import VfmView
 from sara.stage2.objective import Stage2Model
+from sara.stage2.parallelize import parallelize
 from sara.stage2.step import noise_generator, train_step
 
 BLOCKS = 4  # of TI2V-5B's 30: the real width, a step that fits beside the TRD

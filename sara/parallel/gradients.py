@@ -1,6 +1,14 @@
-"""Gradients of a sharded model that also holds whole (replicated) parameters.
+"""Gradients of a sharded, sequence-parallel model that also holds whole (replicated) parameters.
 
-Under bf16 compute, :func:`sara.parallel.dit.parallelize` leaves the small parameters diffusers
+**Scale.** Every rank of a ``cp`` group computes the losses that need the whole sequence on
+its gathered tokens, and its own share of those split over the group (the alignment pairs);
+each rank's parameter gradients are its tokens' contribution, and the exact gradient is
+their **sum** over the group and their **mean** over data-parallel ranks. FSDP averages over
+its whole mesh (``dp_shard × cp``, and ``dp_replicate`` for HSDP), so :func:`backward`
+multiplies the loss by ``cp`` first (gloo refuses the ``PREMUL_SUM`` a divide factor would
+need).
+
+**Whole parameters.** Under bf16 compute, :func:`sara.stage2.parallelize.parallelize` leaves the small parameters diffusers
 keeps in fp32 (norms, modulation tables) whole on every rank: FSDP neither gathers them in
 bf16 nor reduces their gradients. :func:`sync_replicated` averages those gradients as FSDP
 averages the others (over every rank of the run, the loss already scaled for sequence
@@ -52,3 +60,8 @@ def clip_grad_norm(parameters: list[Tensor], max_norm: float) -> Tensor:
         if group:
             torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
     return total
+
+
+def backward(loss: Tensor, world: World) -> None:
+    """``loss.backward()`` with the gradient scale of the module docstring."""
+    (loss * world.cp if world.distributed else loss).backward()

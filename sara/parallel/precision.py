@@ -4,7 +4,7 @@ One rule for one process and for many: with a compute dtype of bf16 (``parallel.
 ``auto`` on CUDA, or ``bfloat16`` anywhere, CPUs included) the forward runs under autocast
 in bf16 while the trained weights keep fp32 masters; FSDP gathers parameters in that dtype
 too, so a sharded step and a step of one process compute the same products. Inputs are
-never cast on the way in (``sara.parallel.dit``): latents, noise, σ and the timesteps
+never cast on the way in (``sara.stage2.parallelize``): latents, noise, σ and the timesteps
 ``σ · 1000`` stay fp32 as ``WanPipeline`` feeds them.
 """
 

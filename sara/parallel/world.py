@@ -66,6 +66,11 @@ class World:
     def cp_rank(self) -> int:
         return self.cp_mesh.get_local_rank() if self.cp_mesh is not None else 0
 
+    @property
+    def cp_share(self) -> tuple[int, int]:
+        """``(cp_rank, cp)``: which of its group's shares of sequence-split work this rank computes."""
+        return self.cp_rank, self.cp
+
 
 def degrees(config: ParallelConfig, size: int) -> tuple[int, int, int]:
     """``(dp_replicate, dp_shard, ulysses)`` for a world of ``size``, ``dp_shard = -1`` resolved.

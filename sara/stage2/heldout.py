@@ -15,13 +15,13 @@ import torch
 from torch import Tensor
 
 from sara.config.stage2 import Stage2Config
-from sara.parallel.dit import reduce_terms
 from sara.parallel.precision import autocast, param_dtype
 from sara.parallel.world import World
 from sara.stage2.build import Stage2Setup
 from sara.stage2.cache import heldout_config
 from sara.stage2.clips import CachedClips, OnlineClips
 from sara.stage2.objective import Stage2Model
+from sara.stage2.parallelize import reduce_terms
 from sara.stage2.step import local_rows, noise_generator
 
 NOISE_STREAM = -1  # the noise generator's "step" of the held-out batch: no training step has it
@@ -54,7 +54,7 @@ class HeldoutLoss:
             terms: list[dict[str, Tensor]] = []
             for batch in self.batches:
                 with autocast(self.compute, batch["latents"].device):
-                    terms.append(reduce_terms(self.model(batch)[1], self.world))
+                    terms.append(reduce_terms(self.model(batch, align_share=self.world.cp_share)[1], self.world))
         finally:
             self.model.train()
         flow = sum(t["flow"].item() for t in terms) / len(terms)

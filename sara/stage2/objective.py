@@ -46,10 +46,6 @@ class Stage2Model(nn.Module):
         self.experts = nn.ModuleDict(experts)
         self.layout, self.config = layout, config
         self.view = view
-        # the share (i, n) of the alignment pairs this process computes: under sequence
-        # parallelism each rank of a group takes one, on the same gathered tokens, and the
-        # shares sum to the term (the parallel layer sets it; one process computes all)
-        self.align_part = (0, 1)
         align = config.align
         self.projectors = nn.ModuleDict()
         if not get_alignment(align.mode).teacher:
@@ -101,7 +97,12 @@ class Stage2Model(nn.Module):
             "expert": torch.full((shape[0],), self.layout.experts.index(name), dtype=torch.long),
         }
 
-    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(
+        self, batch: dict[str, Tensor], align_share: tuple[int, int] = (0, 1)
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(loss, terms)`` of ``batch``. ``align_share``: the share ``(i, n)`` of the alignment
+        pairs this process computes — under sequence parallelism each rank of a group takes
+        one, on the same gathered tokens, and the shares sum to the term."""
         x0, sigma = batch["latents"], batch["sigma"]
         xt, target = noisy_latents(x0, batch["noise"], sigma)
         timesteps = sigma * 1000
@@ -120,7 +121,7 @@ class Stage2Model(nn.Module):
             pred, hidden = self._denoise(name, xt[rows], timesteps[rows], batch["text"][rows])
             flow = flow.index_put((rows,), flow_matching_loss(pred, target[rows]))
             if hidden is not None:
-                part = self._align(name, x0.shape[2:], batch, rows, hidden)
+                part = self._align(name, x0.shape[2:], batch, rows, hidden, align_share)
                 align = align + part * len(rows) / len(x0)
         flow = flow.mean()
         loss = flow + self.config.align.weight * align
@@ -141,9 +142,16 @@ class Stage2Model(nn.Module):
         return pred, outputs[0]
 
     def _align(
-        self, name: str, latent_shape: torch.Size, batch: dict[str, Tensor], rows: Tensor, hidden: Tensor
+        self,
+        name: str,
+        latent_shape: torch.Size,
+        batch: dict[str, Tensor],
+        rows: Tensor,
+        hidden: Tensor,
+        share: tuple[int, int],
     ) -> Tensor:
-        """The alignment term of the samples ``rows`` from their block states ``hidden`` ``(b, N_dit, D)``."""
+        """The alignment term (its ``share``) of the samples ``rows`` from their block states
+        ``hidden`` ``(b, N_dit, D)``."""
         grid = dit_grid(self.experts[name].config.patch_size, latent_shape)
         vfm_grid = self.vfm_grid(tuple(latent_shape))
         tokens = resample_to_vjepa(
@@ -151,9 +159,8 @@ class Stage2Model(nn.Module):
         )  # (b, N_v, D_v)
         target = batch["vfm"][rows]
         align = self.config.align
-        part = self.align_part
         objective = get_alignment(align.mode)
         if objective.term is None:
             raise ValueError(f"align.mode: {align.mode!r} has no alignment term")
         saliency = batch["saliency"][rows] if objective.routed else None
-        return objective.term(tokens, target, saliency, align.routing, align.margin, part)
+        return objective.term(tokens, target, saliency, align.routing, align.margin, share)

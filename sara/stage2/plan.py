@@ -33,11 +33,11 @@ from sara.config.stage2 import Stage2Config
 from sara.losses.alignment import get_alignment
 from sara.models.wan import dit_grid, latent_shape
 from sara.parallel.context import check_heads, check_tokens
-from sara.parallel.dit import uncast_parameters
 from sara.parallel.precision import param_dtype
 from sara.parallel.world import degrees
 from sara.stage2.build import Stage2Setup, build_model, resolve_setup, trained_experts
 from sara.stage2.objective import Stage2Model
+from sara.stage2.parallelize import uncast_parameters
 from sara.stage2.step import global_batch
 from sara.stage2.timesteps import draw_sigmas, inside
 from sara.stage2.validate import validation_sampling

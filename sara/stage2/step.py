@@ -22,8 +22,7 @@ import torch
 from torch import Tensor
 
 from sara.config.stage2 import Stage2Config
-from sara.parallel.dit import backward
-from sara.parallel.gradients import clip_grad_norm, sync_replicated
+from sara.parallel.gradients import backward, clip_grad_norm, sync_replicated
 from sara.parallel.precision import autocast, param_dtype
 from sara.parallel.world import World
 from sara.stage2.clips import drop_captions
@@ -72,7 +71,7 @@ def train_step(
 ) -> tuple[dict[str, Tensor], Tensor]:
     """One optimizer step on this rank's ``batch`` (its rows of the global batch) with noise
     (and caption dropout) from ``generator``: ``(terms, grad norm)``; the terms are this
-    rank's (``sara.parallel.dit.reduce_terms`` makes the step's)."""
+    rank's (``sara.stage2.parallelize.reduce_terms`` makes the step's)."""
     latents = batch["latents"]
     total = len(latents) * world.dp_size
     rows = local_rows(total, world)
@@ -88,7 +87,7 @@ def train_step(
         # per-row tensors split; shared ones (the empty caption's states, [1, L, D]) ride along
         part = {k: v[chunk.to(v.device)] if len(v) == len(latents) else v for k, v in batch.items()}
         with autocast(compute, latents.device):
-            loss, chunk_terms = model(part)
+            loss, chunk_terms = model(part, align_share=world.cp_share)
         backward(loss * share, world)
         terms = {k: terms.get(k, 0) + v * share for k, v in chunk_terms.items()}
     trained = [p for p in model.parameters() if p.requires_grad]

@@ -23,7 +23,6 @@ from diffusers.training_utils import EMAModel
 from sara.config import save_config
 from sara.config.stage2 import Stage2Config
 from sara.models.aligner import parameter_count
-from sara.parallel.dit import parallelize, reduce_terms
 from sara.parallel.load import load_from_rank0
 from sara.parallel.precision import param_dtype
 from sara.parallel.world import World, close_world, init_world, launched
@@ -33,6 +32,7 @@ from sara.stage2.clips import CachedClips, OnlineClips
 from sara.stage2.export import export_pipeline
 from sara.stage2.heldout import HeldoutLoss
 from sara.stage2.objective import Stage2Model
+from sara.stage2.parallelize import parallelize, reduce_terms
 from sara.stage2.plan import check_plan, plan_run
 from sara.stage2.step import global_batch, local_rows, noise_generator, train_step
 from sara.stage2.validate import Validator

@@ -2,19 +2,15 @@
 
 Order (as torchtitan applies it): Ulysses on each DiT expert, the gather of projected
 tokens over the ``cp`` group, then ``fully_shard`` per Wan block, per expert, per
-projector, and last the root. The model and the losses know nothing of it.
+projector, and last the root. The Wan DiT and the losses know nothing of it; the
+generic pieces (world, meshes, collectives, Ulysses attention) are :mod:`sara.parallel`'s.
 
-**Gradient scale.** Every rank of a ``cp`` group computes the full flow loss on the
-gathered DiT output but only its own share of the alignment pairs; each rank's parameter
-gradients are its tokens' contribution, and the exact gradient is their **sum** over the
-group and their **mean** over data-parallel ranks. FSDP averages over its whole mesh
-(``dp_shard × cp``, and ``dp_replicate`` for HSDP), so :func:`backward` multiplies the
-loss by ``cp`` first (gloo refuses the ``PREMUL_SUM`` a divide factor would need).
+Every rank of a ``cp`` group computes the full flow loss on the gathered DiT output but only
+its share of the alignment pairs (``Stage2Model.forward(batch, align_share=world.cp_share)``);
+:func:`sara.parallel.gradients.backward` gives the gradients their scale.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -25,9 +21,7 @@ from sara.parallel.collectives import gather_tokens, world_mean
 from sara.parallel.context import apply_ulysses
 from sara.parallel.precision import param_dtype
 from sara.parallel.world import World
-
-if TYPE_CHECKING:  # the parallel layer is applied to models; it does not build them
-    from sara.stage2.objective import Stage2Model
+from sara.stage2.objective import Stage2Model
 
 
 def parallelize(model: Stage2Model, world: World, config: ParallelConfig) -> Stage2Model:
@@ -41,7 +35,6 @@ def parallelize(model: Stage2Model, world: World, config: ParallelConfig) -> Sta
         for projector in model.projectors.values():
             # each rank projects its own tokens; the alignment term needs them all, in order
             projector.register_forward_hook(lambda module, args, out: gather_tokens(out, world.cp_mesh))
-        model.align_part = (world.cp_rank, world.cp)
     compute = param_dtype(config, world.device)
     # inputs are never cast: σ, its timesteps (σ · 1000: steps of 4 above 512 in bf16) and the
     # latents enter as one process and WanPipeline give them, in fp32
@@ -80,11 +73,6 @@ def uncast_parameters(model: Stage2Model) -> set[nn.Parameter]:
                 kept |= set(module.parameters(recurse=False))
         kept |= {p for name, p in dit.named_parameters() if name.split(".")[-1] == "scale_shift_table"}
     return kept
-
-
-def backward(loss: Tensor, world: World) -> None:
-    """``loss.backward()`` with the gradient scale of the module docstring."""
-    (loss * world.cp if world.distributed else loss).backward()
 
 
 def reduce_terms(terms: dict[str, Tensor], world: World) -> dict[str, Tensor]:
