@@ -12,6 +12,7 @@ import torch
 from sara.bench.dist import bench_sharding, bench_shares, format_dist
 from sara.bench.trd import Case, _flops, dense_fits, format_rows
 from sara.cli import main
+from sara.run_dir import RunDir
 
 
 def case(path="blockwise", tokens=64, mode="none", chunk=16):
@@ -89,7 +90,7 @@ def test_bench_step_memory_switches_each_run_below_the_case_they_change(tmp_path
     # the validation cases sampled the world's first two captions with a two-expert model,
     # the tiny DiT having one expert
     assert "validate: 2 validation videos of tiny-a14b training its low-noise expert" in out
-    assert len(list((tmp_path / "run" / "samples").glob("*.mp4"))) == 2
+    assert len(list(RunDir(tmp_path / "run").samples(0).glob("*.mp4"))) == 2
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from sara.cli import main
 from sara.data.synthetic import SynthSpec, synthesize
 from sara.data.video import decode_clip, write_video
 from sara.models.presets import wan_folder
+from sara.run_dir import RunDir
 from sara.stage2.adapters import adapter_deviation, transformer_outputs
 from sara.stage2.clips import drop_captions
 from sara.trainer.checkpoint import PendingCheckpoint, latest_checkpoint
@@ -583,7 +584,7 @@ def test_validation_offloads_the_expert_that_does_not_train(world, shared, tmp_p
         out = tmp_path / f"offload-{offload}"
         args = overrides(world, shared, out, steps=1, **more, **{"validation.offload_frozen": offload})
         assert main(["stage2", "train", *args]) == 0
-        (video,) = sorted((out / "samples" / "step-0000001").glob("00-*.mp4"))
+        (video,) = sorted(RunDir(out).samples(1).glob("00-*.mp4"))
         frames[offload] = decode_clip(video, None, None).frames
     assert torch.equal(frames[True], frames[False])
 
