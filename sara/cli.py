@@ -1,6 +1,6 @@
 """The ``sara`` command (also ``python -m sara``).
 
-Each command group registers its subcommands next to the code it runs (``sara/*/cli.py``);
+Each command group registers its subcommands in a module of its own (``sara/commands/``);
 handlers import what they run, so ``--help`` stays quick. Every expected failure — bad
 input, a config or manifest error, missing weights, too many unreadable samples — ends in
 one line on stderr and exit code 2; a trainer stopped by a signal after its checkpoint
@@ -13,19 +13,19 @@ import argparse
 import json
 import sys
 
-from sara.bench import cli as bench_cli
+from sara.commands import bench as bench_cli
+from sara.commands import data as data_cli
+from sara.commands import eval as eval_cli
+from sara.commands import models as models_cli
+from sara.commands import stage1 as stage1_cli
+from sara.commands import stage2 as stage2_cli
 from sara.config.arguments import add_config_arguments
 from sara.config.schema import GridConfig
-from sara.data import cli as data_cli
-from sara.eval import cli as eval_cli
-from sara.models import cli as models_cli
-from sara.stage1 import cli as stage1_cli
-from sara.stage2 import cli as stage2_cli
 
 
 def _demo(args: argparse.Namespace) -> None:
     from sara.config import DemoConfig, load_config
-    from sara.demo import run_demo
+    from sara.demo.run import run_demo
 
     run_demo(load_config(DemoConfig, args.config, args.overrides))
 
@@ -35,7 +35,7 @@ def _repro(args: argparse.Namespace) -> None:
 
     from sara.config import load_config
     from sara.config.repro import ReproConfig
-    from sara.eval.repro import run_repro, write_study
+    from sara.study.run import run_repro, write_study
 
     config = load_config(ReproConfig, args.config, args.overrides)
     start = time.perf_counter()

@@ -179,7 +179,7 @@ def test_bench_trd_prints_a_row_per_size_and_mode(capsys):
 def test_the_demo_empties_only_its_own_folder(tmp_path):
     """A second demo run starts afresh (an old cache would be refused), keeping the tiny
     presets; a folder that is not a demo's is never emptied."""
-    from sara.demo import _fresh_folder
+    from sara.demo.run import _fresh_folder
 
     (tmp_path / "mine.txt").write_text("precious")
     with pytest.raises(ValueError, match="holds files of something other than a demo run"):

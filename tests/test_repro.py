@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sara.cli import main
-from sara.eval.repro import worker_threads
+from sara.study.run import worker_threads
 
 pytestmark = pytest.mark.slow
 
@@ -75,8 +75,8 @@ def test_repro_runs_every_arm_and_seed_and_resumes(tmp_path, capsys, worker_shar
 
 def test_each_paired_difference_appears_once():
     """Against sft and trd, without the mirror `sft − trd` of `trd − sft`."""
-    from sara.eval.repro_table import study_tables
     from sara.eval.shapes import METRICS
+    from sara.study.tables import study_tables
 
     rng = np.random.default_rng(0)
     results = {("t", s, a): [dict.fromkeys(METRICS, rng.random()) for _ in range(4)] for s in (0, 1) for a in ARMS}

@@ -183,6 +183,11 @@ def decode_clip(
     return Clip(resized, chosen, len(in_range), tuple(array.shape[1:3]))
 
 
+def read_video(path: str | Path) -> torch.Tensor:
+    """Every frame of a video file at its own size: ``uint8 [T, H, W, 3]``."""
+    return decode_clip(path, None, None).frames.permute(0, 2, 3, 1)
+
+
 def transform_masks(masks: torch.Tensor, clip: Clip, size: tuple[int, int]) -> torch.Tensor:
     """Apply a clip's frame choice and geometry to masks ``[T_range, H, W]`` (bool).
 

@@ -24,9 +24,9 @@ import numpy as np
 from tqdm import tqdm
 
 from sara.config import load_config
+from sara.data.video import read_video
 from sara.endpoint import AnswerError, Endpoint, answer_key, ask_each, image_parts, sample_frames
 from sara.eval.stats import bootstrap
-from sara.eval.videos import read_video
 from sara.files import write_text_atomic
 
 log = logging.getLogger(__name__)

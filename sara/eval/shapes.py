@@ -38,8 +38,8 @@ import torch
 from sara.data import shapes
 from sara.data.manifest import Manifest
 from sara.data.palette import colour_masks
-from sara.data.video import resize_crop
-from sara.eval.videos import find_videos, read_video
+from sara.data.video import read_video, resize_crop
+from sara.eval.videos import find_videos
 from sara.vocabulary import COLOURS, MOTIONS, SHAPES
 
 METRICS = ("presence", "binding", "direction", "count", "persistence", "all")

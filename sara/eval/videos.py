@@ -1,18 +1,10 @@
-"""Which video file each record of a manifest is judged by, and reading it whole."""
+"""Which video file each record of a manifest is judged by."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from sara.data.manifest import Manifest
-from sara.data.video import decode_clip
-
-
-def read_video(path: str | Path) -> torch.Tensor:
-    """Every frame of a video file at its own size: ``uint8 [T, H, W, 3]``."""
-    return decode_clip(path, None, None).frames.permute(0, 2, 3, 1)
 
 
 def find_videos(manifest: Manifest, folder: str | Path | None) -> list[Path]:

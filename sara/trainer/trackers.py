@@ -48,8 +48,8 @@ class TensorBoardTracker:
             self.writer.add_scalar(key, value, step)
 
     def videos(self, tag: str, paths: list[Path], step: int) -> None:
+        from sara.data.video import read_video
         from sara.data.visualize import strip
-        from sara.eval.videos import read_video
 
         for index, path in enumerate(paths):
             self.writer.add_image(f"{tag}/{index}", strip(read_video(path).numpy()), step, dataformats="HWC")

@@ -18,12 +18,12 @@ from sara.data.manifest import load_manifest
 from sara.data.synthetic import SynthSpec, synthesize
 from sara.data.video import decode_clip
 from sara.data.visualize import save_png, strip
+from sara.demo.html import Section, image, paragraph, preformatted, table
 from sara.eval.shapes import METRICS
 from sara.eval.tables import summary_rows
 from sara.models.presets import wan_folder
 from sara.models.wan import dit_parameters
 from sara.plots import loss_curves
-from sara.report import Section, image, paragraph, preformatted, table
 from sara.run_dir import RunDir
 from sara.stage2.cache import FeatureCache, precompute
 from sara.stage2.generate import generate

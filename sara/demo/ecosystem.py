@@ -20,12 +20,12 @@ from sara.config.stage2 import FlowConfig, Stage2Config
 from sara.data.check import check_manifest
 from sara.data.importers import import_dataset
 from sara.data.manifest import load_manifest
+from sara.demo.html import Section, image, paragraph, table
 from sara.models.presets import wan_folder
 from sara.models.single_file import wan_from_single_file
 from sara.models.wan import load_transformers, read_layout
 from sara.models.wan_keys import COMFYUI_DIT_PREFIX, original_state
 from sara.plots import pyplot
-from sara.report import Section, image, paragraph, table
 from sara.run_dir import RunDir
 from sara.stage2.adapters import adapter_deviation
 from sara.stage2.cache import cache_dir

@@ -16,7 +16,7 @@ from sara.config import config_to_yaml, load_config
 from sara.config.parallel import ParallelConfig
 from sara.config.schema import DemoConfig
 from sara.config.stage2 import Stage2Config
-from sara.report import Section, paragraph, preformatted, table
+from sara.demo.html import Section, paragraph, preformatted, table
 from sara.run_dir import RunDir
 from sara.stage2.cache import cache_dir
 from sara.stage2.plan import format_plan, plan_run

@@ -5,7 +5,7 @@ initialisation on the same batches with the same noise (all functions of the see
 arms differ only in the alignment term. Each arm's pipeline then samples the held-out
 prompt set (unseen colour–shape pairs) with paired noise — prompt ``i`` with seed
 ``sample_seed + i`` in every arm and seed — and the exact shapes metric scores every video.
-The table (:mod:`sara.eval.repro_table`) gives every seed, per-arm means with hierarchical
+The table (:mod:`sara.study.tables`) gives every seed, per-arm means with hierarchical
 bootstrap intervals (seeds, then prompts) and paired differences against ``sft`` and
 ``trd``.
 
@@ -141,8 +141,8 @@ def write_study(config: ReproConfig, results: dict[Key, list[dict]], seconds: fl
 
     from sara.data.video import decode_clip
     from sara.data.visualize import save_png, strip
-    from sara.eval.repro_table import format_study, study_tables
-    from sara.report import Section, image, paragraph, preformatted, write_report
+    from sara.demo.html import Section, image, paragraph, preformatted, write_report
+    from sara.study.tables import format_study, study_tables
 
     out = Path(config.out_dir)
     tables = study_tables(results, config.teachers, config.seeds, config.arms)

@@ -11,9 +11,9 @@ from pathlib import Path
 from sara.budget import format_budget, plot_budget
 from sara.config.schema import DemoConfig
 from sara.data.synthetic import SynthSpec, synthesize
+from sara.demo.html import Section, image, paragraph, preformatted, table
 from sara.device import pick_device
 from sara.plots import loss_curves
-from sara.report import Section, image, paragraph, preformatted, table
 from sara.routing import pair_budget
 from sara.run_dir import RunDir
 from sara.stage1.evaluate import predict

@@ -1,0 +1,1 @@
+"""`sara repro`: the study that trains and scores the alignment arms on the shapes world."""
