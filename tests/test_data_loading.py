@@ -14,7 +14,7 @@ from sara.data.check import check_manifest
 from sara.data.datasets import BadSamples, Skipped, Stage1Dataset, Stage2Dataset, TooManyBadSamples, collate
 from sara.data.manifest import load_manifest
 from sara.data.masks import load_mask, save_mask
-from sara.data.synthetic import SynthSpec, synthesize
+from sara.shapes.render import SynthSpec, synthesize
 
 BUCKETS = [Bucket(8, 32, 32), Bucket(8, 32, 48)]
 TIMING = ClipTiming(fps=16, window="centre")  # the world's own rate

@@ -15,10 +15,10 @@ from sara.data.check import check_manifest
 from sara.data.extract_masks import extract_masks
 from sara.data.manifest import load_manifest
 from sara.data.masks import load_mask
-from sara.data.synthetic import SynthSpec, synthesize
 from sara.data.video import decode_clip
 from sara.models.presets import TINY
 from sara.models.sam3 import Sam3Segmenter, save_tiny
+from sara.shapes.render import SynthSpec, synthesize
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from sara.cli import main
-from sara.data import shapes
 from sara.data.manifest import load_manifest
 from sara.data.masks import load_mask, pool_to_grid
-from sara.data.synthetic import SynthSpec, render_clip, synthesize
 from sara.data.video import decode_clip, transform_masks
-from sara.vocabulary import MOTIONS, SHAPES, UNSEEN_PAIRS
+from sara.shapes import geometry as shapes
+from sara.shapes.render import SynthSpec, render_clip, synthesize
+from sara.shapes.vocabulary import MOTIONS, SHAPES, UNSEEN_PAIRS
 
 SPEC = SynthSpec(num=6, seed=3, frames=9, size=64, heldout_fraction=0.34)
 

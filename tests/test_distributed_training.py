@@ -19,8 +19,8 @@ import torch.distributed.checkpoint as dcp
 from references import trainable_weights
 
 from sara.cli import main
-from sara.data.synthetic import SynthSpec, synthesize
 from sara.parallel.spawn import free_port
+from sara.shapes.render import SynthSpec, synthesize
 from sara.trainer.checkpoint import latest_checkpoint
 from sara.trainer.preemption import EXIT_STOPPED
 

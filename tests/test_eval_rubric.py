@@ -10,9 +10,9 @@ import pytest
 from chat import chat_server, refused_url
 
 from sara.cli import main
-from sara.data.synthetic import SynthSpec, synthesize
 from sara.endpoint import AnswerError, sample_frames
 from sara.eval.rubric import load_rubric, parse_scores
+from sara.shapes.render import SynthSpec, synthesize
 
 RUBRIC = "configs/eval/rubric.yaml"
 

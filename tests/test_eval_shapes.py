@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from sara.cli import main
-from sara.data import shapes
 from sara.data.manifest import load_manifest
-from sara.data.synthetic import SynthSpec, render_clip
-from sara.eval.shapes import METRICS, score_video
-from sara.eval.stats import bootstrap, excludes_zero, hierarchical
-from sara.vocabulary import COLOURS, UNSEEN_PAIRS
+from sara.shapes import geometry as shapes
+from sara.shapes.metric import METRICS, score_video
+from sara.shapes.render import SynthSpec, render_clip
+from sara.shapes.vocabulary import COLOURS, UNSEEN_PAIRS
+from sara.stats import bootstrap, excludes_zero, hierarchical
 
 SPEC = SynthSpec(frames=17, size=128, seed=5)
 CLIPS = [render_clip(SPEC, i) for i in range(24)]
@@ -157,7 +157,7 @@ def test_the_oracle_teacher_encodes_each_tokens_entity_colours():
     """On a rendered clip: per token, the share of every entity colour and of the background
     sums to 1; a token inside one entity is that colour's one-hot."""
     from sara.data.masks import pool_to_grid
-    from sara.stage2.oracle import WIDTH, OracleTeacher
+    from sara.shapes.oracle import WIDTH, OracleTeacher
 
     clip = CLIPS[0]
     frames = torch.from_numpy(clip.video[:16]).permute(0, 3, 1, 2)[None]  # (1, T, 3, H, W)

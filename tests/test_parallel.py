@@ -14,8 +14,8 @@ from PIL import Image, ImageSequence
 from sara.config import load_config
 from sara.config.sampling import Sampling
 from sara.config.stage2 import Stage2Config
-from sara.data.synthetic import SynthSpec, synthesize
 from sara.models.presets import resolve
+from sara.shapes.render import SynthSpec, synthesize
 from sara.stage2.cache import FeatureCache, precompute
 from sara.stage2.generate import generate
 

@@ -75,7 +75,7 @@ def test_repro_runs_every_arm_and_seed_and_resumes(tmp_path, capsys, worker_shar
 
 def test_each_paired_difference_appears_once():
     """Against sft and trd, without the mirror `sft − trd` of `trd − sft`."""
-    from sara.eval.shapes import METRICS
+    from sara.shapes.metric import METRICS
     from sara.study.tables import study_tables
 
     rng = np.random.default_rng(0)

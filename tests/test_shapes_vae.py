@@ -8,11 +8,12 @@ import pytest
 import torch
 from diffusers import AutoencoderKLWan, WanPipeline
 
-from sara.data.synthetic import SynthSpec, render_clip
 from sara.demo.stage2 import vae_part
-from sara.eval.shapes import METRICS
 from sara.models.presets import WAN_VARIANTS
-from sara.models.shapes_vae import (
+from sara.models.vae_layers import fast_layers
+from sara.shapes.metric import METRICS
+from sara.shapes.render import SynthSpec, render_clip
+from sara.shapes.vae import (
     VaeRecipe,
     decode_unclamped,
     save_shapes_wan,
@@ -20,7 +21,6 @@ from sara.models.shapes_vae import (
     shapes_vae,
     train_vae,
 )
-from sara.models.vae_layers import fast_layers
 
 SMALL = VaeRecipe(clips=6, image_steps=40, image_batch=4, clip_steps=4, clip_batch=1, gate_clips=2, base_dim=8)
 

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 from sara.cli import main
 from sara.data.manifest import load_manifest
 from sara.data.masks import save_mask
-from sara.data.synthetic import SynthSpec, synthesize
 from sara.data.video import decode_clip
+from sara.shapes.render import SynthSpec, synthesize
 from sara.stage1.evaluate import METRICS, embed_clips, unrelated_prompts
 from sara.stage1.run import load_run
 from sara.stage1.train import load_encoders

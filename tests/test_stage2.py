@@ -10,10 +10,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from sara.cli import main
-from sara.data.synthetic import SynthSpec, synthesize
 from sara.data.video import decode_clip, write_video
 from sara.models.presets import wan_folder
 from sara.run_dir import RunDir
+from sara.shapes.render import SynthSpec, synthesize
 from sara.stage2.adapters import adapter_deviation, transformer_outputs
 from sara.stage2.clips import drop_captions
 from sara.trainer.checkpoint import PendingCheckpoint, latest_checkpoint

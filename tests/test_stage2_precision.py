@@ -11,10 +11,10 @@ from diffusers import WanTransformer3DModel
 from sara.cli import main
 from sara.config import load_config
 from sara.config.stage2 import Stage2Config
-from sara.data.synthetic import SynthSpec, synthesize
 from sara.models.presets import resolve
 from sara.models.wan import keeps_fp32, stored_dtypes
 from sara.parallel.world import World
+from sara.shapes.render import SynthSpec, synthesize
 from sara.stage2.build import build_model, resolve_setup
 from sara.stage2.validate import Validator
 

@@ -31,12 +31,12 @@ import transformers
 from sara.bench.memory import PeakMemory, sync
 from sara.config import load_config
 from sara.config.stage2 import Stage2Config
-from sara.data.synthetic import SynthSpec, synthesize
 from sara.models.presets import wan_folder
 from sara.models.wan import read_layout
 from sara.parallel.precision import param_dtype
 from sara.parallel.world import World
 from sara.run_dir import RunDir
+from sara.shapes.render import SynthSpec, synthesize
 from sara.stage2.build import build_model, resolve_setup
 from sara.stage2.cache import precompute
 from sara.stage2.clips import CachedClips, OnlineClips

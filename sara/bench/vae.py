@@ -11,8 +11,8 @@ from contextlib import nullcontext
 
 import torch
 
-from sara.models.shapes_vae import VaeRecipe, shapes_vae, vae_step
 from sara.models.vae_layers import fast_layers
+from sara.shapes.vae import VaeRecipe, shapes_vae, vae_step
 
 
 def _step_seconds(recipe: VaeRecipe, frames: int, batch: int, fast: bool, warmup: int, steps: int) -> float:

@@ -175,7 +175,7 @@ def _vae(args: argparse.Namespace) -> None:
     import torch
 
     from sara.bench.vae import bench_vae, format_vae
-    from sara.models.shapes_vae import VaeRecipe
+    from sara.shapes.vae import VaeRecipe
 
     recipe = VaeRecipe()
     rows = bench_vae(recipe, args.warmup, args.steps)

@@ -7,8 +7,8 @@ import argparse
 import sys
 
 from sara.data.importers import FORMATS
-from sara.data.synthetic import SynthSpec
-from sara.vocabulary import BACKGROUNDS, PAIRS
+from sara.shapes.render import SynthSpec
+from sara.shapes.vocabulary import BACKGROUNDS, PAIRS
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -77,7 +77,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _synth(args: argparse.Namespace) -> None:
-    from sara.data.synthetic import synthesize
+    from sara.shapes.render import synthesize
 
     spec = SynthSpec(
         num=args.num,

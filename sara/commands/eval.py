@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 
 from sara.config.arguments import add_sampling_arguments
-from sara.data.synthetic import SynthSpec
-from sara.vocabulary import BACKGROUNDS
+from sara.shapes.render import SynthSpec
+from sara.shapes.vocabulary import BACKGROUNDS
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -75,10 +75,10 @@ def _shapes(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from sara.data.manifest import load_manifest
-    from sara.eval.shapes import METRICS, score_manifest
-    from sara.eval.stats import summarise
     from sara.eval.tables import format_summaries
     from sara.files import write_text_atomic
+    from sara.shapes.metric import METRICS, score_manifest
+    from sara.stats import summarise
 
     manifest = load_manifest(args.manifest)
     results = score_manifest(manifest, args.videos, rotate=1 if args.shuffle else 0)
@@ -97,11 +97,10 @@ def _rubric(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from sara.data.manifest import load_manifest
+    from sara.data.manifest import find_videos, load_manifest
     from sara.endpoint import Endpoint
     from sara.eval.rubric import Judge, judge_videos, load_rubric, summarise_rubric
     from sara.eval.tables import format_summaries
-    from sara.eval.videos import find_videos
     from sara.files import write_text_atomic
 
     if not 1 <= args.frames <= 32 or args.repeats < 1:
@@ -125,7 +124,7 @@ def _rubric(args: argparse.Namespace) -> int:
 
 
 def _shapes_set(args: argparse.Namespace) -> None:
-    from sara.eval.prompt_set import write_prompt_set
+    from sara.shapes.prompt_set import write_prompt_set
 
     path = write_prompt_set(args.out, args.num, args.seed, args.frames, args.size, args.workers, args.backgrounds)
     print(f"wrote {args.num} held-out prompts of unseen colour–shape pairs to {path}")

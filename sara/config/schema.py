@@ -8,7 +8,10 @@ from sara.config.clips import ClipTiming
 from sara.config.loader import option
 from sara.config.stage1 import Stage1Config, Stage1DataConfig, Stage1ModelsConfig
 from sara.config.stage2 import Stage2Config, Stage2DataConfig, Stage2ModelsConfig, Stage2OptimConfig
-from sara.vocabulary import BACKGROUNDS, PAIRS
+
+# the shapes world's words, from above config on purpose: SynthConfig's choices and defaults are its
+# kinds of pairs and backgrounds; that module imports nothing of sara, so nothing above comes with it
+from sara.shapes.vocabulary import BACKGROUNDS, PAIRS
 
 
 @dataclass

@@ -16,13 +16,13 @@ from sara.data.extract_masks import extract_masks
 from sara.data.manifest import Manifest, load_manifest
 from sara.data.masks import load_mask
 from sara.data.saliency import mask_saliency
-from sara.data.synthetic import SynthSpec, synthesize
 from sara.data.video import decode_clip, transform_masks
 from sara.data.visualize import overlay, save_png, strip
 from sara.demo.html import Section, image, paragraph, preformatted
 from sara.models.presets import resolve
 from sara.models.sam3 import Sam3Segmenter
 from sara.routing import pair_budget
+from sara.shapes.render import SynthSpec, synthesize
 
 
 def data_part(config: DemoConfig, out: Path) -> Section:

@@ -15,14 +15,14 @@ from sara.data.manifest import load_manifest
 from sara.data.video import decode_clip
 from sara.data.visualize import save_png, strip
 from sara.demo.html import Section, image, paragraph, table
-from sara.eval.prompt_set import write_prompt_set
-from sara.eval.shapes import METRICS, score_manifest
-from sara.eval.stats import summarise
 from sara.eval.tables import format_summaries, summary_rows
 from sara.models.presets import wan_folder
 from sara.models.wan import dit_parameters
 from sara.run_dir import RunDir
+from sara.shapes.metric import METRICS, score_manifest
+from sara.shapes.prompt_set import write_prompt_set
 from sara.stage2.generate import generate
+from sara.stats import summarise
 
 
 def evaluation_part(config: DemoConfig, out: Path) -> Section:

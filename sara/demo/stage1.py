@@ -10,12 +10,12 @@ from pathlib import Path
 
 from sara.budget import format_budget, plot_budget
 from sara.config.schema import DemoConfig
-from sara.data.synthetic import SynthSpec, synthesize
 from sara.demo.html import Section, image, paragraph, preformatted, table
 from sara.device import pick_device
 from sara.plots import loss_curves
 from sara.routing import pair_budget
 from sara.run_dir import RunDir
+from sara.shapes.render import SynthSpec, synthesize
 from sara.stage1.evaluate import predict
 from sara.stage1.infer import infer
 from sara.stage1.run import load_run

@@ -15,16 +15,16 @@ from sara.bench.step import bench_step, format_tables
 from sara.config.sampling import Sampling
 from sara.config.schema import DemoConfig
 from sara.data.manifest import load_manifest
-from sara.data.synthetic import SynthSpec, synthesize
 from sara.data.video import decode_clip
 from sara.data.visualize import save_png, strip
 from sara.demo.html import Section, image, paragraph, preformatted, table
-from sara.eval.shapes import METRICS
 from sara.eval.tables import summary_rows
 from sara.models.presets import wan_folder
 from sara.models.wan import dit_parameters
 from sara.plots import loss_curves
 from sara.run_dir import RunDir
+from sara.shapes.metric import METRICS
+from sara.shapes.render import SynthSpec, synthesize
 from sara.stage2.cache import FeatureCache, precompute
 from sara.stage2.generate import generate
 from sara.stage2.train import train

@@ -26,8 +26,8 @@ from tqdm import tqdm
 from sara.config import load_config
 from sara.data.video import read_video
 from sara.endpoint import AnswerError, Endpoint, answer_key, ask_each, image_parts, sample_frames
-from sara.eval.stats import bootstrap
 from sara.files import write_text_atomic
+from sara.stats import bootstrap
 
 log = logging.getLogger(__name__)
 EVIDENCE_WORDS = 40  # longest evidence string accepted

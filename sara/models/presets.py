@@ -33,8 +33,8 @@ TINY: dict[str, tuple[str, str, dict]] = {
     "wan-ti2v": ("sara.models.wan", "save_tiny_wan", {"variant": "tiny-ti2v"}),
     "wan-small": ("sara.models.wan", "save_tiny_wan", {"variant": "small"}),
     "wan-medium": ("sara.models.wan", "save_tiny_wan", {"variant": "medium"}),
-    "wan-shapes": ("sara.models.shapes_vae", "save_shapes_wan", {"variant": "medium"}),  # trains its VAE: minutes, once
-    "wan-shapes-wide": ("sara.models.shapes_vae", "save_shapes_wan", {"variant": "wide"}),  # the same VAE (same seed)
+    "wan-shapes": ("sara.shapes.vae", "save_shapes_wan", {"variant": "medium"}),  # trains its VAE: minutes, once
+    "wan-shapes-wide": ("sara.shapes.vae", "save_shapes_wan", {"variant": "wide"}),  # the same VAE (same seed)
 }
 # config-only folders of the released models (JSON, no weights), by name
 RELEASED_ROOT = Path(__file__).parent / "released"

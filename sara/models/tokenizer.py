@@ -12,7 +12,9 @@ from __future__ import annotations
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from sara.vocabulary import COLOURS, MOTIONS, NUMBERS, SHAPES
+# the shapes world's words, from above models on purpose: the tiny presets' tokenizers learn them as whole
+# tokens; that module imports nothing of sara, so nothing above comes with it
+from sara.shapes.vocabulary import COLOURS, MOTIONS, NUMBERS, SHAPES
 
 _WORDS = """
 a an the and or of in on at to from with while by its their is are moves move moving crosses passes

@@ -20,10 +20,10 @@ from sara.data.masks import pool_to_grid
 from sara.models.presets import require_weights, resolve, wan_folder
 from sara.models.vjepa2 import VideoEncoder
 from sara.models.wan import WanLayout, load_vae, vae_memory
+from sara.shapes.oracle import WIDTH as ORACLE_WIDTH
+from sara.shapes.oracle import OracleTeacher
 from sara.stage1.saliency import SaliencyModel
 from sara.stage2.align import VJEPA_FIRST_FRAME, VfmView
-from sara.stage2.oracle import WIDTH as ORACLE_WIDTH
-from sara.stage2.oracle import OracleTeacher
 
 log = logging.getLogger(__name__)
 

@@ -34,10 +34,10 @@ from sara.config.repro import ARMS, ReproConfig
 from sara.config.sampling import Sampling
 from sara.config.stage2 import Stage2Config
 from sara.data.manifest import Manifest, load_manifest
-from sara.data.synthetic import SynthSpec, synthesize
-from sara.eval.prompt_set import write_prompt_set
-from sara.eval.shapes import score_manifest
 from sara.run_dir import RunDir
+from sara.shapes.metric import score_manifest
+from sara.shapes.prompt_set import write_prompt_set
+from sara.shapes.render import SynthSpec, synthesize
 from sara.stage2.cache import precompute
 from sara.stage2.generate import generate
 from sara.stage2.train import train

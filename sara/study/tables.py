@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from sara.eval.shapes import METRICS
-from sara.eval.stats import excludes_zero, hierarchical
 from sara.eval.tables import interval_text
+from sara.shapes.metric import METRICS
+from sara.stats import excludes_zero, hierarchical
 
 BASELINES = ("sft", "trd")
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from sara.data.synthetic import SynthSpec, synthesize
-from sara.vocabulary import BACKGROUNDS
+from sara.shapes.render import SynthSpec, synthesize
+from sara.shapes.vocabulary import BACKGROUNDS
 
 
 def prompt_set_spec(num: int, seed: int, frames: int, size: int, backgrounds: Sequence[str] = BACKGROUNDS) -> SynthSpec:

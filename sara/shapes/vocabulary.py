@@ -1,7 +1,9 @@
 """The words of the synthetic shapes world: shape kinds, colours, motions, counts.
 
-A leaf module (it imports nothing of ``sara``): the renderer draws these words and the
-tiny presets' tokenizers learn them as whole tokens, so both read them from here.
+A leaf module (it imports nothing of ``sara``): the renderer draws these words, the tiny
+presets' tokenizers (``sara.models.tokenizer``) learn them as whole tokens and the demo
+config (``sara.config.schema``) takes its choices from them, so all read them from here —
+the last two from below the shapes package, which is why this module must stay a leaf.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from sara.data.masks import pool_to_grid
-from sara.data.palette import PALETTE, colour_masks
+from sara.shapes.palette import PALETTE, colour_masks
 
 WIDTH = len(PALETTE) + 1  # one feature per entity colour, and the background
 

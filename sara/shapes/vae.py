@@ -45,13 +45,13 @@ from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample
 from tqdm import tqdm
 
-from sara.data.synthetic import SynthSpec, render_clip
-from sara.eval.prompt_set import prompt_set_spec
-from sara.eval.shapes import METRICS, score_video
-from sara.eval.stats import summarise
 from sara.models.vae_layers import fast_layers
 from sara.models.wan import save_tiny_wan, tiny_vae
 from sara.models.weights import seeded
+from sara.shapes.metric import METRICS, score_video
+from sara.shapes.prompt_set import prompt_set_spec
+from sara.shapes.render import SynthSpec, render_clip
+from sara.stats import summarise
 
 Z_DIM = 16  # latent channels, as the tiny DiT and Wan2.1's VAE
 

@@ -11,7 +11,7 @@ video is scored without any learned model:
   the entity's drawn area; persistence is the share of frames that show it, presence says
   the majority of frames do.
 - **binding.** The colour's mask in its ``TOP_FRAMES`` largest frames is matched against
-  the renderer's own template of every kind (same code, :func:`sara.data.shapes.draw`) at
+  the renderer's own template of every kind (same code, :func:`sara.shapes.geometry.draw`) at
   the mask's centroid, at the reach its largest area implies, over ``ANGLES`` rotations;
   the best mean IoU names the kind. Bound: that kind is the prompt's.
 - **direction.** A least-squares line through the centroids of the frames that show the
@@ -35,12 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sara.data import shapes
-from sara.data.manifest import Manifest
-from sara.data.palette import colour_masks
+from sara.data.manifest import Manifest, find_videos
 from sara.data.video import read_video, resize_crop
-from sara.eval.videos import find_videos
-from sara.vocabulary import COLOURS, MOTIONS, SHAPES
+from sara.shapes import geometry
+from sara.shapes.palette import colour_masks
+from sara.shapes.vocabulary import COLOURS, MOTIONS, SHAPES
 
 METRICS = ("presence", "binding", "direction", "count", "persistence", "all")
 PRESENT = 0.25  # share of the entity's drawn area its colour must cover in a frame that shows it
@@ -80,7 +79,7 @@ def _best_fit(kind: str, mask: np.ndarray, cover: np.ndarray, centre, reach: flo
     inside, seen = mask[window], ~cover[window]
     outside = int(mask.sum()) - int(inside.sum())
     placed = [(centre[1] - left + dx, centre[0] - top + dy, reach * s, a) for dy, dx, s, a in poses]
-    templates = shapes.draw_many(kind, placed, 2 * half)  # (P, h, w)
+    templates = geometry.draw_many(kind, placed, 2 * half)  # (P, h, w)
     inter = (templates & inside).sum(axis=(1, 2))
     union = ((templates & seen) | inside).sum(axis=(1, 2)) + outside
     iou = inter / np.maximum(union, 1)
@@ -102,7 +101,7 @@ def classify_shape(masks: np.ndarray, hidden: np.ndarray) -> str:
     half_step = math.pi / ANGLES / 2
     best = {}
     for kind in SHAPES:
-        reach = math.sqrt(areas.max() / shapes.area(kind))  # the largest frame is the least hidden
+        reach = math.sqrt(areas.max() / geometry.area(kind))  # the largest frame is the least hidden
         step = SHIFT * reach
         shifts = [(dy * step, dx * step) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
         ious = []
@@ -150,7 +149,7 @@ def score_video(video: torch.Tensor, facts: dict) -> dict:
     entities = []
     for fact in facts["entities"]:
         k = colours.index(fact["colour"])
-        shown = areas[k] >= PRESENT * shapes.area(fact["kind"]) * (fact["reach"] * scale) ** 2  # (T,)
+        shown = areas[k] >= PRESENT * geometry.area(fact["kind"]) * (fact["reach"] * scale) ** 2  # (T,)
         persistence = float(shown.mean())
         present = persistence >= MAJORITY
         frames = np.nonzero(shown)[0]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sara.vocabulary import COLOURS
+from sara.shapes.vocabulary import COLOURS
 
 PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)  # (K, 3)
 TOLERANCE = 35.0  # RGB distance to a palette colour; the closest pair (yellow, orange) is 71 apart

@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sara.data import shapes
 from sara.data.masks import pool_to_grid, save_mask
 from sara.data.video import write_video
-from sara.vocabulary import BACKGROUNDS, COLOURS, MOTIONS, NUMBERS, PAIRS, SHAPES, UNSEEN_PAIRS
+from sara.shapes import geometry
+from sara.shapes.vocabulary import BACKGROUNDS, COLOURS, MOTIONS, NUMBERS, PAIRS, SHAPES, UNSEEN_PAIRS
 
 CLUTTER = [(120, 100, 80), (110, 110, 110), (150, 120, 150), (90, 120, 110), (160, 150, 110)]  # no entity colour
 LAYOUT_TRIES = 10  # layouts drawn at one size before the shapes shrink
@@ -110,7 +110,7 @@ def _background(rng: np.random.Generator, size: int, kinds: Sequence[str]) -> tu
         for _ in range(int(rng.integers(12, 25))):
             kind_c = SHAPES[int(rng.integers(len(SHAPES)))]
             r = rng.uniform(0.03, 0.08) * size
-            shape = shapes.draw(kind_c, *rng.uniform(0, size, size=2), r, rng.uniform(0, math.pi), size)
+            shape = geometry.draw(kind_c, *rng.uniform(0, size, size=2), r, rng.uniform(0, math.pi), size)
             image[shape] = CLUTTER[int(rng.integers(len(CLUTTER)))]
         return image, kind, "a background cluttered with small grey and brown shapes"
     raise ValueError(f"background kind {kind!r}; choose one of {', '.join(BACKGROUNDS)}")
@@ -133,7 +133,7 @@ def _path(entity: dict, scale: float, spec: SynthSpec) -> tuple[np.ndarray, np.n
 def _trajectory(entity: dict, scale: float, spec: SynthSpec) -> np.ndarray:
     """The entity drawn at every frame: ``bool [T, H, W]``."""
     centres, angles, r = _path(entity, scale, spec)
-    return np.stack([shapes.draw(entity["kind"], x, y, r, a, spec.size) for (y, x), a in zip(centres, angles)])
+    return np.stack([geometry.draw(entity["kind"], x, y, r, a, spec.size) for (y, x), a in zip(centres, angles)])
 
 
 def _visible_parts(drawn: list[np.ndarray]) -> list[np.ndarray]:
@@ -189,7 +189,7 @@ def _layout(rng: np.random.Generator, kinds, colours, shares, spec: SynthSpec) -
             "name": f"{colour} {kind}",
             "kind": str(kind),
             "colour": str(colour),
-            "r": math.sqrt(share * size * size / shapes.area(kind)),
+            "r": math.sqrt(share * size * size / geometry.area(kind)),
             "motion": list(MOTIONS)[int(rng.integers(len(MOTIONS)))],
             "travel": rng.uniform(0.3, 0.6) * size,
             "centre": rng.uniform(0.35, 0.65, size=2) * size,  # (y, x) at mid-clip
@@ -219,7 +219,7 @@ def _least_visible(entities: list[dict], visible: list[np.ndarray], scale: float
     shares = []
     for entity, part in zip(entities, visible):
         r = _path(entity, scale, spec)[2]
-        shares.append(float(part.sum(axis=(1, 2)).min() / (shapes.area(entity["kind"]) * r * r)))
+        shares.append(float(part.sum(axis=(1, 2)).min() / (geometry.area(entity["kind"]) * r * r)))
     return shares
 
 

@@ -14,7 +14,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sara.vocabulary import SHAPES
+from sara.shapes.vocabulary import SHAPES
 
 DIAMOND_WIDTH = 0.6  # the rhombus's short diagonal over its long one
 CROSS_ARM = 0.3  # half the width of the cross's arms, as a share of its reach r
