@@ -21,6 +21,7 @@ from sara.commands import stage1 as stage1_cli
 from sara.commands import stage2 as stage2_cli
 from sara.config.arguments import add_config_arguments
 from sara.config.schema import GridConfig
+from sara.log import setup_logging
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    setup_logging()
     from sara.data.datasets import TooManyBadSamples
     from sara.parallel.world import is_main_process
     from sara.trainer.preemption import EXIT_STOPPED, Stopped

@@ -39,10 +39,8 @@ from sara.run_dir import RunDir
 from sara.shapes.render import SynthSpec, synthesize
 from sara.stage2.build import build_model, resolve_setup
 from sara.stage2.cache import precompute
-from sara.stage2.clips import CachedClips, OnlineClips
-from sara.stage2.step import global_batch, noise_generator, train_step
+from sara.stage2.train import Stage2Training
 from sara.stage2.validate import Validator
-from sara.trainer.batches import BucketSteps
 
 MIB = 2**20
 # the memory switches for one GPU, each a `sara` step with these settings (`--memory`);
@@ -66,6 +64,7 @@ class StepCase:
     warmup: int
     steps: int
     validate: bool = False  # a round of validation videos instead of optimizer steps
+    against: str | None = None  # a memory switch: the case it changes, its row's reference
 
 
 def _run(case: StepCase) -> dict:
@@ -73,31 +72,26 @@ def _run(case: StepCase) -> dict:
 
 
 def _measure(case: StepCase) -> dict:
-    """Median step seconds and peak extra MiB of one case (runs in its own process)."""
+    """Median step seconds and peak extra MiB of one case (runs in its own process): the
+    steps of :class:`~sara.stage2.train.Stage2Training` in one process, without the loop."""
     config = load_config(Stage2Config, None, case.overrides)
-    device = torch.device(config.device)
-    world = World(rank=0, size=1, device=device)
-    setup = resolve_setup(config)
-    clips = OnlineClips(config, setup, device) if config.online else CachedClips(config)
-    torch.manual_seed(config.seed)
-    model = build_model(config, setup, compute_dtype=param_dtype(config.parallel, device)).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr)
-    steps_of = BucketSteps(clips.bucket_of, global_batch(config, world.dp_size), config.seed)
+    training = Stage2Training(config)
+    training.build(World(rank=0, size=1, device=torch.device(config.device)))
+    training.model.train()
     peak = PeakMemory(config.device)
     peak.start()
     times = []
     for step in range(case.warmup + case.steps):
         sync(config.device)
         start = time.perf_counter()
-        rows = steps_of(step)
-        batch = clips.batch(rows, device)
-        train_step(model, optimizer, batch, noise_generator(config.seed, step), config, world)
+        training.step(step)
         sync(config.device)
         if step >= case.warmup:
             times.append(time.perf_counter() - start)
         if step == max(case.warmup, 1) - 1:  # the peak of the warm-up (of the first step without one)
             extra = peak.extra_bytes()
-    return {"step_s": statistics.median(times), "peak_mib": extra / MIB, "batch": len(rows)}
+    batch = len(training.steps_of(0))
+    return {"step_s": statistics.median(times), "peak_mib": extra / MIB, "batch": batch}
 
 
 def _measure_validation(case: StepCase) -> dict:
@@ -139,7 +133,8 @@ def bench_step(
     with ``memory`` also ``sara+SWITCH`` for each of :data:`SWITCHES`, ``sara_online+vae_tile``
     and ``sara_online+vae_slicing`` (the online VAE encoding in tiles of half the frame, or
     one clip at a time), and ``validate`` and ``validate+offload_frozen`` (``ratio_to_sft``
-    none: a validation round is no training step; ``batch`` its videos, ``wan`` its model)."""
+    none: a validation round is no training step; ``batch`` its videos, ``wan`` its model).
+    A switch's row names the case it changes (``against``)."""
     from tqdm import tqdm
 
     if "sft" not in modes:
@@ -178,17 +173,21 @@ def bench_step(
         if "sara" not in modes:
             cases.append(StepCase("sara", sara, warmup, steps))  # the switches' reference
         for name, more in SWITCHES.items():
-            cases.append(StepCase(f"sara+{name}", (*sara, *(m.format(half=batch // 2) for m in more)), warmup, steps))
+            more = (*sara, *(m.format(half=batch // 2) for m in more))
+            cases.append(StepCase(f"sara+{name}", more, warmup, steps, against="sara"))
         if online:  # the VAE's savers change only the online step
             vae = {
                 "vae_tile": f"precompute.vae_tile={max(32, size // 2)}",
                 "vae_slicing": "precompute.vae_slicing=true",
             }
-            cases += [StepCase(f"sara_online+{k}", (*sara, "online=true", v), warmup, steps) for k, v in vae.items()]
+            cases += [
+                StepCase(f"sara_online+{k}", (*sara, "online=true", v), warmup, steps, against="sara_online")
+                for k, v in vae.items()
+            ]
         validate = _validation_overrides(overrides, wan, root / "models")
-        for name, offload in ((VALIDATE, "false"), (f"{VALIDATE}+offload_frozen", "true")):
-            more = (*validate, f"validation.offload_frozen={offload}")
-            cases.append(StepCase(name, more, warmup, steps, validate=True))
+        cases.append(StepCase(VALIDATE, (*validate, "validation.offload_frozen=false"), warmup, steps, validate=True))
+        more = (*validate, "validation.offload_frozen=true")
+        cases.append(StepCase(f"{VALIDATE}+offload_frozen", more, warmup, steps, validate=True, against=VALIDATE))
     context = multiprocessing.get_context("spawn")
     results = {}
     for case in tqdm(cases, desc="bench step", disable=not progress):
@@ -197,6 +196,8 @@ def bench_step(
     for case in cases:
         row = results[case.name]
         row["ratio_to_sft"] = None if case.validate else row["step_s"] / results["sft"]["step_s"]
+        if case.against is not None:
+            row["against"] = case.against
     return results
 
 
@@ -214,15 +215,16 @@ def _validation_overrides(overrides: list[str], wan: str, tiny_root: Path) -> tu
 
 def format_step(results: dict[str, dict], base: str | None = "sft", cases: list[str] | None = None) -> str:
     """The table of ``cases`` (default all), time and peak memory as ratios to ``base`` —
-    with ``base=None`` to each case's own reference, the case its name extends
-    (``sara_online+vae_tile`` to ``sara_online``)."""
+    with ``base=None`` to each case's own reference: the case a switch changes (its
+    ``against``), a case without one to itself."""
     label = base or "base"
     names = cases or list(results)
     width = max(20, *map(len, names))
     header = f"{'case':>{width}} | {'step s':>8} {'× ' + label:>7} | {'peak MiB':>9} {'× ' + label:>7}"
     lines = [header, "-" * len(header)]
     for name in names:
-        row, ref = results[name], results[base or name.split("+")[0]]
+        row = results[name]
+        ref = results[base or row.get("against", name)]
         lines.append(
             f"{name:>{width}} | {row['step_s']:>8.4f} {row['step_s'] / ref['step_s']:>7.2f} | "
             f"{row['peak_mib']:>9.1f} {row['peak_mib'] / max(ref['peak_mib'], 1e-9):>7.2f}"
@@ -234,11 +236,11 @@ def format_tables(results: dict[str, dict]) -> tuple[str, str | None]:
     """The modes as ratios to sft, and the memory switches (if measured) each against the
     case it changes, which stands above them (``sara``; ``sara_online`` for the VAE's tiles
     and slices; ``validate`` for the offloaded frozen expert)."""
-    switches = [name for name in results if "+" in name]
-    references = dict.fromkeys(name.split("+")[0] for name in switches)
+    switches = [name for name, row in results.items() if "against" in row]
+    references = dict.fromkeys(results[name]["against"] for name in switches)
     trained = [n for n in results if n not in switches and results[n]["ratio_to_sft"] is not None]
     modes = format_step(results, "sft", trained)
     if not switches:
         return modes, None
-    grouped = [name for ref in references for name in (ref, *(s for s in switches if s.split("+")[0] == ref))]
+    grouped = [name for ref in references for name in (ref, *(s for s in switches if results[s]["against"] == ref))]
     return modes, format_step(results, None, grouped)

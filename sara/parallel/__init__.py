@@ -1,2 +1,4 @@
-"""Many processes: the world and its mesh, the collectives with their backward, Ulysses
-sequence parallelism and FSDP2 applied to built models (``docs/DISTRIBUTED.md``)."""
+"""Many processes, whatever the model: the world and its mesh, the collectives with their
+backward, the Ulysses attention context, the precision policy, the gradient scale, rank-0
+loading (``docs/DISTRIBUTED.md``). Applying them to the Wan DiT is Stage 2's
+(:mod:`sara.stage2.parallelize`)."""

@@ -12,7 +12,7 @@ they change.
 
 The output gather's backward returns each rank's own slice, unsummed: exact when every
 rank of the group computes the same loss on the gathered output, with parameter gradients
-then **summed** over the group (:func:`sara.parallel.fsdp.backward` scales the loss so
+then **summed** over the group (:func:`sara.parallel.gradients.backward` scales the loss so
 FSDP's average becomes that sum).
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from sara.config import load_config
@@ -14,6 +15,8 @@ from sara.stage1.evaluate import evaluate, format_metrics
 from sara.stage1.features import Stage1Features
 from sara.stage1.saliency import load_aligner, locate
 from sara.stage1.train import load_features
+
+log = logging.getLogger(__name__)
 
 
 def load_run(
@@ -27,10 +30,10 @@ def load_run(
 
 
 def evaluate_run(path: str | Path) -> dict[str, float]:
-    """Evaluate on the held-out split, print the table, write ``RUN_DIR/eval.json``."""
+    """Evaluate on the held-out split, log the table, write ``RUN_DIR/eval.json``."""
     run, _ = locate(path)
     config, aligner, features = load_run(path)
     metrics = evaluate(aligner, features["heldout"], pick_device(config.device))
     RunDir(run).eval.write_text(json.dumps(metrics, indent=2) + "\n")
-    print(format_metrics(metrics, features["heldout"]))
+    log.info(format_metrics(metrics, features["heldout"]))
     return metrics
