@@ -204,10 +204,9 @@ class BadSamples:
             )
 
     def end_epoch(self, epoch: int) -> int:
-        """Log the epoch's count of skipped samples (a warning when there are any), check the
-        limit, and reset the epoch count."""
-        level = logging.WARNING if self.epoch_bad else logging.DEBUG
-        log.log(level, "epoch %d: %d of %d samples skipped", epoch, self.epoch_bad, self.epoch_seen)
+        """Log the epoch's count of skipped samples (debug: each skip is already a warning),
+        check the limit, and reset the epoch count."""
+        log.debug("epoch %d: %d of %d samples skipped", epoch, self.epoch_bad, self.epoch_seen)
         skipped, self.epoch_seen, self.epoch_bad = self.epoch_bad, 0, 0
         self.check()
         return skipped
