@@ -113,7 +113,7 @@ class Stage2Training:
 
     def finish(self, state: TrainState, run: RunDir) -> None:
         if state.ema is not None:  # the pipeline gets the averaged weights
-            state.ema.copy_to([p for p in self.model.parameters() if p.requires_grad])
+            state.ema.copy_to(state.trained)
         metadata = {"sara_config": json.dumps(asdict(self.config))}  # how the weights were trained, in every adapter
         config = self.config
         export_pipeline(

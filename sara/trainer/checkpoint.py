@@ -68,6 +68,11 @@ class TrainState:
     scheduler: Any
     ema: EMAModel | None = None  # of the trainable parameters, in ``named_parameters`` order
 
+    @property
+    def trained(self) -> list[nn.Parameter]:
+        """The parameters the optimizer steps (and the EMA averages), in ``parameters`` order."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
 
 def _rng_state() -> dict[str, Any]:
     """Every RNG's state as tensors and plain Python values: what ``weights_only`` loading accepts."""

@@ -58,7 +58,7 @@ def run_loop(
     """
     settings = asdict(config)
     logger = Logger(run, start, plan.steps, plan.desc, plan.shown, world.is_main, progress, config.logging, settings)
-    trained = [p for p in state.model.parameters() if p.requires_grad]
+    trained = state.trained  # once: the EMA steps over them every step
     tick, since = time.perf_counter(), start
     stopped, pending = None, None
     if plan.async_save:
