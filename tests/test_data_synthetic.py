@@ -54,6 +54,7 @@ def test_shape_areas_match_their_drawings():
         shapes.outline("hexagon")
 
 
+@pytest.mark.slow
 def test_every_named_entity_is_visible_in_every_frame():
     """Over 300 clips at the default FG share: each entity shows at least min_visible of its
     own area in every frame (before the rule, one clip in four hid an entity completely)."""

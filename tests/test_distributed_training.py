@@ -288,9 +288,8 @@ def test_a_busy_run_folder_is_refused(shared, tmp_path, capsys):
     assert f"{run}: in use by another trainer" in capsys.readouterr().err
 
 
-def test_stage1_under_torchrun_gives_the_losses_of_one_process(tmp_path):
-    shapes = tmp_path / "shapes"
-    synthesize(SynthSpec(num=16, seed=3, frames=8, size=64, heldout_fraction=0.25), shapes, workers=1, progress=False)
+def test_stage1_under_torchrun_gives_the_losses_of_one_process(tmp_path, shapes_world):
+    shapes = shapes_world(num=16, seed=3, frames=8, size=64, heldout_fraction=0.25)
     settings = {
         "data.train": shapes / "train.jsonl", "data.heldout": shapes / "heldout.jsonl", "data.frames": 8,
         "data.size": 64, "optim.steps": 6, "optim.batch_size": 8, "optim.warmup_steps": 1, "log_every": 1,

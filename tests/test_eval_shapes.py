@@ -88,6 +88,7 @@ def test_an_added_shape_fails_count():
         assert result["extras"] == [extra] and result["count"] == 0.0
 
 
+@pytest.mark.slow
 def test_a_larger_video_is_scored_in_its_own_pixels():
     """A video at twice the renderer's size (as a sampler may write it) keeps its pixels and
     scales the facts: the same presence, count and directions, shapes still named at the

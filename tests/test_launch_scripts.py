@@ -50,6 +50,7 @@ def test_torchrun_waits_for_the_checkpoint_the_plan_sizes(tmp_path, script, env,
     assert args[-6:] == ["--config", str(A14B), "--resume", "latest", "parallel.ulysses=4", "optim.lora_rank=0"]
 
 
+@pytest.mark.slow
 def test_a_run_that_cannot_start_stops_before_torchrun(tmp_path):
     done = run_script(tmp_path, "single_node.sh", "parallel.ulysses=3", GPUS="8")
     assert done.returncode == 2 and not (tmp_path / "torchrun.args").exists()

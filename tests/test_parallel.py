@@ -15,7 +15,6 @@ from sara.config import load_config
 from sara.config.sampling import Sampling
 from sara.config.stage2 import Stage2Config
 from sara.models.presets import resolve
-from sara.shapes.render import SynthSpec, synthesize
 from sara.stage2.cache import FeatureCache, precompute
 from sara.stage2.generate import generate
 
@@ -120,9 +119,8 @@ def precompute_on(world_dir, cache):
 
 
 @pytest.mark.slow
-def test_sharded_precompute_equals_one_process(tmp_path):
-    shapes = tmp_path / "world"
-    synthesize(SynthSpec(num=6, seed=5, frames=9, size=64, heldout_fraction=0.0), shapes, workers=1, progress=False)
+def test_sharded_precompute_equals_one_process(tmp_path, shapes_world):
+    shapes = shapes_world(num=6, seed=5, frames=9, size=64, heldout_fraction=0.0)
     (one,) = spawn(precompute_on, 1, shapes, tmp_path / "one")
     spawn(precompute_on, 2, shapes, tmp_path / "two")
     caches = [FeatureCache(tmp_path / name) for name in ("one", "two")]

@@ -21,10 +21,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    synthesize(SynthSpec(num=16, seed=3, frames=8, size=64, heldout_fraction=0.25), root, workers=1, progress=False)
-    return root
+def world(shapes_world):
+    return shapes_world(num=16, seed=3, frames=8, size=64, heldout_fraction=0.25)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from sara.cli import main
 from sara.data.video import decode_clip, write_video
 from sara.models.presets import wan_folder
 from sara.run_dir import RunDir
-from sara.shapes.render import SynthSpec, synthesize
 from sara.stage2.adapters import adapter_deviation, transformer_outputs
 from sara.stage2.clips import drop_captions
 from sara.trainer.checkpoint import PendingCheckpoint, latest_checkpoint
@@ -22,10 +21,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    synthesize(SynthSpec(num=6, seed=5, frames=9, size=64, heldout_fraction=0.0), root, workers=1, progress=False)
-    return root
+def world(shapes_world):
+    return shapes_world(num=6, seed=5, frames=9, size=64, heldout_fraction=0.0)
 
 
 @pytest.fixture(scope="module")

@@ -140,18 +140,31 @@ def bench_step(
     if "sft" not in modes:
         modes = ["sft", *modes]  # every ratio is to sft
     root = Path(workdir or tempfile.mkdtemp(prefix="sara-bench-step-"))
+    overrides = _cached_world(root, batch, frames, size, device, wan)
+    cases = _cases(modes, overrides, batch, size, warmup, steps, online, memory, wan, root / "models")
+    context = multiprocessing.get_context("spawn")
+    results = {}
+    for case in tqdm(cases, desc="bench step", disable=not progress):
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            results[case.name] = pool.submit(_run, case).result()
+    for case in cases:
+        row = results[case.name]
+        row["ratio_to_sft"] = None if case.validate else row["step_s"] / results["sft"]["step_s"]
+        if case.against is not None:
+            row["against"] = case.against
+    return results
+
+
+def _cached_world(root: Path, batch: int, frames: int, size: int, device: str, wan: str) -> list[str]:
+    """A shapes world and its feature cache under ``root``; the overrides every case shares."""
     # a reused workdir keeps one world and cache per shape: a world synthesized for a smaller
     # batch would otherwise cap the batch (BucketSteps draws without replacement)
     num = max(8, 2 * batch)
     shape = f"{num}x{frames}x{size}"
     world = root / f"world-{shape}"
     if not (world / "train.jsonl").is_file():
-        synthesize(
-            SynthSpec(num=num, seed=0, frames=frames, size=size, heldout_fraction=0.0),
-            world,
-            workers=1,
-            progress=False,
-        )
+        spec = SynthSpec(num=num, seed=0, frames=frames, size=size, heldout_fraction=0.0)
+        synthesize(spec, world, workers=1, progress=False)
     overrides = [
         f"out_dir={root / 'run'}",
         f"device={device}",
@@ -165,40 +178,47 @@ def bench_step(
         f"optim.batch_size={batch}",
     ]
     precompute(load_config(Stage2Config, None, overrides), progress=False)
+    return overrides
+
+
+def _cases(
+    modes: list[str],
+    overrides: list[str],
+    batch: int,
+    size: int,
+    warmup: int,
+    steps: int,
+    online: bool,
+    memory: bool,
+    wan: str,
+    tiny_root: Path,
+) -> list[StepCase]:
+    """One case per mode, ``sara_online``, and with ``memory`` the switches (see :func:`bench_step`)."""
     cases = [StepCase(m, (*overrides, f"objective.align.mode={m}"), warmup, steps) for m in dict.fromkeys(modes)]
     sara = (*overrides, "objective.align.mode=sara")
     if online:
         cases.append(StepCase("sara_online", (*sara, "online=true"), warmup, steps))
-    if memory:
-        if "sara" not in modes:
-            cases.append(StepCase("sara", sara, warmup, steps))  # the switches' reference
-        for name, more in SWITCHES.items():
-            more = (*sara, *(m.format(half=batch // 2) for m in more))
-            cases.append(StepCase(f"sara+{name}", more, warmup, steps, against="sara"))
-        if online:  # the VAE's savers change only the online step
-            vae = {
-                "vae_tile": f"precompute.vae_tile={max(32, size // 2)}",
-                "vae_slicing": "precompute.vae_slicing=true",
-            }
-            cases += [
-                StepCase(f"sara_online+{k}", (*sara, "online=true", v), warmup, steps, against="sara_online")
-                for k, v in vae.items()
-            ]
-        validate = _validation_overrides(overrides, wan, root / "models")
-        cases.append(StepCase(VALIDATE, (*validate, "validation.offload_frozen=false"), warmup, steps, validate=True))
-        more = (*validate, "validation.offload_frozen=true")
-        cases.append(StepCase(f"{VALIDATE}+offload_frozen", more, warmup, steps, validate=True, against=VALIDATE))
-    context = multiprocessing.get_context("spawn")
-    results = {}
-    for case in tqdm(cases, desc="bench step", disable=not progress):
-        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            results[case.name] = pool.submit(_run, case).result()
-    for case in cases:
-        row = results[case.name]
-        row["ratio_to_sft"] = None if case.validate else row["step_s"] / results["sft"]["step_s"]
-        if case.against is not None:
-            row["against"] = case.against
-    return results
+    if not memory:
+        return cases
+    if "sara" not in modes:
+        cases.append(StepCase("sara", sara, warmup, steps))  # the switches' reference
+    for name, more in SWITCHES.items():
+        more = (*sara, *(m.format(half=batch // 2) for m in more))
+        cases.append(StepCase(f"sara+{name}", more, warmup, steps, against="sara"))
+    if online:  # the VAE's savers change only the online step
+        vae = {
+            "vae_tile": f"precompute.vae_tile={max(32, size // 2)}",
+            "vae_slicing": "precompute.vae_slicing=true",
+        }
+        cases += [
+            StepCase(f"sara_online+{k}", (*sara, "online=true", v), warmup, steps, against="sara_online")
+            for k, v in vae.items()
+        ]
+    validate = _validation_overrides(overrides, wan, tiny_root)
+    cases.append(StepCase(VALIDATE, (*validate, "validation.offload_frozen=false"), warmup, steps, validate=True))
+    more = (*validate, "validation.offload_frozen=true")
+    cases.append(StepCase(f"{VALIDATE}+offload_frozen", more, warmup, steps, validate=True, against=VALIDATE))
+    return cases
 
 
 def _validation_overrides(overrides: list[str], wan: str, tiny_root: Path) -> tuple[str, ...]:

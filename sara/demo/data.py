@@ -3,6 +3,7 @@ and SAM 3 masks on two of its clips."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +25,8 @@ from sara.models.sam3 import Sam3Segmenter
 from sara.routing import pair_budget
 from sara.shapes.render import SynthSpec, synthesize
 
+log = logging.getLogger(__name__)
+
 
 def data_part(config: DemoConfig, out: Path) -> Section:
     """Synthesise a shapes world, check it, and show its masks and their pair budget."""
@@ -31,13 +34,13 @@ def data_part(config: DemoConfig, out: Path) -> Section:
     summary = synthesize(spec, out / "data", progress=False)
     manifest = load_manifest(out / "data" / "train.jsonl")
     report = check_manifest(manifest, progress=False)
-    print("\n".join([*report.problems, report.summary()]))
+    log.info("\n".join([*report.problems, report.summary()]))
     grid = config.grid
     size = (grid.size, grid.size)
     saliency, _ = mask_saliency(manifest, grid.frames, size, grid.tubelet, grid.patch, grid, progress=False)
     budget = pair_budget(saliency, config.budget.threshold)
     text = format_budget(budget, title="ground-truth masks of the training clips on the V-JEPA grid")
-    print(text)
+    log.info(text)
     (out / "data_budget.txt").write_text(text + "\n")
     chart = plot_budget({"ground-truth masks": budget}, out / "data_budget.png")
     rows = []
@@ -85,7 +88,7 @@ def masks_part(config: DemoConfig, out: Path) -> Section:
         f"`sara data masks {manifest.path.name} --weights {weights}`: {stats.done} clips, {stats.frames} frames "
         f"in {seconds:.1f} s on CPU; `sara data check` on the result: {report.summary()}."
     )
-    print(line)
+    log.info(line)
     body = paragraph(
         line + " The tiny SAM 3 has random weights (and zero detection thresholds, so that it tracks "
         "something): this shows the pipeline — every frame of each clip's range segmented at the "

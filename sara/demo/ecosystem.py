@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from sara.stage2.adapters import adapter_deviation
 from sara.stage2.cache import cache_dir
 from sara.stage2.timesteps import draw_sigmas
 from sara.stage2.train import train
+
+log = logging.getLogger(__name__)
 
 IMPORTED_CLIPS = 4  # clips of the demo's world written in each foreign format
 LORA_RANK = 8
@@ -71,7 +74,7 @@ def import_part(config: DemoConfig, out: Path) -> str:
         report = check_manifest(load_manifest(manifest), progress=False)
         rows.append([name, f"sara data import {source.relative_to(out)} {manifest.relative_to(out)}",
                      summary.records, report.summary()])  # fmt: skip
-    print("\n".join(" | ".join(str(c) for c in row) for row in rows))
+    log.info("\n".join(" | ".join(str(c) for c in row) for row in rows))
     return paragraph(
         f"The first {IMPORTED_CLIPS} clips of the Stage 2 world written in the formats other Wan trainers read, "
         "imported into manifests and checked (the captions are plain; `sara data caption MANIFEST --endpoint URL "
@@ -118,7 +121,7 @@ def lora_part(config: DemoConfig, out: Path) -> tuple[str, Path]:
     base = wan_folder(lora.models.wan, lora.models.tiny_root)
     deviation = adapter_deviation(run, base)
     for name, value in deviation.items():
-        print(f"adapter {name} into a fresh WanPipeline: max |output − merged output| {value:.2e}")
+        log.info(f"adapter {name} into a fresh WanPipeline: max |output − merged output| {value:.2e}")
     html = paragraph(
         f"`sara stage2 train optim.lora_rank={LORA_RANK} optim.batch_size={lora.optim.batch_size} optim.accumulate=2 "
         "objective.flow.density=logit_normal "
@@ -206,7 +209,7 @@ def single_file_part(config: DemoConfig, run: Path, out: Path) -> str:
     same, total = sum(torch.equal(a, b) for a, b in pairs), len(pairs)
     command = f"sara models from-single-file {' '.join(str(f.relative_to(out)) for f in files)} --base {base.name}"
     line = f"`{command} --out {wan.relative_to(out)} --dtype float32`: {same} of {total} tensors equal"
-    print(line)
+    log.info(line)
     return paragraph(
         f"The merged DiT written as a ComfyUI single file (keys `{COMFYUI_DIT_PREFIX}blocks.0.self_attn.q.weight`, "
         f"…), the way such checkpoints are shared, and read back with diffusers' `from_single_file` into a Diffusers "

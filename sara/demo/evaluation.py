@@ -5,6 +5,7 @@ scores of the videos the demo's Stage 2 pipeline generates for those prompts."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ from sara.shapes.metric import METRICS, score_manifest
 from sara.shapes.prompt_set import write_prompt_set
 from sara.stage2.generate import generate
 from sara.stats import summarise
+
+log = logging.getLogger(__name__)
 
 
 def evaluation_part(config: DemoConfig, out: Path) -> Section:
@@ -46,7 +49,7 @@ def evaluation_part(config: DemoConfig, out: Path) -> Section:
     }
     summaries = {name: summarise(rows, METRICS, config.seed) for name, rows in results.items()}
     text = format_summaries(summaries, METRICS)
-    print(text)
+    log.info(text)
     (out / "eval_shapes.json").write_text(json.dumps(summaries, indent=2) + "\n")
     rows = [strip(decode_clip(v, None, None).frames.permute(0, 2, 3, 1).numpy(), count=8) for v in videos[:2]]
     truth = [strip(decode_clip(manifest.resolve(r.video), None, None).frames.permute(0, 2, 3, 1).numpy(), count=8)

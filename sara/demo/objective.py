@@ -4,6 +4,7 @@ TRD against its dense reference."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -15,6 +16,8 @@ from sara.losses import trd_loss, trd_loss_dense
 from sara.losses.trd import auto_chunk, visited_panels
 from sara.routing import MODES, pair_budget
 
+log = logging.getLogger(__name__)
+
 
 def budget_part(config: DemoConfig, out: Path) -> tuple[Section, dict[str, torch.Tensor]]:
     """Pair budget of a generated saliency (soft, as an aligner predicts it, and its hard mask)."""
@@ -24,7 +27,7 @@ def budget_part(config: DemoConfig, out: Path) -> tuple[Section, dict[str, torch
     torch.save(soft, out / "example_saliency.pt")
     budgets = {name: pair_budget(s, config.budget.threshold) for name, s in saliencies.items()}
     text = "\n\n".join(format_budget(b, title=name) for name, b in budgets.items())
-    print(text)
+    log.info(text)
     (out / "budget.txt").write_text(text + "\n")
     (out / "budget.json").write_text(json.dumps(budgets, indent=2))
     chart = plot_budget(budgets, out / "budget.png")
@@ -76,7 +79,7 @@ def objective_part(config: DemoConfig, saliencies: dict[str, torch.Tensor]) -> S
                 ]
             )
     header = ["saliency", "mode", "dense loss", "blockwise loss", "grad rel. diff", "pairs computed"]
-    print(text_table(header, rows))
+    log.info(text_table(header, rows))
     body = paragraph(
         f"TRD (margin {config.trd.margin}) on random features of width {config.budget.feature_dim} "
         f"over the {tokens} tokens above: the exact blockwise path (row block {chunk}) against the dense "

@@ -5,6 +5,7 @@ and the memory per GPU of the real models from ``sara stage2 plan``."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from sara.run_dir import RunDir
 from sara.stage2.cache import cache_dir
 from sara.stage2.plan import format_plan, plan_run
 from sara.stage2.train import train
+
+log = logging.getLogger(__name__)
 
 STEPS = 6
 BF16 = "bfloat16"
@@ -84,11 +87,11 @@ def parallel_part(config: DemoConfig, out: Path) -> Section:
         for name in ("wan2.2-ti2v-5b.yaml", "wan2.2-t2v-a14b.yaml")
         for world in (8, 16)
     ]
-    print(
+    log.info(
         f"torchrun losses against one process: largest relative difference {worst['auto']:.1e} (fp32), "
         f"{worst[BF16]:.1e} (bf16)"
     )
-    print("\n".join(plans))
+    log.info("\n".join(plans))
     body = "".join(
         [
             paragraph(

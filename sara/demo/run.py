@@ -6,6 +6,7 @@ the modules of this package, in the order the report shows them.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ from sara.demo.objective import budget_part, objective_part
 from sara.demo.parallel import parallel_part
 from sara.demo.stage1 import stage1_part
 from sara.demo.stage2 import stage2_part
+
+log = logging.getLogger(__name__)
 
 MARKER = ".sara-demo"  # what makes a folder the demo's own, to be emptied by the next run
 KEPT = ("models",)  # tiny presets: versioned by their folder names, written once
@@ -58,7 +61,7 @@ def run_demo(config: DemoConfig) -> Path:
         result = part(*args)
         name = part.__name__.removesuffix("_part")
         seconds[name] = time.perf_counter() - start
-        print(f"demo part {name}: {seconds[name]:.0f} s")
+        log.info(f"demo part {name}: {seconds[name]:.0f} s")
         return result
 
     data_sections = [timed(data_part, config, out), timed(masks_part, config, out)]
@@ -70,5 +73,5 @@ def run_demo(config: DemoConfig) -> Path:
     rows = [[name, f"{s:.0f}"] for name, s in seconds.items()] + [["all", f"{sum(seconds.values()):.0f}"]]
     sections.append(Section("Where the time went", table(["part", "seconds"], rows)))
     report = write_report(out / "report.html", "SARA demo", sections)
-    print(f"report: {report}")
+    log.info(f"report: {report}")
     return report

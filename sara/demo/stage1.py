@@ -4,6 +4,7 @@ of its predicted saliency with the ground truth's, and draw its figures for a he
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +21,8 @@ from sara.stage1.evaluate import predict
 from sara.stage1.infer import infer
 from sara.stage1.run import load_run
 from sara.stage1.train import train
+
+log = logging.getLogger(__name__)
 
 
 def stage1_part(config: DemoConfig, out: Path) -> Section:
@@ -42,7 +45,7 @@ def stage1_part(config: DemoConfig, out: Path) -> Section:
         "predicted saliency": pair_budget(saliency, config.budget.threshold),
     }
     text = "\n\n".join(format_budget(b, title=f"held-out clips, {name}") for name, b in budgets.items())
-    print(text)
+    log.info(text)
     chart = plot_budget(budgets, out / "stage1_budget.png")
     curve = loss_curves(history, ("loss", "bce", "dice", "infonce"), out / "stage1_loss.png")
     figures = infer(run, config.stage1.data.heldout, [0], out=out / "stage1_figures", progress=False)

@@ -5,8 +5,9 @@ captions, and time one step per mode with `sara bench step`."""
 from __future__ import annotations
 
 import json
+import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,8 @@ from sara.shapes.render import SynthSpec, synthesize
 from sara.stage2.cache import FeatureCache, precompute
 from sara.stage2.generate import generate
 from sara.stage2.train import train
+
+log = logging.getLogger(__name__)
 
 
 def vae_part(folder: Path) -> str:
@@ -51,24 +54,43 @@ def vae_part(folder: Path) -> str:
     ) + table(["", *METRICS], summary_rows(report["gate"], METRICS))
 
 
+@dataclass
+class _Runs:
+    """What the section's commands made, and how long each took."""
+
+    wan: Path
+    cache: Path
+    run: Path
+    prompts: list[str]
+    videos: list[Path]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
 def stage2_part(config: DemoConfig, out: Path) -> Section:
+    runs = _run_commands(config, out)
+    bench_text, switch_text = _bench(config, out)
+    return Section("Stage 2: the DiT with SARA", _body(config, out, runs, bench_text, switch_text))
+
+
+def _run_commands(config: DemoConfig, out: Path) -> _Runs:
+    """Synthesise, precompute, train and generate, as the CLI's commands do, each timed."""
     stage2, world = config.stage2, config.stage2_world
     seconds = {}
-    start = time.perf_counter()
-    wan = wan_folder(stage2.models.wan, stage2.models.tiny_root)  # the shapes preset trains its VAE here, once
-    seconds["Wan preset (written once)"] = time.perf_counter() - start
-    start = time.perf_counter()
-    synthesize(SynthSpec(**asdict(world), seed=config.seed), Path(stage2.data.train).parent, progress=False)
-    seconds["sara data synth"] = time.perf_counter() - start
-    start = time.perf_counter()
-    cache = precompute(stage2, progress=False)
-    seconds["sara stage2 precompute"] = time.perf_counter() - start
-    start = time.perf_counter()
-    run = train(stage2, progress=False)
-    seconds["sara stage2 train"] = time.perf_counter() - start
+
+    def timed(name: str, command, *args, **kwargs):
+        start = time.perf_counter()
+        result = command(*args, **kwargs)
+        seconds[name] = time.perf_counter() - start
+        return result
+
+    # the shapes preset trains its VAE here, once
+    wan = timed("Wan preset (written once)", wan_folder, stage2.models.wan, stage2.models.tiny_root)
+    spec = SynthSpec(**asdict(world), seed=config.seed)
+    timed("sara data synth", synthesize, spec, Path(stage2.data.train).parent, progress=False)
+    cache = timed("sara stage2 precompute", precompute, stage2, progress=False)
+    run = timed("sara stage2 train", train, stage2, progress=False)
     heldout = load_manifest(Path(stage2.data.train).with_name("heldout.jsonl"))
     prompts = [r.prompt() for r in heldout.records[:2]]
-    start = time.perf_counter()
     size = stage2.data.size
     sampling = Sampling(
         steps=config.generate_steps,
@@ -78,13 +100,19 @@ def stage2_part(config: DemoConfig, out: Path) -> Section:
         width=size,
         text_length=stage2.models.text_length,
     )
-    videos = generate(RunDir(run).pipeline, prompts, out / "stage2_videos", sampling, progress=False)
-    seconds["sara stage2 generate"] = time.perf_counter() - start
+    videos = timed(
+        "sara stage2 generate", generate, RunDir(run).pipeline, prompts, out / "stage2_videos", sampling, progress=False
+    )
+    return _Runs(wan, cache, run, prompts, videos, seconds)
+
+
+def _bench(config: DemoConfig, out: Path) -> tuple[str, str]:
+    """`sara bench step --memory` per mode and per memory switch: the two tables as text."""
     timing = bench_step(
         ["sft", "trd", "sara"],
         batch=2,
-        frames=stage2.data.frames,
-        size=stage2.data.size,
+        frames=config.stage2.data.frames,
+        size=config.stage2.data.size,
         device="cpu",
         warmup=3,
         steps=config.bench_steps,
@@ -93,35 +121,40 @@ def stage2_part(config: DemoConfig, out: Path) -> Section:
         memory=True,
     )
     bench_text, switch_text = format_tables(timing)
-    print(bench_text, switch_text, sep="\n\n")
-    history = json.loads(RunDir(run).history.read_text())
+    log.info("%s\n\n%s", bench_text, switch_text)
+    return bench_text, switch_text
+
+
+def _body(config: DemoConfig, out: Path, runs: _Runs, bench_text: str, switch_text: str) -> str:
+    stage2, world = config.stage2, config.stage2_world
+    history = json.loads(RunDir(runs.run).history.read_text())
     curve = loss_curves(history, ("loss", "flow", "align", "val_loss", "val_align"), out / "stage2_loss.png")
-    rows = [strip(decode_clip(v, None, None).frames.permute(0, 2, 3, 1).numpy(), count=8) for v in videos]
+    rows = [strip(decode_clip(v, None, None).frames.permute(0, 2, 3, 1).numpy(), count=8) for v in runs.videos]
     frames = save_png(out / "stage2_samples.png", np.concatenate(rows))
-    clips = len(FeatureCache(cache))
+    clips = len(FeatureCache(runs.cache))
     steps_done = history[-1]
-    body = "".join(
+    return "".join(
         [
             paragraph(
                 f"{world.num} synthetic clips of {world.frames} frames at {world.size}²; the frozen encoders "
                 f"(Wan VAE and umT5, tiny V-JEPA 2, the Stage 1 aligner on the full caption) ran once over "
-                f"the {clips} training clips into `{cache}`. Then {stage2.optim.steps} steps of "
-                f"{stage2.optim.batch_size} clips of the Wan DiT ({dit_parameters(wan) / 1e6:.2f} M parameters, lr "
+                f"the {clips} training clips into `{runs.cache}`. Then {stage2.optim.steps} steps of "
+                f"{stage2.optim.batch_size} clips of the Wan DiT ({dit_parameters(runs.wan) / 1e6:.2f} M parameters, lr "
                 f"{stage2.optim.lr:g}) with flow matching + "
                 f"{stage2.objective.align.weight} · TRD routed by `{stage2.objective.align.routing}` "
                 f"(last loss {steps_done['loss']:.3f}: flow {steps_done['flow']:.3f}, align {steps_done['align']:.3f}); "
-                f"the trained transformer was exported as a Diffusers pipeline (`{run / 'pipeline'}`) and "
+                f"the trained transformer was exported as a Diffusers pipeline (`{RunDir(runs.run).pipeline}`) and "
                 f"`WanPipeline` generated two held-out captions ({config.generate_steps} UniPC steps, CFG 5)."
             ),
-            vae_part(wan),
-            table(["command", "seconds"], [[name, f"{s:.1f}"] for name, s in seconds.items()]),
+            vae_part(runs.wan),
+            table(["command", "seconds"], [[name, f"{s:.1f}"] for name, s in runs.seconds.items()]),
             image(curve, "stage 2 loss terms"),
             paragraph(
                 "Generated frames (8 of each video), one row per held-out caption — a DiT trained for minutes "
-                "on CPU. Captions: " + " | ".join(prompts)
+                "on CPU. Captions: " + " | ".join(runs.prompts)
             ),
             image(frames, "generated frames"),
-            image(videos[0].with_suffix(".gif"), "first generated video"),
+            image(runs.videos[0].with_suffix(".gif"), "first generated video"),
             paragraph(
                 "`sara bench step --memory`: one optimizer step of the tiny DiT per mode (median of "
                 f"{config.bench_steps} steps, batch 2, cached features; `sara_online` runs the frozen "
@@ -144,4 +177,3 @@ def stage2_part(config: DemoConfig, out: Path) -> Section:
             preformatted(switch_text),
         ]
     )
-    return Section("Stage 2: the DiT with SARA", body)
