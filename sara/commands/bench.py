@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 
 from sara.bench.trd import DTYPES
 from sara.losses.alignment import ALIGN_MODES
@@ -85,14 +86,11 @@ def _trd(args: argparse.Namespace) -> None:
         args.min_seconds,
         progress=not args.json,
     )
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return
-    print(
+    header = (
         f"TRD forward+backward, B={args.batch} D={args.dim} {args.dtype} on {args.device} "
         f"({torch.get_num_threads()} CPU threads); hard masks with FG {args.fg_fraction} for routed modes"
     )
-    print(format_rows(rows))
+    _emit(args, rows, header, format_rows)
 
 
 def _step(args: argparse.Namespace) -> None:
@@ -179,11 +177,17 @@ def _vae(args: argparse.Namespace) -> None:
 
     recipe = VaeRecipe()
     rows = bench_vae(recipe, args.warmup, args.steps)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return
-    print(
+    header = (
         f"shapes VAE training step (base width {recipe.base_dim}, {recipe.crop}² crops) on CPU "
         f"({torch.get_num_threads()} threads); median of {args.steps} steps"
     )
-    print(format_vae(rows))
+    _emit(args, rows, header, format_vae)
+
+
+def _emit(args: argparse.Namespace, rows: list[dict], header: str, format_table: Callable[[list[dict]], str]) -> None:
+    """The rows as JSON under ``--json``, else the header line and the table."""
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(header)
+    print(format_table(rows))
