@@ -149,3 +149,48 @@ def test_backgrounds_draws_only_the_kinds_named(tmp_path, capsys):
     facts = [r.model_extra["render"] for r in load_manifest(tmp_path / "train.jsonl").records]
     assert {f["background"] for f in facts} <= {"noise", "stripes"}
     assert not {(e["colour"], e["kind"]) for f in facts for e in f["entities"]} & set(UNSEEN_PAIRS)
+
+
+STUDY = SynthSpec(
+    num=4, seed=2, frames=9, size=96, backgrounds=("plain",), spin=0.0, upright=True, entity_share=0.06,
+    min_entities=2, max_entities=2, min_visible=0.9, distractors=2,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_the_study_world_fixes_size_angle_and_background(index):
+    """``entity_share``: each named shape covers that share of the frame, whatever its kind;
+    ``upright`` and ``spin=0``: angle 0 in every frame; ``plain``: one colour behind them."""
+    clip = render_clip(STUDY, index)
+    for fact in clip.facts["entities"]:
+        assert shapes.area(fact["kind"]) * fact["reach"] ** 2 == pytest.approx(0.06 * 96 * 96, rel=0.01)
+        assert set(fact["angles"]) == {0.0}
+    drawn = np.any(np.stack(clip.masks), axis=0)
+    distractors = [shapes.draw(d["kind"], x, y, d["reach"], 0, 96) for d in clip.facts["distractors"]
+                   for (y, x) in d["centres"][:1]]  # fmt: skip
+    background = ~drawn[0] & ~np.any(distractors, axis=0)
+    assert len(np.unique(clip.video[0][background], axis=0)) == 1
+    assert "plain dark background" in clip.caption["global_setup"]
+
+
+def test_distractors_move_unnamed_behind_the_named_shapes():
+    """Distractors take clutter colours (none near the palette), get no mask and no prompt, and
+    never hide a named shape; the caption counts them apart."""
+    from sara.shapes.palette import colour_masks
+
+    clip = render_clip(STUDY, 1)
+    assert len(clip.facts["distractors"]) == 2 and len(clip.prompts) == len(clip.masks) == 2
+    assert clip.caption["global_setup"].startswith("Two moving shapes and two grey shapes over")
+    for fact, mask in zip(clip.facts["entities"], clip.masks):
+        shown = mask.sum(axis=(1, 2)) / (shapes.area(fact["kind"]) * fact["reach"] ** 2)
+        assert shown.min() >= 0.9
+    palette = colour_masks(torch.from_numpy(clip.video)).any(0).numpy()  # (T, H, W)
+    named = np.any(np.stack(clip.masks), axis=0)
+    assert (palette & ~named).sum() == 0  # no palette colour beyond the named shapes
+    for distractor in clip.facts["distractors"]:
+        first = distractor["centres"][0]
+        assert first != distractor["centres"][-1]  # they move
+
+
+def test_default_world_draws_no_distractor_facts():
+    assert "distractors" not in render_clip(SPEC, 0).facts

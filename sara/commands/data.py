@@ -29,6 +29,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     synth.add_argument("--heldout-fraction", type=float, default=spec.heldout_fraction, help="share in heldout.jsonl")
     synth.add_argument("--pairs", choices=PAIRS, default=spec.pairs, help="colour–shape pairs drawn")
     synth.add_argument("--backgrounds", nargs="+", choices=BACKGROUNDS, default=spec.backgrounds, help="kinds drawn")
+    synth.add_argument("--min-entities", type=int, default=spec.min_entities, help="named shapes per clip, at least")
+    synth.add_argument("--max-entities", type=int, default=spec.max_entities, help="named shapes per clip, at most")
+    synth.add_argument("--spin", type=float, default=spec.spin, help="largest turn per frame, radians")
+    synth.add_argument("--upright", action="store_true", help="every shape starts at angle 0")
+    synth.add_argument("--entity-share", type=float, default=spec.entity_share, help="> 0: each shape's frame share")
+    synth.add_argument("--distractors", type=int, default=spec.distractors, help="unnamed shapes in clutter colours")
     synth.add_argument("--workers", type=int, default=2, help="processes")
     synth.set_defaults(handler=_synth)
 
@@ -90,6 +96,12 @@ def _synth(args: argparse.Namespace) -> None:
         heldout_fraction=args.heldout_fraction,
         pairs=args.pairs,
         backgrounds=args.backgrounds,
+        min_entities=args.min_entities,
+        max_entities=args.max_entities,
+        spin=args.spin,
+        upright=args.upright,
+        entity_share=args.entity_share,
+        distractors=args.distractors,
     )
     summary = synthesize(spec, args.out, workers=args.workers)
     clips = ", ".join(f"{n} {split}" for split, n in summary["clips"].items())

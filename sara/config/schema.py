@@ -11,7 +11,7 @@ from sara.config.stage2 import Stage2Config, Stage2DataConfig, Stage2ModelsConfi
 
 # the shapes world's words, from above config on purpose: SynthConfig's choices and defaults are its
 # kinds of pairs and backgrounds; that module imports nothing of sara, so nothing above comes with it
-from sara.shapes.vocabulary import BACKGROUNDS, PAIRS
+from sara.shapes.vocabulary import BACKGROUNDS, PAIRS, TEXTURED
 
 
 @dataclass
@@ -44,7 +44,13 @@ class SynthConfig:
     min_visible: float = option(0.5, ge=0, le=1)  # least share of its area each entity shows in every frame
     heldout_fraction: float = option(0.2, ge=0, lt=1)  # clips in heldout.jsonl
     pairs: str = option("all", choices=PAIRS)  # colour–shape pairs: all, seen (never the unseen ones), unseen
-    backgrounds: list[str] = option(list(BACKGROUNDS), choices=BACKGROUNDS)  # the kinds drawn from
+    backgrounds: list[str] = option(list(TEXTURED), choices=BACKGROUNDS)  # the kinds drawn from
+    min_entities: int = option(1, ge=1)  # named shapes per clip, at least
+    max_entities: int = option(3, ge=1)  # and at most
+    spin: float = option(0.05, ge=0)  # largest turn of a shape per frame, radians
+    upright: bool = False  # every shape starts at angle 0
+    entity_share: float = option(0.0, ge=0, lt=1)  # > 0: each named shape covers this share of the frame
+    distractors: int = option(0, ge=0)  # unnamed shapes in clutter colours, behind the named ones
 
 
 @dataclass

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sara.shapes.render import SynthSpec, synthesize
-from sara.shapes.vocabulary import BACKGROUNDS
+from sara.shapes.vocabulary import TEXTURED
 
 
-def prompt_set_spec(num: int, seed: int, frames: int, size: int, backgrounds: Sequence[str] = BACKGROUNDS) -> SynthSpec:
+def prompt_set_spec(num: int, seed: int, frames: int, size: int, backgrounds: Sequence[str] = TEXTURED) -> SynthSpec:
     """Every clip held out (``heldout.jsonl``), 2–3 entities, unseen pairs only."""
     return SynthSpec(
         num=num, seed=seed, frames=frames, size=size, heldout_fraction=1.0, min_entities=2, pairs="unseen",
@@ -21,7 +21,7 @@ def prompt_set_spec(num: int, seed: int, frames: int, size: int, backgrounds: Se
 
 def write_prompt_set(
     out: str | Path, num: int, seed: int, frames: int, size: int, workers: int = 2,
-    backgrounds: Sequence[str] = BACKGROUNDS,
+    backgrounds: Sequence[str] = TEXTURED,
 ) -> Path:  # fmt: skip
     """Render the set into ``out``; returns its manifest, ``out/heldout.jsonl``."""
     synthesize(prompt_set_spec(num, seed, frames, size, backgrounds), out, workers=workers, progress=False)

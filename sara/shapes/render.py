@@ -2,11 +2,14 @@
 
 Each clip holds 1–3 shapes of distinct kinds and colours moving in straight lines over a
 non-uniform background (noise, stripes, gradients, or a clutter of shapes in other
-colours; ``backgrounds`` restricts the kinds), so that finding "the red square" needs the
-text. Shapes are drawn back to front; each entity's mask is its *visible* part, so
-crossings give real occlusions.
+colours; ``backgrounds`` restricts the kinds, and ``plain`` adds a uniform dark one), so
+that finding "the red square" needs the text. Shapes are drawn back to front; each entity's
+mask is its *visible* part, so crossings give real occlusions.
 Shape sizes are drawn so that on average ``fg_fraction`` of the frame (hence of the
-V-JEPA token grid) is covered, each entity at least ``min_share`` of it (no specks).
+V-JEPA token grid) is covered, each entity at least ``min_share`` of it (no specks); with
+``entity_share`` every entity covers that share instead (one size per kind).
+``distractors`` adds shapes in clutter colours that the caption does not name, drawn behind
+the named ones: no entity colour, so no mask, saliency or metric counts them.
 Everything is a function of ``(seed, clip index)``; ``pairs`` can keep a fixed set of
 colour–shape pairs out of a world (``seen``) or draw only those (``unseen``: the held-out
 prompt set of ``sara eval shapes-set``).
@@ -37,7 +40,7 @@ import torch
 from sara.data.masks import pool_to_grid, save_mask
 from sara.data.video import write_video
 from sara.shapes import geometry
-from sara.shapes.vocabulary import BACKGROUNDS, COLOURS, MOTIONS, NUMBERS, PAIRS, SHAPES, UNSEEN_PAIRS
+from sara.shapes.vocabulary import BACKGROUNDS, COLOURS, MOTIONS, NUMBERS, PAIRS, SHAPES, TEXTURED, UNSEEN_PAIRS
 
 CLUTTER = [(120, 100, 80), (110, 110, 110), (150, 120, 150), (90, 120, 110), (160, 150, 110)]  # no entity colour
 LAYOUT_TRIES = 10  # layouts drawn at one size before the shapes shrink
@@ -60,7 +63,11 @@ class SynthSpec:
     min_entities: int = 1
     max_entities: int = 3
     pairs: str = "all"  # colour–shape pairs drawn: all, seen (never UNSEEN_PAIRS) or unseen (only those)
-    backgrounds: tuple[str, ...] = BACKGROUNDS  # the kinds drawn from (a subset: an ablation of the world)
+    backgrounds: tuple[str, ...] = TEXTURED  # the kinds drawn from (any of BACKGROUNDS)
+    spin: float = 0.05  # largest turn of a shape per frame, radians (0: each keeps its angle)
+    upright: bool = False  # every shape starts at angle 0 (else at a random angle)
+    entity_share: float = 0.0  # > 0: every entity covers this share of the frame (fg_fraction, min_share unused)
+    distractors: int = 0  # unnamed shapes in clutter colours, moving behind the named ones
     tubelet: int = 2  # V-JEPA 2's token cell (frames × pixels²), for the reported FG fraction
     patch: int = 16
 
@@ -73,6 +80,10 @@ class SynthSpec:
             raise ValueError(f"backgrounds {list(self.backgrounds)}; choose from {', '.join(BACKGROUNDS)}")
         if not 1 <= self.min_entities <= self.max_entities <= len(SHAPES):
             raise ValueError(f"entities: need 1 <= min_entities <= max_entities <= {len(SHAPES)}")
+        if not 0 <= self.entity_share * self.max_entities < 1:
+            raise ValueError(f"entity_share {self.entity_share}: max_entities of them must cover less than the frame")
+        if self.distractors < 0:
+            raise ValueError(f"distractors {self.distractors}: must be 0 or more")
 
 
 @dataclass
@@ -113,6 +124,8 @@ def _background(rng: np.random.Generator, size: int, kinds: Sequence[str]) -> tu
             shape = geometry.draw(kind_c, *rng.uniform(0, size, size=2), r, rng.uniform(0, math.pi), size)
             image[shape] = CLUTTER[int(rng.integers(len(CLUTTER)))]
         return image, kind, "a background cluttered with small grey and brown shapes"
+    if kind == "plain":  # darker than every clutter colour: distractors stand out on it
+        return np.tile(rng.uniform(20, 50, size=3).astype(np.uint8), (size, size, 1)), kind, "a plain dark background"
     raise ValueError(f"background kind {kind!r}; choose one of {', '.join(BACKGROUNDS)}")
 
 
@@ -146,7 +159,7 @@ def _visible_parts(drawn: list[np.ndarray]) -> list[np.ndarray]:
     return visible
 
 
-def _caption(entities: list[dict], drawn: list[np.ndarray], scene: str) -> dict:
+def _caption(entities: list[dict], drawn: list[np.ndarray], scene: str, unnamed: int = 0) -> dict:
     """The MTSS caption of a clip, from what was drawn."""
     names = [e["name"] for e in entities]
     actions = [f"the {e['name']} moves from {e['motion']}" for e in entities]
@@ -157,8 +170,9 @@ def _caption(entities: list[dict], drawn: list[np.ndarray], scene: str) -> dict:
             if (drawn[i] & drawn[j]).any():  # later entities are drawn in front
                 sentences.append(f"The {names[j]} passes in front of the {names[i]}.")
     count = len(entities)
+    others = f" and {NUMBERS.get(unnamed, unnamed)} grey shape{'s' if unnamed > 1 else ''}" if unnamed else ""
     return {
-        "global_setup": f"{NUMBERS[count].capitalize()} moving shape{'s' if count > 1 else ''} over {scene}.",
+        "global_setup": f"{NUMBERS[count].capitalize()} moving shape{'s' if count > 1 else ''}{others} over {scene}.",
         "cast": [{"name": e["name"], "description": f"a {e['name']} that moves from {e['motion']}"} for e in entities],
         "scene": scene,
         "shots": [" ".join(sentences)],
@@ -193,8 +207,8 @@ def _layout(rng: np.random.Generator, kinds, colours, shares, spec: SynthSpec) -
             "motion": list(MOTIONS)[int(rng.integers(len(MOTIONS)))],
             "travel": rng.uniform(0.3, 0.6) * size,
             "centre": rng.uniform(0.35, 0.65, size=2) * size,  # (y, x) at mid-clip
-            "angle": rng.uniform(0, 2 * math.pi),
-            "spin": rng.uniform(-0.05, 0.05),
+            "angle": rng.uniform(0, 2 * math.pi) * (not spec.upright),
+            "spin": rng.uniform(-spec.spin, spec.spin),
         }
         for kind, colour, share in zip(kinds, colours, shares)
     ]
@@ -230,13 +244,18 @@ def render_clip(spec: SynthSpec, index: int) -> Rendered:
     kinds, colours = _cast(rng, count, spec.pairs)
     target = spec.fg_fraction * rng.uniform(0.8, 1.2)
     shares = spec.min_share + rng.dirichlet(np.ones(count)) * max(target - count * spec.min_share, 0.0)
+    if spec.entity_share:
+        shares = np.full(count, spec.entity_share)
     back_to_front = np.argsort(-shares, kind="stable")  # larger shapes behind: small ones rarely hide them
     kinds, colours, shares = kinds[back_to_front], colours[back_to_front], shares[back_to_front]
     background, background_kind, scene = _background(rng, spec.size, spec.backgrounds)
     for attempt in range(MAX_LAYOUTS):
-        shrink = 0.85 ** (attempt // LAYOUT_TRIES)
+        shrink = 1.0 if spec.entity_share else 0.85 ** (attempt // LAYOUT_TRIES)
         entities = _layout(rng, kinds, colours, shares * shrink**2, spec)
-        drawn, scale = _fit(entities, target * shrink**2, spec)
+        if spec.entity_share:  # sizes are the spec's: no fitting to a foreground share
+            drawn, scale = [_trajectory(e, 1.0, spec) for e in entities], 1.0
+        else:
+            drawn, scale = _fit(entities, target * shrink**2, spec)
         visible = _visible_parts(drawn)
         least = _least_visible(entities, visible, scale, spec)
         if min(least) >= spec.min_visible:
@@ -244,26 +263,47 @@ def render_clip(spec: SynthSpec, index: int) -> Rendered:
     else:
         raise RuntimeError(f"clip {index}: no layout in {MAX_LAYOUTS} shows every entity (min_visible too high?)")
     video = np.repeat(background[None], spec.frames, axis=0)
+    others = _distractors(rng, spec)
+    for other in others:  # behind every named entity: they hide none of it
+        video[_trajectory(other, 1.0, spec)] = other["rgb"]
     for entity, masks in zip(entities, drawn):
         video[masks] = COLOURS[entity["colour"]]
     facts = {"background": background_kind, "entities": []}
     for entity, share in zip(entities, least):
-        centres, angles, r = _path(entity, scale, spec)
-        facts["entities"].append(
-            {
-                "name": entity["name"],
-                "kind": entity["kind"],
-                "colour": entity["colour"],
-                "rgb": list(COLOURS[entity["colour"]]),
-                "motion": entity["motion"],
-                "direction": list(MOTIONS[entity["motion"]]),  # (dy, dx)
-                "reach": round(r, 2),  # circumradius in pixels
-                "centres": np.round(centres, 2).tolist(),  # (y, x) per frame
-                "angles": np.round(angles, 4).tolist(),
-                "least_visible": round(share, 4),
-            }
-        )
-    return Rendered(video, visible, _caption(entities, drawn, scene), [e["name"] for e in entities], facts)
+        facts["entities"].append({"name": entity["name"], **_motion_facts(entity, scale, spec)})
+        facts["entities"][-1]["least_visible"] = round(share, 4)
+    if others:  # their paths: the motion of every pixel is known (optical flow)
+        facts["distractors"] = [_motion_facts(other, 1.0, spec) for other in others]
+    caption = _caption(entities, drawn, scene, len(others))
+    return Rendered(video, visible, caption, [e["name"] for e in entities], facts)
+
+
+def _distractors(rng: np.random.Generator, spec: SynthSpec) -> list[dict]:
+    """``spec.distractors`` shapes of any kind in clutter colours, at the entities' size."""
+    if not spec.distractors:
+        return []
+    kinds = rng.choice(SHAPES, size=spec.distractors)
+    share = spec.entity_share or spec.fg_fraction / spec.max_entities
+    others = _layout(rng, kinds, ["clutter"] * spec.distractors, [share] * spec.distractors, spec)
+    for other in others:
+        other["rgb"] = CLUTTER[int(rng.integers(len(CLUTTER)))]
+    return others
+
+
+def _motion_facts(entity: dict, scale: float, spec: SynthSpec) -> dict:
+    """What the renderer knows of one moving shape: kind, colour, direction and path."""
+    centres, angles, r = _path(entity, scale, spec)
+    rgb = entity.get("rgb", COLOURS.get(entity["colour"]))
+    return {
+        "kind": entity["kind"],
+        "colour": entity["colour"],
+        "rgb": list(rgb),
+        "motion": entity["motion"],
+        "direction": list(MOTIONS[entity["motion"]]),  # (dy, dx)
+        "reach": round(r, 2),  # circumradius in pixels
+        "centres": np.round(centres, 2).tolist(),  # (y, x) per frame
+        "angles": np.round(angles, 4).tolist(),
+    }
 
 
 def _write_clip(args: tuple[SynthSpec, int, str]) -> dict:

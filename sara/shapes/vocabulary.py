@@ -32,4 +32,5 @@ NUMBERS = {1: "one", 2: "two", 3: "three"}
 # colour, every kind at least once, so each word is seen in training, only these bindings not
 UNSEEN_PAIRS = tuple(zip(COLOURS, SHAPES * 2))
 PAIRS = ("all", "seen", "unseen")  # which pairs a world draws
-BACKGROUNDS = ("noise", "stripes", "gradient", "clutter")  # what a clip's shapes move over
+BACKGROUNDS = ("noise", "stripes", "gradient", "clutter", "plain")  # what a clip's shapes move over
+TEXTURED = BACKGROUNDS[:4]  # the default world's: finding "the red square" needs the text
