@@ -136,13 +136,15 @@ def test_synthesize_writes_clips_masks_and_splits(tmp_path):
 
 def test_backgrounds_draws_only_the_kinds_named(tmp_path, capsys):
     """A world restricted to some backgrounds (an ablation) draws only those, through the
-    spec and `sara data synth`; the default draws every kind; an unknown kind is an error."""
+    spec and `sara data synth`; the default draws every textured kind; an unknown kind is an error."""
     assert len({render_clip(SPEC, i).facts["background"] for i in range(12)}) > 2
     gradient = SynthSpec(num=6, seed=3, frames=9, size=64, backgrounds=["gradient"])  # a config's list
     assert gradient.backgrounds == ("gradient",)
     assert {render_clip(gradient, i).facts["background"] for i in range(6)} == {"gradient"}
-    with pytest.raises(ValueError, match=r"backgrounds \['plain'\]; choose from noise, stripes, gradient, clutter"):
-        SynthSpec(backgrounds=("plain",))
+    with pytest.raises(
+        ValueError, match=r"backgrounds \[.checkers.\]; choose from noise, stripes, gradient, clutter, plain"
+    ):
+        SynthSpec(backgrounds=("checkers",))
     args = ["data", "synth", "--out", str(tmp_path), "--num", "6", "--frames", "5", "--size", "64"]
     assert main([*args, "--pairs", "seen", "--backgrounds", "noise", "stripes", "--workers", "1"]) == 0
     assert "wrote" in capsys.readouterr().out

@@ -270,8 +270,9 @@ def render_clip(spec: SynthSpec, index: int) -> Rendered:
         video[masks] = COLOURS[entity["colour"]]
     facts = {"background": background_kind, "entities": []}
     for entity, share in zip(entities, least):
-        facts["entities"].append({"name": entity["name"], **_motion_facts(entity, scale, spec)})
-        facts["entities"][-1]["least_visible"] = round(share, 4)
+        facts["entities"].append(
+            {"name": entity["name"], **_motion_facts(entity, scale, spec), "least_visible": round(share, 4)}
+        )
     if others:  # their paths: the motion of every pixel is known (optical flow)
         facts["distractors"] = [_motion_facts(other, 1.0, spec) for other in others]
     caption = _caption(entities, drawn, scene, len(others))
