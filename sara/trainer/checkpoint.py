@@ -71,7 +71,12 @@ class TrainState:
     @property
     def trained(self) -> list[nn.Parameter]:
         """The parameters the optimizer steps (and the EMA averages), in ``parameters`` order."""
-        return [p for p in self.model.parameters() if p.requires_grad]
+        return trained_parameters(self.model)
+
+
+def trained_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """``model``'s parameters that require gradients, in ``parameters`` order."""
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def _rng_state() -> dict[str, Any]:

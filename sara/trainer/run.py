@@ -25,7 +25,7 @@ from sara.config import save_config
 from sara.parallel.world import World, close_world, init_world
 from sara.run_dir import RunDir
 from sara.trainer.batches import lr_factor
-from sara.trainer.checkpoint import TrainState, load_checkpoint, resume_point
+from sara.trainer.checkpoint import TrainState, load_checkpoint, resume_point, trained_parameters
 from sara.trainer.logger import Logger
 from sara.trainer.loop import LoopPlan, run_loop
 from sara.trainer.preemption import RunLock
@@ -58,7 +58,7 @@ def adamw_state(model: nn.Module, optim: Any, decay: str = "cosine", ema_decay: 
     """AdamW over ``model``'s trained parameters with ``optim``'s ``lr``, ``weight_decay``,
     a linear warm-up of ``warmup_steps`` then ``decay`` over ``steps``; an EMA of the
     trained parameters when ``ema_decay`` is set."""
-    trained = [p for p in model.parameters() if p.requires_grad]
+    trained = trained_parameters(model)
     optimizer = torch.optim.AdamW(trained, lr=optim.lr, weight_decay=optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(optim.warmup_steps, optim.steps, decay))
     ema = EMAModel(trained, decay=ema_decay) if ema_decay else None
