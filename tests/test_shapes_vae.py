@@ -11,8 +11,10 @@ from diffusers import AutoencoderKLWan, WanPipeline
 from sara.demo.stage2 import vae_part
 from sara.models.presets import WAN_VARIANTS
 from sara.models.vae_layers import fast_layers
+from sara.models.wan import save_tiny_wan
 from sara.shapes.metric import METRICS
 from sara.shapes.render import SynthSpec, render_clip
+from sara.shapes.text import TextRecipe
 from sara.shapes.vae import (
     VaeRecipe,
     decode_unclamped,
@@ -146,7 +148,9 @@ def test_training_lowers_the_reconstruction_error():
 @pytest.mark.slow
 def test_preset_folder_loads_with_statistics_and_gate(tmp_path):
     assert WAN_VARIANTS["shapes"] == "wan-shapes"
-    folder = save_shapes_wan(tmp_path / "wan", seed=0, recipe=SMALL)
+    random_states = WanPipeline.from_pretrained(save_tiny_wan(tmp_path / "tiny", variant="medium")).text_encoder
+    text = TextRecipe(captions=40, steps=3, batch=4, probes=2)
+    folder = save_shapes_wan(tmp_path / "wan", seed=0, recipe=SMALL, text=text)
     pipe = WanPipeline.from_pretrained(folder)
     assert pipe.vae.config.is_residual and pipe.vae_scale_factor_spatial == 8 and pipe.vae_scale_factor_temporal == 4
     assert pipe.vae.config.latents_std != [1.0] * 16  # measured on training clips, not the defaults
@@ -156,8 +160,13 @@ def test_preset_folder_loads_with_statistics_and_gate(tmp_path):
     for row in ("ground truth", "reconstruction"):
         assert set(gate["gate"][row]) == set(METRICS)
     assert gate["gate"]["ground truth"]["presence"]["mean"] == 1.0  # the rendered clips show every entity
+    text_gate = json.loads((folder / "text_encoder" / "gate.json").read_text())
+    assert text_gate["recipe"]["steps"] == 3 and set(text_gate["binding gap"]) == {"random", "pretrained"}
+    trained = dict(pipe.text_encoder.named_parameters())
+    assert any(not torch.equal(p, trained[n]) for n, p in random_states.named_parameters())
     section = vae_part(folder)  # the demo's paragraph and table
     assert "40 steps on single frames, then 4 on 5-frame clips" in section and section.count("<tr>") == 3
+    assert "3 steps of masked-token prediction" in section
     gate["recipe"]["clip_steps"] = 0  # the shipped recipe: no clip phase
     (folder / "vae" / "gate.json").write_text(json.dumps(gate))
     assert "frame-wise" in vae_part(folder) and "-frame clips" not in vae_part(folder)

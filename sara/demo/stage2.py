@@ -46,12 +46,25 @@ def vae_part(folder: Path) -> str:
         else "; frame-wise: each latent frame decodes to one frame of its 4-frame step"
     )
     return paragraph(
-        f"The Wan folder is the `shapes` preset: the `medium` DiT and the tiny umT5 with a VAE trained on the shapes world "
+        f"The Wan folder is the `shapes` preset: the `medium` DiT, a VAE trained on the shapes world "
         f"({recipe['image_steps']} steps on single frames{clips}, {recipe['crop']}² crops; {report['seconds']:.0f} s, "
-        f"final L1 {report['final_l1']:.3f}), so that "
-        f"generated latents decode to shapes. Its gate: `sara eval shapes` on {recipe['gate_clips']} held-out clips "
-        "of unseen colour–shape pairs and on their reconstructions, mean [95 % interval] over clips:"
+        f"final L1 {report['final_l1']:.3f}), so that generated latents decode to shapes, and the tiny umT5 "
+        f"pretrained on the world's captions{_text_part(folder)}. The VAE's gate: `sara eval shapes` on "
+        f"{recipe['gate_clips']} held-out clips of unseen colour–shape pairs and on their reconstructions, "
+        "mean [95 % interval] over clips:"
     ) + table(["", *METRICS], summary_rows(report["gate"], METRICS))
+
+
+def _text_part(folder: Path) -> str:
+    """The umT5's pretraining in a clause: steps, time and binding gap before → after."""
+    report = json.loads((folder / "text_encoder" / "gate.json").read_text())
+    gaps = report["binding gap"]
+    moved = ", ".join(f"{word} {gaps['random'][word]:.2f} → {gaps['pretrained'][word]:.2f}" for word in gaps["random"])
+    return (
+        f" ({report['recipe']['steps']} steps of masked-token prediction, {report['seconds']:.0f} s), so that its "
+        f"token states say which colour and motion go with which shape — how far they move when two entities swap "
+        f"words, as a share of how far when one word changes: {moved}"
+    )
 
 
 @dataclass

@@ -20,8 +20,9 @@ from pathlib import Path
 
 # part of every preset's folder name: 2 — tokenizers with chat templates; 3 — the shapes VAE
 # trained longer, its entity outlines weighted; 4 — the shapes VAE frame-wise (no clip phase);
-# 5 — the medium DiT in two heads of 64 channels
-PRESET_FORMAT = 5
+# 5 — the medium DiT in two heads of 64 channels; 6 — the shapes umT5 pretrained on the world's
+# captions
+PRESET_FORMAT = 6
 # name -> (module, writer, keyword arguments of the writer)
 TINY: dict[str, tuple[str, str, dict]] = {
     "sam3": ("sara.models.sam3", "save_tiny", {}),

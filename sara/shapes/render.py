@@ -40,7 +40,8 @@ import torch
 from sara.data.masks import pool_to_grid, save_mask
 from sara.data.video import write_video
 from sara.shapes import geometry
-from sara.shapes.vocabulary import BACKGROUNDS, COLOURS, MOTIONS, NUMBERS, PAIRS, SHAPES, TEXTURED, UNSEEN_PAIRS
+from sara.shapes.caption import SCENES, caption
+from sara.shapes.vocabulary import BACKGROUNDS, COLOURS, MOTIONS, PAIRS, SHAPES, TEXTURED, UNSEEN_PAIRS
 
 CLUTTER = [(120, 100, 80), (110, 110, 110), (150, 120, 150), (90, 120, 110), (160, 150, 110)]  # no entity colour
 LAYOUT_TRIES = 10  # layouts drawn at one size before the shapes shrink
@@ -104,18 +105,18 @@ def _background(rng: np.random.Generator, size: int, kinds: Sequence[str]) -> tu
     base = rng.uniform(60, 140, size=3)
     if kind == "noise":
         image = base + rng.normal(0, 35, size=(size, size, 3))
-        return image.clip(0, 255).astype(np.uint8), kind, "a background of coloured noise"
+        return image.clip(0, 255).astype(np.uint8), kind, SCENES[kind]
     if kind == "stripes":
         period, angle = rng.uniform(0.08, 0.2), rng.uniform(0, math.pi)
         wave = np.sin(2 * math.pi * (xx * math.cos(angle) + yy * math.sin(angle)) / period)
         image = base + 45 * wave[..., None] * rng.uniform(0.5, 1.0, size=3)
-        return image.clip(0, 255).astype(np.uint8), kind, "a background of grey stripes"
+        return image.clip(0, 255).astype(np.uint8), kind, SCENES[kind]
     if kind == "gradient":
         other = rng.uniform(40, 180, size=3)
         mix = (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))[..., None]
         mix = (mix - mix.min()) / (np.ptp(mix) + 1e-6)
         image = base * (1 - mix) + other * mix
-        return image.clip(0, 255).astype(np.uint8), kind, "a background with a smooth colour gradient"
+        return image.clip(0, 255).astype(np.uint8), kind, SCENES[kind]
     if kind == "clutter":
         image = np.tile(base.astype(np.uint8), (size, size, 1))
         for _ in range(int(rng.integers(12, 25))):
@@ -123,9 +124,11 @@ def _background(rng: np.random.Generator, size: int, kinds: Sequence[str]) -> tu
             r = rng.uniform(0.03, 0.08) * size
             shape = geometry.draw(kind_c, *rng.uniform(0, size, size=2), r, rng.uniform(0, math.pi), size)
             image[shape] = CLUTTER[int(rng.integers(len(CLUTTER)))]
-        return image, kind, "a background cluttered with small grey and brown shapes"
-    if kind == "plain":  # darker than every clutter colour: distractors stand out on it
-        return np.tile(rng.uniform(20, 50, size=3).astype(np.uint8), (size, size, 1)), kind, "a plain dark background"
+        return image, kind, SCENES[kind]
+    if kind == "plain":
+        # darker than every clutter colour, so distractors stand out on it, yet no darker than the
+        # textures' bases: the shapes VAE, trained on those, decodes a 20–50 grey as green-grey
+        return np.tile(rng.uniform(60, 100, size=3).astype(np.uint8), (size, size, 1)), kind, SCENES[kind]
     raise ValueError(f"background kind {kind!r}; choose one of {', '.join(BACKGROUNDS)}")
 
 
@@ -157,26 +160,6 @@ def _visible_parts(drawn: list[np.ndarray]) -> list[np.ndarray]:
         visible[i] = drawn[i] & ~covered
         covered = covered | drawn[i]
     return visible
-
-
-def _caption(entities: list[dict], drawn: list[np.ndarray], scene: str, unnamed: int = 0) -> dict:
-    """The MTSS caption of a clip, from what was drawn."""
-    names = [e["name"] for e in entities]
-    actions = [f"the {e['name']} moves from {e['motion']}" for e in entities]
-    shot = (", ".join(actions[:-1]) + " and " + actions[-1]) if len(actions) > 1 else actions[0]
-    sentences = [shot[0].upper() + shot[1:] + "."]
-    for i in range(len(entities)):
-        for j in range(i + 1, len(entities)):
-            if (drawn[i] & drawn[j]).any():  # later entities are drawn in front
-                sentences.append(f"The {names[j]} passes in front of the {names[i]}.")
-    count = len(entities)
-    others = f" and {NUMBERS.get(unnamed, unnamed)} grey shape{'s' if unnamed > 1 else ''}" if unnamed else ""
-    return {
-        "global_setup": f"{NUMBERS[count].capitalize()} moving shape{'s' if count > 1 else ''}{others} over {scene}.",
-        "cast": [{"name": e["name"], "description": f"a {e['name']} that moves from {e['motion']}"} for e in entities],
-        "scene": scene,
-        "shots": [" ".join(sentences)],
-    }
 
 
 def _cast(rng: np.random.Generator, count: int, pairs: str) -> tuple[np.ndarray, np.ndarray]:
@@ -275,8 +258,10 @@ def render_clip(spec: SynthSpec, index: int) -> Rendered:
         )
     if others:  # their paths: the motion of every pixel is known (optical flow)
         facts["distractors"] = [_motion_facts(other, 1.0, spec) for other in others]
-    caption = _caption(entities, drawn, scene, len(others))
-    return Rendered(video, visible, caption, [e["name"] for e in entities], facts)
+    named = [(e["name"], e["motion"]) for e in entities]
+    # later entities are drawn in front
+    overlaps = [(i, j) for i in range(len(drawn)) for j in range(i + 1, len(drawn)) if (drawn[i] & drawn[j]).any()]
+    return Rendered(video, visible, caption(named, overlaps, scene, len(others)), [e["name"] for e in entities], facts)
 
 
 def _distractors(rng: np.random.Generator, spec: SynthSpec) -> list[dict]:

@@ -1,5 +1,7 @@
 """The ``shapes`` Wan preset: the ``tiny`` Wan folder with a VAE trained on the shapes world,
-so that what a DiT generates decodes to coloured shapes, not texture.
+so that what a DiT generates decodes to coloured shapes, not texture, and its umT5 pretrained
+on the world's captions (:mod:`sara.shapes.text`), so that the DiT can read which colour and
+motion go with which shape.
 
 Same class (`AutoencoderKLWan`: causal, 4× in time, 8× in space, 16 latent channels) and the
 same Diffusers folder layout as ``tiny``, built with Wan2.2's residual blocks (``is_residual``:
@@ -44,6 +46,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample
 from tqdm import tqdm
+from transformers import AutoTokenizer, UMT5EncoderModel
 
 from sara.models.vae_layers import fast_layers
 from sara.models.wan import save_tiny_wan, tiny_vae
@@ -51,6 +54,7 @@ from sara.models.weights import seeded
 from sara.shapes.metric import METRICS, score_video
 from sara.shapes.prompt_set import prompt_set_spec
 from sara.shapes.render import SynthSpec, render_clip
+from sara.shapes.text import TextRecipe, pretrained_text_encoder
 from sara.stats import summarise
 
 Z_DIM = 16  # latent channels, as the tiny DiT and Wan2.1's VAE
@@ -195,6 +199,12 @@ def train_vae(vae: AutoencoderKLWan, recipe: VaeRecipe, seed: int, progress: boo
 
 
 @torch.no_grad()
+def reconstruct(vae: AutoencoderKLWan, video: torch.Tensor) -> torch.Tensor:
+    """``video uint8 [T, H, W, 3]`` encoded (posterior mode) and decoded, as ``uint8 [T, H, W, 3]``."""
+    return _video(vae.decode(vae.encode(_pixels(video)[None]).latent_dist.mode()).sample[0])
+
+
+@torch.no_grad()
 def gate(vae: AutoencoderKLWan, recipe: VaeRecipe) -> dict:
     """The shapes metric of held-out clips (unseen pairs) and of their reconstructions: per
     metric, the mean over clips with its bootstrap interval."""
@@ -204,9 +214,8 @@ def gate(vae: AutoencoderKLWan, recipe: VaeRecipe) -> dict:
         clip = render_clip(spec, index)
         facts = {"size": recipe.size, **clip.facts}
         video = torch.from_numpy(clip.video)
-        decoded = vae.decode(vae.encode(_pixels(video)[None]).latent_dist.mode()).sample[0]
         scores["ground truth"].append(score_video(video, facts))
-        scores["reconstruction"].append(score_video(_video(decoded), facts))
+        scores["reconstruction"].append(score_video(reconstruct(vae, video), facts))
     return {name: summarise(rows, METRICS) for name, rows in scores.items()}
 
 
@@ -219,10 +228,14 @@ def latent_statistics(vae: AutoencoderKLWan, recipe: VaeRecipe, seed: int) -> tu
 
 
 def save_shapes_wan(
-    out_dir: str | Path, seed: int = 0, variant: str = "medium", recipe: VaeRecipe | None = None
+    out_dir: str | Path,
+    seed: int = 0,
+    variant: str = "medium",
+    recipe: VaeRecipe | None = None,
+    text: TextRecipe | None = None,
 ) -> Path:
     """The tiny Wan folder ``variant`` (the shapes preset: ``medium``) with its VAE replaced by one
-    trained on the shapes world."""
+    trained on the shapes world and its umT5 pretrained on the world's captions."""
     recipe = recipe or VaeRecipe()
     out = save_tiny_wan(out_dir, seed=seed, variant=variant)
     start = time.perf_counter()
@@ -235,6 +248,7 @@ def save_shapes_wan(
         scores = gate(vae, recipe)
     vae.register_to_config(latents_mean=mean, latents_std=std)
     vae.save_pretrained(out / "vae")
+    _pretrain_text(out, seed, text)
     report = {
         "recipe": asdict(recipe),
         "seconds": round(seconds, 1),
@@ -243,3 +257,13 @@ def save_shapes_wan(
     }
     (out / "vae" / "gate.json").write_text(json.dumps(report, indent=2) + "\n")
     return out
+
+
+def _pretrain_text(out: Path, seed: int, recipe: TextRecipe | None) -> None:
+    """Replace the folder's random umT5 with one pretrained on the world's captions."""
+    tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
+    encoder = UMT5EncoderModel.from_pretrained(out / "text_encoder")
+    with seeded(seed):
+        report = pretrained_text_encoder(encoder, tokenizer, seed, recipe)
+    encoder.save_pretrained(out / "text_encoder")
+    (out / "text_encoder" / "gate.json").write_text(json.dumps(report, indent=2) + "\n")
