@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sara-installed
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test test-fast lint demo repro bench vbench-env clean
+.PHONY: setup test test-fast lint demo repro-base repro bench vbench-env clean
 
 setup: $(STAMP)
 
@@ -37,8 +37,11 @@ vbench-env:
 	.venv-vbench/bin/python -m pip install --quiet --upgrade pip
 	.venv-vbench/bin/python -m pip install --quiet vbench
 
+repro-base: setup
+	$(VENV)/bin/sara repro base --config configs/repro.yaml
+
 repro: setup
-	$(VENV)/bin/sara repro --config configs/repro.yaml
+	$(VENV)/bin/sara repro study --config configs/repro.yaml
 
 bench: setup
 	$(VENV)/bin/sara bench trd

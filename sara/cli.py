@@ -16,6 +16,7 @@ import sys
 from sara.commands import bench as bench_cli
 from sara.commands import data as data_cli
 from sara.commands import eval as eval_cli
+from sara.commands import moalign as moalign_cli
 from sara.commands import models as models_cli
 from sara.commands import stage1 as stage1_cli
 from sara.commands import stage2 as stage2_cli
@@ -29,6 +30,18 @@ def _demo(args: argparse.Namespace) -> None:
     from sara.demo.run import run_demo
 
     run_demo(load_config(DemoConfig, args.config, args.overrides))
+
+
+def _repro_base(args: argparse.Namespace) -> int:
+    from sara.config import load_config
+    from sara.config.repro import ReproConfig
+    from sara.study.base import base_folder, format_gate, run_base
+
+    config = load_config(ReproConfig, args.config, args.overrides)
+    report = run_base(config)
+    print(format_gate(report))
+    print(f"base: {base_folder(config)}")
+    return 0 if report["gate"]["passed"] else 1  # a failed gate: the study would start from a base that cannot draw
 
 
 def _repro(args: argparse.Namespace) -> None:
@@ -95,10 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(demo, "configs/demo.yaml")
     demo.set_defaults(handler=_demo)
     repro = commands.add_parser("repro", help="the toy reproduction: SFT vs TRD vs SARA, scored by the shapes metric")
-    add_config_arguments(repro, "configs/repro.yaml")
-    repro.set_defaults(handler=_repro)
+    parts = repro.add_subparsers(dest="part", required=True)
+    base = parts.add_parser("base", help="pretrain the DiT every continual run starts from, and gate it")
+    add_config_arguments(base, "configs/repro.yaml")
+    base.set_defaults(handler=_repro_base)
+    study = parts.add_parser("study", help="every arm, seed and teacher trained, sampled and scored: table and report")
+    add_config_arguments(study, "configs/repro.yaml")
+    study.set_defaults(handler=_repro)
     _add_budget(commands)
-    for group in (data_cli, stage1_cli, stage2_cli, models_cli, eval_cli, bench_cli):
+    for group in (data_cli, stage1_cli, stage2_cli, moalign_cli, models_cli, eval_cli, bench_cli):
         group.register(commands)
     return parser
 

@@ -33,7 +33,8 @@ def test_repro_runs_every_arm_and_seed_and_resumes(tmp_path, capsys, worker_shar
     args += ["stage2.models.wan=tiny"]  # the shapes VAE trains for minutes: tests/test_shapes_vae.py
     args += ["stage2.optim.steps=2", "stage2.optim.batch_size=2", "stage2.optim.warmup_steps=1"]
     args += ["stage2.log_every=1", "stage2.save_every=2"]
-    assert main(["repro", "--config", "configs/repro.yaml", *args, "jobs=2"]) == 0  # runs in two worker processes
+    # in two worker processes
+    assert main(["repro", "study", "--config", "configs/repro.yaml", *args, "jobs=2"]) == 0
     runs = {(seed, arm): out / "runs" / "vjepa2" / f"seed{seed}" / arm for seed in (0, 1) for arm in ("sft", "sara")}
     for run in runs.values():
         assert (run / "pipeline" / "model_index.json").is_file()
@@ -61,7 +62,7 @@ def test_repro_runs_every_arm_and_seed_and_resumes(tmp_path, capsys, worker_shar
     alone = tmp_path / "alone"
     for inputs in ("world", "prompts"):
         shutil.copytree(out / inputs, alone / inputs)
-    assert main(["repro", "--config", "configs/repro.yaml", *args, f"out_dir={alone}", "jobs=1"]) == 0
+    assert main(["repro", "study", "--config", "configs/repro.yaml", *args, f"out_dir={alone}", "jobs=1"]) == 0
     assert json.loads((alone / "results.json").read_text()) == results
     terms = ("step", "loss", "flow", "align", "grad_norm")  # not the time or memory of the process
     for key, run in runs.items():
@@ -69,7 +70,7 @@ def test_repro_runs_every_arm_and_seed_and_resumes(tmp_path, capsys, worker_shar
         assert [[row[t] for t in terms] for row in history] == [[row[t] for t in terms] for row in losses[key]]
 
     trained = {key: (run / "pipeline" / "model_index.json").stat().st_mtime_ns for key, run in runs.items()}
-    assert main(["repro", "--config", "configs/repro.yaml", *args]) == 0
+    assert main(["repro", "study", "--config", "configs/repro.yaml", *args]) == 0
     assert trained == {key: (run / "pipeline" / "model_index.json").stat().st_mtime_ns for key, run in runs.items()}
 
 
