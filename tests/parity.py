@@ -22,6 +22,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy
 
 from sara.config.parallel import ParallelConfig
 from sara.config.stage2 import LORA_TARGETS, Stage2ObjectiveConfig
+from sara.models.motion import MotionHead
 from sara.models.presets import RELEASED_ROOT
 from sara.models.wan import load_transformers, read_layout
 from sara.parallel.gradients import backward, sync_replicated
@@ -50,7 +51,8 @@ def build(folder, mode: str = "sara", checkpointing: bool = False, lora: bool = 
             dit.add_adapter(
                 LoraConfig(r=4, lora_alpha=4, target_modules=list(LORA_TARGETS), init_lora_weights="gaussian")
             )
-    model = set_dtypes(Stage2Model(experts, layout, config, VFM_DIM, VIEW), compute)
+    motion = MotionHead(VFM_DIM, dim=8, hidden=16) if mode == "moalign" else None  # a seeded frozen head
+    model = set_dtypes(Stage2Model(experts, layout, config, VFM_DIM, VIEW, motion), compute)
     if checkpointing:
         for dit in model.experts.values():
             dit.enable_gradient_checkpointing()

@@ -48,10 +48,7 @@ def test_the_readmes_example_override_changes_the_term_the_demo_trains_with():
     generator = torch.Generator().manual_seed(0)
     tokens, target = torch.randn(2, 1, 12, 8, generator=generator)
     saliency = (torch.rand(1, 12, generator=generator) > 0.5).float()
-    terms = [
-        get_alignment(align.mode).term(tokens, target, saliency, align.routing, align.margin, (0, 1))
-        for align in (plain, changed)
-    ]
+    terms = [get_alignment(align.mode).term(tokens, target, saliency, align, (0, 1), 1) for align in (plain, changed)]
     assert not torch.allclose(*terms), overrides  # the Stage 2 loss of the demo's run is another
 
 

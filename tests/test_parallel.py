@@ -51,7 +51,7 @@ def test_parallel_step_equals_one_process(folders, case):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["trd", "repa", "sft"])
+@pytest.mark.parametrize("mode", ["trd", "repa", "sft", "moalign"])
 def test_every_mode_under_fsdp_and_ulysses(folders, mode):
     check(folders["wan"], mode, 4, {"ulysses": 2})
 

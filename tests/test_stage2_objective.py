@@ -10,6 +10,7 @@ from references import unshift_sigma
 from sara.config.stage2 import Stage2ObjectiveConfig
 from sara.losses.alignment import ALIGN_MODES, ROUTINGS
 from sara.losses.flow import noisy_latents, shift_sigma
+from sara.models.motion import MotionHead
 from sara.models.presets import resolve
 from sara.models.wan import load_transformers, read_layout
 from sara.stage2.align import VfmView, capture_output, resample_to_vjepa
@@ -43,7 +44,8 @@ def build(layout, mode="sara", seed=0, **align):
         setattr(config.align, key, value)
     torch.manual_seed(seed)
     experts = load_transformers(layout)
-    return Stage2Model(experts, layout, config, VFM_DIM, VIEW)
+    motion = MotionHead(VFM_DIM, dim=8, hidden=16) if mode == "moalign" else None
+    return Stage2Model(experts, layout, config, VFM_DIM, VIEW, motion)
 
 
 def with_noise(model, batch, seed=1):
@@ -102,7 +104,7 @@ def test_capture_leaves_the_dit_output_bit_identical_and_no_hook_behind(tiny):
     assert len(outputs) == 1
 
 
-@pytest.mark.parametrize("mode", ["sft", "repa", "trd", "sara"])
+@pytest.mark.parametrize("mode", ["sft", "repa", "trd", "sara", "moalign"])
 def test_each_mode_learns_a_fixed_batch(tiny, mode):
     model = build(tiny["wan"], mode)
     batch = with_noise(model, make_batch())
@@ -120,6 +122,16 @@ def test_each_mode_learns_a_fixed_batch(tiny, mode):
         assert aligns == [0.0] * 30 and not list(model.projectors.parameters())
     else:
         assert aligns[-1] < aligns[0]
+    if mode == "moalign":  # the frozen head is the target: it does not move, the projector maps to its width
+        assert not any(p.requires_grad for p in model.motion.parameters())
+        assert model.projectors["high"].net[-1].out_features == 8
+
+
+def test_moalign_needs_its_motion_head(tiny):
+    config = Stage2ObjectiveConfig()
+    config.align.mode = "moalign"
+    with pytest.raises(ValueError, match="needs the teacher's motion head"):
+        Stage2Model(load_transformers(tiny["wan"]), tiny["wan"], config, VFM_DIM, VIEW)
 
 
 def test_or_routing_sends_no_gradient_through_background_pairs(tiny):

@@ -66,14 +66,31 @@ class FlowConfig:
 
 
 @dataclass
+class MotionConfig:
+    """MoAlign's motion head (``align.mode=moalign``), fitted by ``sara moalign train`` on the
+    cache's teacher tokens and optical flow (``precompute.flow``)."""
+
+    head: str | None = None  # folder of the fitted head; null: <cache>/motion_head
+    dim: int = option(64, ge=1)  # width of the motion subspace (MoAlign: 64)
+    hidden: int = option(256, ge=1)  # the head's hidden width
+    tau: float = option(10.0, gt=0)  # decay of cross-frame pair weights exp(−Δ/τ), Δ in teacher frames
+    steps: int = option(2000, ge=0)  # head training: AdamW steps
+    batch_size: int = option(8, ge=1)  # clips per head step
+    lr: float = option(1e-3, gt=0)
+
+
+@dataclass
 class AlignConfig:
-    mode: str = option("sara", choices=ALIGN_MODES)  # sft: none; repa: cosine; trd: every pair; sara: routed pairs
+    mode: str = option(
+        "sara", choices=ALIGN_MODES
+    )  # sft: none; repa: cosine; trd: every pair; sara: routed; moalign: motion
     routing: str = option("or", choices=ROUTINGS)  # pair weights of sara: or (SARA), and, xor
     saliency: str = option("aligner", choices=SALIENCY_SOURCES)  # frozen aligner (full caption) or GT masks
     weight: float = option(0.5, ge=0)  # λ: loss = flow + λ · align
     margin: float = option(0.1, ge=0)  # TRD margin on |S_p − S_y|
     block: int = option(1, ge=0)  # DiT block whose output is aligned (0-based)
     projector_dim: int | None = None  # hidden width of the projector; null: max(DiT, VFM width)
+    motion: MotionConfig = field(default_factory=MotionConfig)  # moalign: the teacher's motion subspace
 
 
 @dataclass
@@ -91,6 +108,7 @@ class PrecomputeConfig:
     dtype: str = option("float32", choices=("float32", "bfloat16"))  # stored precision; bfloat16 halves the cache
     vae_tile: int = option(0, ge=0)  # encode in overlapping tiles of this many pixels (less memory); 0: whole frames
     vae_slicing: bool = False  # encode the clips of a batch one at a time (less memory, the same latents to rounding)
+    flow: bool = False  # also store each clip's optical flow on the teacher's grid (what `sara moalign train` fits)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from sara.models.wan_keys import COMFYUI_DIT_PREFIX, original_state
 from sara.plots import pyplot
 from sara.run_dir import RunDir
 from sara.stage2.adapters import adapter_deviation
-from sara.stage2.cache import cache_dir
+from sara.stage2.build import cache_dir
 from sara.stage2.timesteps import draw_sigmas
 from sara.stage2.train import train
 

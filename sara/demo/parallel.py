@@ -19,7 +19,7 @@ from sara.config.schema import DemoConfig
 from sara.config.stage2 import Stage2Config
 from sara.demo.html import Section, paragraph, preformatted, table
 from sara.run_dir import RunDir
-from sara.stage2.cache import cache_dir
+from sara.stage2.build import cache_dir
 from sara.stage2.plan import format_plan, plan_run
 from sara.stage2.train import train
 

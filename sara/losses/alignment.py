@@ -4,21 +4,28 @@ line, the docs and the objective all read.
 An objective compares the DiT's projected tokens ``[B, N, D]`` with the frozen teacher's
 on the same grid. ``trd`` is VideoREPA's relation distillation over every pair; ``sara``
 is the same loss over the pairs a text-conditioned saliency routes (``ROUTINGS``: the
-routings of :mod:`sara.routing` but ``none``, which is ``trd`` itself).
+routings of :mod:`sara.routing` but ``none``, which is ``trd`` itself); ``moalign``
+matches relations to those of the teacher's motion subspace (a fitted head's features),
+pairs weighted by their frames' distance.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
+if TYPE_CHECKING:  # the config's schema reads this registry: its type only, not the module
+    from sara.config.stage2 import AlignConfig
+
+from sara.losses.moalign import moalign_loss
 from sara.losses.trd import repa_loss, trd_loss
 from sara.routing import ROUTES
 
-# (tokens, target, saliency or None, routing, margin, part) -> the scalar term (its share ``part``)
-Term = Callable[[Tensor, Tensor, Tensor | None, str, float, tuple[int, int]], Tensor]
+# (tokens, target, saliency or None, align config, part, frames of the grid) -> the scalar term (its share ``part``)
+Term = Callable[[Tensor, Tensor, "Tensor | None", "AlignConfig", tuple[int, int], int], Tensor]
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,7 @@ class Alignment:
     summary: str  # one line for docs and help
     term: Term | None  # None: no alignment term (plain flow matching)
     routed: bool = False  # reads a per-token saliency and `objective.align.routing`
+    motion: bool = False  # its target is the teacher's motion subspace (`objective.align.motion`), not its tokens
 
     @property
     def teacher(self) -> bool:
@@ -33,16 +41,22 @@ class Alignment:
         return self.term is not None
 
 
-def _repa(tokens: Tensor, target: Tensor, saliency, routing: str, margin: float, part: tuple[int, int]) -> Tensor:
+def _repa(tokens: Tensor, target: Tensor, saliency, align: AlignConfig, part: tuple[int, int], frames: int) -> Tensor:
     return repa_loss(tokens, target, part=part)
 
 
-def _trd(tokens: Tensor, target: Tensor, saliency, routing: str, margin: float, part: tuple[int, int]) -> Tensor:
-    return trd_loss(tokens, target, None, "none", margin, part=part)
+def _trd(tokens: Tensor, target: Tensor, saliency, align: AlignConfig, part: tuple[int, int], frames: int) -> Tensor:
+    return trd_loss(tokens, target, None, "none", align.margin, part=part)
 
 
-def _sara(tokens: Tensor, target: Tensor, saliency, routing: str, margin: float, part: tuple[int, int]) -> Tensor:
-    return trd_loss(tokens, target, saliency, routing, margin, part=part)
+def _sara(tokens: Tensor, target: Tensor, saliency, align: AlignConfig, part: tuple[int, int], frames: int) -> Tensor:
+    return trd_loss(tokens, target, saliency, align.routing, align.margin, part=part)
+
+
+def _moalign(
+    tokens: Tensor, target: Tensor, saliency, align: AlignConfig, part: tuple[int, int], frames: int
+) -> Tensor:
+    return moalign_loss(tokens, target, frames, align.motion.tau, part=part)
 
 
 ALIGNMENTS: dict[str, Alignment] = {
@@ -50,6 +64,9 @@ ALIGNMENTS: dict[str, Alignment] = {
     "repa": Alignment("REPA: the cosine of each token to the teacher's", _repa),
     "trd": Alignment("VideoREPA: token-relation distillation over every pair", _trd),
     "sara": Alignment("SARA: token-relation distillation over the pairs the saliency routes", _sara, routed=True),
+    "moalign": Alignment(
+        "MoAlign: relations of the teacher's motion subspace, pairs weighted by frame distance", _moalign, motion=True
+    ),
 }
 ALIGN_MODES = tuple(ALIGNMENTS)
 ROUTINGS = tuple(mode for mode in ROUTES if mode != "none")  # of a routed objective; unrouted is `trd`

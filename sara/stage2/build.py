@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from diffusers import WanTransformer3DModel
@@ -13,8 +14,11 @@ from peft import LoraConfig
 
 from sara.config.stage2 import Stage2Config
 from sara.data.buckets import Bucket
+from sara.losses.alignment import get_alignment
+from sara.models.motion import MOTION_HEAD, MotionHead, load_motion_head
 from sara.models.presets import require_weights, wan_folder
 from sara.models.wan import SUBFOLDER, WanLayout, keeps_fp32, load_transformers, read_layout, released_dtype
+from sara.run_dir import RunDir
 from sara.stage2.align import VfmView
 from sara.stage2.encoders import buckets, teacher
 from sara.stage2.objective import Stage2Model
@@ -33,6 +37,34 @@ def resolve_setup(config: Stage2Config) -> Stage2Setup:
     vfm_dim, view = teacher(config)
     layout = read_layout(wan_folder(config.models.wan, config.models.tiny_root))
     return Stage2Setup(layout, vfm_dim, view, buckets(config, layout))
+
+
+def cache_dir(config: Stage2Config) -> Path:
+    return Path(config.precompute.cache_dir or RunDir(config.out_dir).cache)
+
+
+def motion_head_folder(config: Stage2Config) -> Path:
+    """Where MoAlign's fitted motion head is: ``align.motion.head``, or beside the cache it was fitted on."""
+    return Path(config.objective.align.motion.head or cache_dir(config) / MOTION_HEAD)
+
+
+def motion_head(config: Stage2Config, setup: Stage2Setup, meta: bool) -> MotionHead | None:
+    """The frozen motion head of an objective that aligns to it (``None`` for the others): read
+    from its folder, or on ``meta`` built from the config's widths (its weights come later)."""
+    if not get_alignment(config.objective.align.mode).motion:
+        return None
+    motion = config.objective.align.motion
+    if meta:
+        with torch.device("meta"):
+            return MotionHead(setup.vfm_dim, motion.dim, motion.hidden).requires_grad_(False)
+    head = load_motion_head(motion_head_folder(config))
+    expected = {"teacher_dim": setup.vfm_dim, "dim": motion.dim, "hidden": motion.hidden}
+    found = {k: head.widths[k] for k in expected}
+    if found != expected:
+        raise ValueError(
+            f"align.motion: the head in {motion_head_folder(config)} has widths {found}, the run {expected}"
+        )
+    return head
 
 
 def trained_experts(config: Stage2Config, layout: WanLayout) -> tuple[str, ...]:
@@ -84,7 +116,9 @@ def build_model(
             for dit in experts.values():
                 dit.requires_grad_(False)  # the adapters alone train; the projectors stay fully trainable
                 dit.add_adapter(lora_config(config))
-        model = Stage2Model(experts, setup.layout, config.objective, setup.vfm_dim, setup.view)
+        model = Stage2Model(
+            experts, setup.layout, config.objective, setup.vfm_dim, setup.view, motion_head(config, setup, meta)
+        )
     set_dtypes(model, compute_dtype, masters)
     if config.optim.layerwise_fp8:  # frozen Linear weights stored in fp8, cast to compute_dtype per layer as it runs
         skip = (*DEFAULT_SKIP_MODULES_PATTERN, "lora_")  # the adapters train in full precision

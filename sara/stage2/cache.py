@@ -2,7 +2,9 @@
 
 Layout of ``cache_dir``: ``shard-RRR-NNNNN.safetensors`` files (``RRR``: the rank that wrote it) holding, per clip ``r`` (its
 manifest record), the tensors ``r/latents``, ``r/text``, ``r/vfm`` and, when present,
-``r/saliency`` and ``r/mask_saliency`` (see :mod:`sara.stage2.encoders`); and
+``r/saliency`` and ``r/mask_saliency`` (see :mod:`sara.stage2.encoders`) and ``r/flow``
+(with ``precompute.flow``: :mod:`sara.stage2.motion`; an extra that no training run reads,
+so not part of the settings — ``sara moalign train`` names a clip without it); and
 ``index.json`` — the settings that made the cache and the shard of each clip — and
 ``empty_caption.safetensors``, the states of the empty caption (caption dropout). A shard is
 written under a temporary name and renamed, then the index part of its rank is replaced,
@@ -31,11 +33,12 @@ from sara.data.datasets import BadSamples, Stage2Dataset, collate
 from sara.data.manifest import load_manifest
 from sara.files import write_text_atomic
 from sara.parallel.world import World, close_world, init_world
-from sara.run_dir import CheckpointDir, RunDir
+from sara.run_dir import CheckpointDir
 from sara.stage1.features import FEATURES_VERSION
 from sara.stage1.saliency import locate
-from sara.stage2.build import Stage2Setup, resolve_setup
+from sara.stage2.build import Stage2Setup, cache_dir, resolve_setup
 from sara.stage2.encoders import Stage2Encoders, warn_overlong
+from sara.stage2.motion import clip_flow, token_flow
 
 EMPTY_CAPTION = "empty_caption.safetensors"  # text states of "" (Wan's unconditional input)
 
@@ -74,10 +77,6 @@ def fingerprint(config: Stage2Config) -> dict:
         **({"vae_tile": config.precompute.vae_tile} if config.precompute.vae_tile else {}),
         **({"frame_buckets": sorted(set(data.frame_buckets))} if data.frame_buckets else {}),
     }
-
-
-def cache_dir(config: Stage2Config) -> Path:
-    return Path(config.precompute.cache_dir or RunDir(config.out_dir).cache)
 
 
 def heldout_config(config: Stage2Config) -> Stage2Config:
@@ -163,7 +162,10 @@ def _precompute(config: Stage2Config, setup: Stage2Setup, world: World, progress
         bad.update(batch)
         if not batch["size"]:
             continue
-        for record, clip in zip(batch["index"], encoders(batch["frames"], batch["caption"], list(batch["masks"]))):
+        encoded = encoders(batch["frames"], batch["caption"], list(batch["masks"]))
+        for record, frames, clip in zip(batch["index"], batch["frames"], encoded):
+            if config.precompute.flow:
+                clip["flow"] = token_flow(clip_flow(manifest.records[record], frames), setup.view)
             pending |= {f"{record}/{key}": value.to(dtype).contiguous() for key, value in clip.items()}
         if len({k.split("/")[0] for k in pending}) >= config.precompute.shard_size:
             part.flush(pending)

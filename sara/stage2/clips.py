@@ -16,8 +16,8 @@ from sara.config.stage2 import SALIENCY_SOURCES, Stage2Config
 from sara.data.datasets import Skipped, Stage2Dataset, collate
 from sara.data.manifest import load_manifest
 from sara.losses.alignment import get_alignment
-from sara.stage2.build import Stage2Setup
-from sara.stage2.cache import FeatureCache, cache_dir, fingerprint
+from sara.stage2.build import Stage2Setup, cache_dir
+from sara.stage2.cache import FeatureCache, fingerprint
 from sara.stage2.encoders import Stage2Encoders, pad_text
 
 log = logging.getLogger(__name__)

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from sara.config.stage2 import Stage2ObjectiveConfig
 from sara.losses.alignment import get_alignment
 from sara.losses.flow import flow_matching_loss, noisy_latents
+from sara.models.motion import MotionHead
 from sara.models.wan import HIGH, WanLayout, dit_grid
 from sara.stage2.align import Projector, VfmView, capture_output, resample_to_vjepa
 from sara.stage2.timesteps import draw_in_range, draw_sigmas, inside
@@ -41,6 +42,7 @@ class Stage2Model(nn.Module):
         config: Stage2ObjectiveConfig,
         vfm_dim: int,
         view: VfmView,
+        motion: MotionHead | None = None,
     ):
         super().__init__()
         self.experts = nn.ModuleDict(experts)
@@ -48,8 +50,14 @@ class Stage2Model(nn.Module):
         self.view = view
         align = config.align
         self.projectors = nn.ModuleDict()
-        if not get_alignment(align.mode).teacher:
+        objective = get_alignment(align.mode)
+        if not objective.teacher:
             return
+        if objective.motion:
+            if motion is None:
+                raise ValueError(f"align.mode: {align.mode} needs the teacher's motion head (align.motion.head)")
+            self.motion = motion.requires_grad_(False)  # frozen: its features are the target
+            vfm_dim = motion.dim
         for name, dit in experts.items():
             if not 0 <= align.block < len(dit.blocks):
                 raise ValueError(
@@ -162,5 +170,7 @@ class Stage2Model(nn.Module):
         objective = get_alignment(align.mode)
         if objective.term is None:
             raise ValueError(f"align.mode: {align.mode!r} has no alignment term")
+        if objective.motion:  # the teacher's tokens on their grid, through the frozen head
+            target = self.motion.features(target.unflatten(1, vfm_grid)).flatten(1, 3)  # (b, N_v, D_m)
         saliency = batch["saliency"][rows] if objective.routed else None
-        return objective.term(tokens, target, saliency, align.routing, align.margin, share)
+        return objective.term(tokens, target, saliency, align, share, vfm_grid[0])
