@@ -81,9 +81,8 @@ class MotionConfig:
 
 @dataclass
 class AlignConfig:
-    mode: str = option(
-        "sara", choices=ALIGN_MODES
-    )  # sft: none; repa: cosine; trd: every pair; sara: routed; moalign: motion
+    # sft: none; repa: cosine; trd: every pair; sara: routed pairs; moalign: motion relations
+    mode: str = option("sara", choices=ALIGN_MODES)
     routing: str = option("or", choices=ROUTINGS)  # pair weights of sara: or (SARA), and, xor
     saliency: str = option("aligner", choices=SALIENCY_SOURCES)  # frozen aligner (full caption) or GT masks
     weight: float = option(0.5, ge=0)  # λ: loss = flow + λ · align

@@ -98,25 +98,25 @@ class Rendered:
     facts: dict  # what the renderer knows, stored in the record as "render"
 
 
-def _background(rng: np.random.Generator, size: int, kinds: Sequence[str]) -> tuple[np.ndarray, str, str]:
-    """A non-uniform background ``uint8 [H, W, 3]`` of one of ``kinds``, its kind and its description."""
+def _background(rng: np.random.Generator, size: int, kinds: Sequence[str]) -> tuple[np.ndarray, str]:
+    """A background ``uint8 [H, W, 3]`` of one of ``kinds``, and its kind."""
     kind = str(rng.choice(list(kinds)))
     yy, xx = np.mgrid[0:size, 0:size] / size
     base = rng.uniform(60, 140, size=3)
     if kind == "noise":
         image = base + rng.normal(0, 35, size=(size, size, 3))
-        return image.clip(0, 255).astype(np.uint8), kind, SCENES[kind]
+        return image.clip(0, 255).astype(np.uint8), kind
     if kind == "stripes":
         period, angle = rng.uniform(0.08, 0.2), rng.uniform(0, math.pi)
         wave = np.sin(2 * math.pi * (xx * math.cos(angle) + yy * math.sin(angle)) / period)
         image = base + 45 * wave[..., None] * rng.uniform(0.5, 1.0, size=3)
-        return image.clip(0, 255).astype(np.uint8), kind, SCENES[kind]
+        return image.clip(0, 255).astype(np.uint8), kind
     if kind == "gradient":
         other = rng.uniform(40, 180, size=3)
         mix = (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))[..., None]
         mix = (mix - mix.min()) / (np.ptp(mix) + 1e-6)
         image = base * (1 - mix) + other * mix
-        return image.clip(0, 255).astype(np.uint8), kind, SCENES[kind]
+        return image.clip(0, 255).astype(np.uint8), kind
     if kind == "clutter":
         image = np.tile(base.astype(np.uint8), (size, size, 1))
         for _ in range(int(rng.integers(12, 25))):
@@ -124,11 +124,11 @@ def _background(rng: np.random.Generator, size: int, kinds: Sequence[str]) -> tu
             r = rng.uniform(0.03, 0.08) * size
             shape = geometry.draw(kind_c, *rng.uniform(0, size, size=2), r, rng.uniform(0, math.pi), size)
             image[shape] = CLUTTER[int(rng.integers(len(CLUTTER)))]
-        return image, kind, SCENES[kind]
+        return image, kind
     if kind == "plain":
         # darker than every clutter colour, so distractors stand out on it, yet no darker than the
         # textures' bases: the shapes VAE, trained on those, decodes a 20–50 grey as green-grey
-        return np.tile(rng.uniform(60, 100, size=3).astype(np.uint8), (size, size, 1)), kind, SCENES[kind]
+        return np.tile(rng.uniform(60, 100, size=3).astype(np.uint8), (size, size, 1)), kind
     raise ValueError(f"background kind {kind!r}; choose one of {', '.join(BACKGROUNDS)}")
 
 
@@ -231,7 +231,7 @@ def render_clip(spec: SynthSpec, index: int) -> Rendered:
         shares = np.full(count, spec.entity_share)
     back_to_front = np.argsort(-shares, kind="stable")  # larger shapes behind: small ones rarely hide them
     kinds, colours, shares = kinds[back_to_front], colours[back_to_front], shares[back_to_front]
-    background, background_kind, scene = _background(rng, spec.size, spec.backgrounds)
+    background, background_kind = _background(rng, spec.size, spec.backgrounds)
     for attempt in range(MAX_LAYOUTS):
         shrink = 1.0 if spec.entity_share else 0.85 ** (attempt // LAYOUT_TRIES)
         entities = _layout(rng, kinds, colours, shares * shrink**2, spec)
@@ -261,7 +261,8 @@ def render_clip(spec: SynthSpec, index: int) -> Rendered:
     named = [(e["name"], e["motion"]) for e in entities]
     # later entities are drawn in front
     overlaps = [(i, j) for i in range(len(drawn)) for j in range(i + 1, len(drawn)) if (drawn[i] & drawn[j]).any()]
-    return Rendered(video, visible, caption(named, overlaps, scene, len(others)), [e["name"] for e in entities], facts)
+    text = caption(named, overlaps, SCENES[background_kind], len(others))
+    return Rendered(video, visible, text, [e["name"] for e in entities], facts)
 
 
 def _distractors(rng: np.random.Generator, spec: SynthSpec) -> list[dict]:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from sara.config.stage2 import Stage2Config
 from sara.data.manifest import Record
 from sara.models.motion import MotionHead
+from sara.models.weights import seeded
 from sara.shapes.flow import exact_flow
 from sara.stage2.align import VfmView
 
@@ -109,8 +110,8 @@ def train_motion_head(config: Stage2Config, cache, progress: bool = True) -> tup
     groups = _clips_by_grid(cache)
     width = cache[0]["vfm"].shape[-1]
     generator = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
-    head = MotionHead(width, motion.dim, motion.hidden)
+    with seeded(config.seed):
+        head = MotionHead(width, motion.dim, motion.hidden)
     optimizer = torch.optim.AdamW(head.parameters(), motion.lr)
     before = _error(None, cache, groups)
     start, losses = time.perf_counter(), []
