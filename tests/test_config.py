@@ -9,7 +9,7 @@ from sara.config import ConfigError, DemoConfig, Stage1Config, config_to_yaml, l
 from sara.config.repro import ReproConfig
 from sara.config.stage2 import Stage2Config
 from sara.eval.rubric import Rubric
-from sara.losses.alignment import get_alignment
+from sara.losses.alignment import TermSettings, get_alignment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,10 @@ def test_the_readmes_example_override_changes_the_term_the_demo_trains_with():
     generator = torch.Generator().manual_seed(0)
     tokens, target = torch.randn(2, 1, 12, 8, generator=generator)
     saliency = (torch.rand(1, 12, generator=generator) > 0.5).float()
-    terms = [get_alignment(align.mode).term(tokens, target, saliency, align, (0, 1), 1) for align in (plain, changed)]
+    terms = [
+        get_alignment(align.mode).term(tokens, target, saliency, TermSettings(align.routing, align.margin), (0, 1), 1)
+        for align in (plain, changed)
+    ]
     assert not torch.allclose(*terms), overrides  # the Stage 2 loss of the demo's run is another
 
 

@@ -13,19 +13,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from torch import Tensor
-
-if TYPE_CHECKING:  # the config's schema reads this registry: its type only, not the module
-    from sara.config.stage2 import AlignConfig
 
 from sara.losses.moalign import moalign_loss
 from sara.losses.trd import repa_loss, trd_loss
 from sara.routing import ROUTES
 
-# (tokens, target, saliency or None, align config, part, frames of the grid) -> the scalar term (its share ``part``)
-Term = Callable[[Tensor, Tensor, "Tensor | None", "AlignConfig", tuple[int, int], int], Tensor]
+
+@dataclass(frozen=True)
+class TermSettings:
+    """What a term reads of ``objective.align`` (this module sits below the config, which reads
+    the registry): the routing and margin of TRD, MoAlign's temporal decay."""
+
+    routing: str = "or"
+    margin: float = 0.1
+    tau: float = 10.0
+
+
+# (tokens, target, saliency or None, settings, part, frames of the grid) -> the scalar term (its share ``part``)
+Term = Callable[[Tensor, Tensor, Tensor | None, TermSettings, tuple[int, int], int], Tensor]
 
 
 @dataclass(frozen=True)
@@ -41,22 +48,28 @@ class Alignment:
         return self.term is not None
 
 
-def _repa(tokens: Tensor, target: Tensor, saliency, align: AlignConfig, part: tuple[int, int], frames: int) -> Tensor:
+def _repa(
+    tokens: Tensor, target: Tensor, saliency, settings: TermSettings, part: tuple[int, int], frames: int
+) -> Tensor:
     return repa_loss(tokens, target, part=part)
 
 
-def _trd(tokens: Tensor, target: Tensor, saliency, align: AlignConfig, part: tuple[int, int], frames: int) -> Tensor:
-    return trd_loss(tokens, target, None, "none", align.margin, part=part)
+def _trd(
+    tokens: Tensor, target: Tensor, saliency, settings: TermSettings, part: tuple[int, int], frames: int
+) -> Tensor:
+    return trd_loss(tokens, target, None, "none", settings.margin, part=part)
 
 
-def _sara(tokens: Tensor, target: Tensor, saliency, align: AlignConfig, part: tuple[int, int], frames: int) -> Tensor:
-    return trd_loss(tokens, target, saliency, align.routing, align.margin, part=part)
+def _sara(
+    tokens: Tensor, target: Tensor, saliency, settings: TermSettings, part: tuple[int, int], frames: int
+) -> Tensor:
+    return trd_loss(tokens, target, saliency, settings.routing, settings.margin, part=part)
 
 
 def _moalign(
-    tokens: Tensor, target: Tensor, saliency, align: AlignConfig, part: tuple[int, int], frames: int
+    tokens: Tensor, target: Tensor, saliency, settings: TermSettings, part: tuple[int, int], frames: int
 ) -> Tensor:
-    return moalign_loss(tokens, target, frames, align.motion.tau, part=part)
+    return moalign_loss(tokens, target, frames, settings.tau, part=part)
 
 
 ALIGNMENTS: dict[str, Alignment] = {

@@ -26,7 +26,7 @@ from diffusers import WanTransformer3DModel
 from torch import Tensor, nn
 
 from sara.config.stage2 import Stage2ObjectiveConfig
-from sara.losses.alignment import get_alignment
+from sara.losses.alignment import TermSettings, get_alignment
 from sara.losses.flow import flow_matching_loss, noisy_latents
 from sara.models.motion import MotionHead
 from sara.models.wan import HIGH, WanLayout, dit_grid
@@ -173,4 +173,5 @@ class Stage2Model(nn.Module):
         if objective.motion:  # the teacher's tokens on their grid, through the frozen head
             target = self.motion.features(target.unflatten(1, vfm_grid)).flatten(1, 3)  # (b, N_v, D_m)
         saliency = batch["saliency"][rows] if objective.routed else None
-        return objective.term(tokens, target, saliency, align, share, vfm_grid[0])
+        settings = TermSettings(align.routing, align.margin, align.motion.tau)
+        return objective.term(tokens, target, saliency, settings, share, vfm_grid[0])
