@@ -49,12 +49,13 @@ def _repro(args: argparse.Namespace) -> None:
 
     from sara.config import load_config
     from sara.config.repro import ReproConfig
-    from sara.study.run import run_repro, write_study
+    from sara.study.report import write_study
+    from sara.study.run import run_repro
 
     config = load_config(ReproConfig, args.config, args.overrides)
     start = time.perf_counter()
-    results = run_repro(config)
-    table = write_study(config, results, time.perf_counter() - start)
+    gate, results = run_repro(config)
+    table = write_study(config, gate, results, time.perf_counter() - start)
     print(table.read_text())
     print(f"table: {table}; report: {table.with_name('report.html')}")
 
@@ -107,12 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the pipeline end to end on generated data; writes report.html")
     add_config_arguments(demo, "configs/demo.yaml")
     demo.set_defaults(handler=_demo)
-    repro = commands.add_parser("repro", help="the toy reproduction: SFT vs TRD vs SARA, scored by the shapes metric")
+    repro = commands.add_parser(
+        "repro",
+        help="the toy reproduction: continual SFT vs TRD vs MoAlign vs SARA from a pretrained base, scored by the shapes metric",
+    )
     parts = repro.add_subparsers(dest="part", required=True)
     base = parts.add_parser("base", help="pretrain the DiT every continual run starts from, and gate it")
     add_config_arguments(base, "configs/repro.yaml")
     base.set_defaults(handler=_repro_base)
-    study = parts.add_parser("study", help="every arm, seed and teacher trained, sampled and scored: table and report")
+    study = parts.add_parser(
+        "study",
+        help="every arm, seed and teacher trained on from the base, sampled and scored at each point: tables, figure, report",
+    )
     add_config_arguments(study, "configs/repro.yaml")
     study.set_defaults(handler=_repro)
     _add_budget(commands)

@@ -1,88 +1,123 @@
-"""`sara repro` end to end at a smoke size: every (teacher, seed, arm) trained, sampled with
-paired noise and scored, in worker processes and in one, to the same scores; the table,
-results and report written; a second call trains nothing."""
+"""`sara repro study` end to end at a smoke size: the base trained, every run started from its
+weights bitwise, extended point by point, sampled with paired noise on both prompt sets and
+scored; sft shared by the teachers and the same under either; the tables, figure and report
+written; a second call trains nothing."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from sara.cli import main
-from sara.study.run import worker_threads
+from sara.config import load_config
+from sara.config.repro import ReproConfig
+from sara.run_dir import RunDir
+from sara.stage2.cache import precompute
+from sara.stage2.train import train
+from sara.study.run import arm_config, check_start, run_folder, transformer_weights, worker_threads
 
-pytestmark = pytest.mark.slow
+SMOKE = [
+    "base.world.num=8", "base.world.size=64", "base.world.heldout_fraction=0.25",
+    "base.stage2.data.size=64", "base.stage2.models.text_length=16",
+    "base.stage2.models.wan=tiny",  # the shapes VAE trains for minutes: tests/test_shapes_vae.py
+    "base.stage2.optim.steps=2", "base.stage2.optim.batch_size=2", "base.stage2.optim.warmup_steps=1",
+    "base.stage2.log_every=1", "base.stage2.save_every=2", "base.generate_steps=2",
+    "base.gate_binding=0", "base.gate_all=0",
+    "world.num=10", "world.size=64", "world.heldout_fraction=0.2", "prompts=2", "generate_steps=2",
+    "points=[0,1,2]", "seeds=[0,1]", "stage2.optim.batch_size=2", "stage2.log_every=1", "stage2.save_every=1",
+    "stage2.objective.align.motion.steps=5", "jobs=2",
+]  # fmt: skip
+ARMS = ("sft", "trd", "moalign", "sara")
 
 
 @pytest.fixture
 def worker_share():
-    """This process at a worker's thread count, which sets the order of each sum: the caches
-    written here and the runs in workers then round alike."""
+    """This process at a worker's thread count, which sets the order of each sum: runs trained
+    here and in workers then round alike."""
     threads = torch.get_num_threads()
     torch.set_num_threads(worker_threads(2))
     yield
     torch.set_num_threads(threads)
 
 
-def test_repro_runs_every_arm_and_seed_and_resumes(tmp_path, capsys, worker_share):
+@pytest.mark.slow
+def test_study_starts_every_run_from_the_base_and_scores_each_point(tmp_path, capsys, worker_share):
     out = tmp_path / "repro"
-    args = [f"out_dir={out}", "arms=[sft,sara]", "seeds=[0,1]", "prompts=2", "generate_steps=2"]
-    args += ["world.num=6", "world.frames=9", "world.size=64", "world.heldout_fraction=0.0"]
-    args += ["stage2.data.frames=9", "stage2.data.size=64", "stage2.models.text_length=16"]
-    args += ["stage2.models.wan=tiny"]  # the shapes VAE trains for minutes: tests/test_shapes_vae.py
-    args += ["stage2.optim.steps=2", "stage2.optim.batch_size=2", "stage2.optim.warmup_steps=1"]
-    args += ["stage2.log_every=1", "stage2.save_every=2"]
-    # in two worker processes
-    assert main(["repro", "study", "--config", "configs/repro.yaml", *args, "jobs=2"]) == 0
-    runs = {(seed, arm): out / "runs" / "vjepa2" / f"seed{seed}" / arm for seed in (0, 1) for arm in ("sft", "sara")}
-    for run in runs.values():
-        assert (run / "pipeline" / "model_index.json").is_file()
-        assert len(list((run / "videos").glob("*.mp4"))) == 2
-        assert len((run / "scores.jsonl").read_text().splitlines()) == 2
-    losses = {key: json.loads((run / "history.json").read_text()) for key, run in runs.items()}
-    # same initialisation, batch and noise in every arm of a seed: step 1's flow term agrees
-    assert losses[(0, "sft")][0]["flow"] == losses[(0, "sara")][0]["flow"] != losses[(1, "sft")][0]["flow"]
-    assert all(r["align"] == 0 for r in losses[(0, "sft")]) and all(r["align"] > 0 for r in losses[(0, "sara")])
+    args = [*SMOKE, f"out_dir={out}"]
+    assert main(["repro", "study", "--config", "configs/repro.yaml", *args]) == 0
+    config = load_config(ReproConfig, "configs/repro.yaml", args)
+    runs = {(t, s, a): run_folder(config, t, s, a) for t in ("vjepa2", "oracle") for s in (0, 1) for a in ARMS}
+    assert runs[("vjepa2", 0, "sft")] == runs[("oracle", 0, "sft")]  # one sft run serves both teachers
+    for run in set(runs.values()):
+        assert json.loads((run / "start.json").read_text())["tensors"] > 0  # started from the base, bitwise
+        for point in (1, 2):
+            for name in ("seen", "unseen"):
+                assert len((run / "points" / f"step-{point}" / name / "scores.jsonl").read_text().splitlines()) == 2
+    histories = {key: json.loads((run / "history.json").read_text()) for key, run in runs.items()}
+    # the same batch and noise in every arm of a seed: step 1's flow term agrees
+    first = {key: rows[0] for key, rows in histories.items()}
+    assert (
+        first[("vjepa2", 0, "sft")]["flow"]
+        == first[("vjepa2", 0, "sara")]["flow"]
+        == first[("oracle", 0, "trd")]["flow"]
+    )
+    assert first[("vjepa2", 0, "sft")]["flow"] != first[("vjepa2", 1, "sft")]["flow"]
+    assert [row["step"] for row in histories[("oracle", 1, "moalign")]] == [1, 2]  # resumed from 1 to 2
+    assert all(r["align"] == 0 for r in histories[("vjepa2", 0, "sft")])
+    assert all(r["align"] > 0 for key, rows in histories.items() if key[2] != "sft" for r in rows)
+    assert first[("vjepa2", 0, "sara")]["align"] != first[("oracle", 0, "sara")]["align"]
+    assert (out / "cache" / "vjepa2" / "motion_head").is_dir() and (out / "cache" / "oracle" / "motion_head").is_dir()
 
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"vjepa2", "oracle"}
-    oracle = json.loads((out / "runs" / "oracle" / "seed0" / "sara" / "history.json").read_text())
-    assert oracle[0]["flow"] == losses[(0, "sara")][0]["flow"] and oracle[0]["align"] != losses[(0, "sara")][0]["align"]
-    tables = results["vjepa2"]
-    assert set(tables["arms"]) == {"sft", "sara"} and set(tables["paired"]) == {"sara − sft"}
-    assert len(tables["arms"]["sara"]["all"]["seeds"]) == 2 and tables["arms"]["sara"]["all"]["n"] == 4
+    assert results["base"]["gate"]["passed"]
+    for name in ("seen", "unseen"):
+        tables = results["final"][name]["oracle"]
+        assert set(tables["arms"]) == set(ARMS) and tables["arms"]["sara"]["all"]["n"] == 4  # 2 seeds × 2 prompts
+        assert set(tables["paired"]) == {
+            "trd − sft", "moalign − sft", "sara − sft", "moalign − trd", "sara − trd", "sara − moalign"
+        }  # fmt: skip
+        assert len(results["curves"][name]["vjepa2"]["trd"]["binding"]) == 3  # steps 0, 1, 2
+        # step 0 is the base: the same scores for every arm
+        assert len({json.dumps(arm["all"][0]) for arm in results["curves"][name]["vjepa2"].values()}) == 1
     table = (out / "table.md").read_text()
-    assert "| sara − sft |" in table and "seed 1" in table and "wall time" in table
-    assert (out / "report.html").stat().st_size > 0 and "table:" in capsys.readouterr().out
+    assert "| ground truth |" in table and "| base (step 0) |" in table and "| sara − moalign |" in table
+    assert "step 2" in table and "unseen colour–shape pairs" in table and "wall time" in table
+    for name in ("curves.png", "frames.png", "report.html"):
+        assert (out / name).stat().st_size > 0
+    assert "table:" in capsys.readouterr().out
 
-    # the same study in this process: each run's figures do not depend on the process that ran it.
-    # It reads the first study's world: H.264 encodes identical frames differently from one
-    # process to another, so a world written again is not the same bytes
-    alone = tmp_path / "alone"
-    for inputs in ("world", "prompts"):
-        shutil.copytree(out / inputs, alone / inputs)
-    assert main(["repro", "study", "--config", "configs/repro.yaml", *args, f"out_dir={alone}", "jobs=1"]) == 0
-    assert json.loads((alone / "results.json").read_text()) == results
-    terms = ("step", "loss", "flow", "align", "grad_norm")  # not the time or memory of the process
-    for key, run in runs.items():
-        history = json.loads((alone / run.relative_to(out) / "history.json").read_text())
-        assert [[row[t] for t in terms] for row in history] == [[row[t] for t in terms] for row in losses[key]]
+    # sft reads no teacher: under the oracle, trained straight to step 2 (not extended from step 1),
+    # it ends where the shared run (teacher vjepa2) ended, tensor for tensor
+    oracle_sft = arm_config(config, "oracle", 0, "sft")
+    oracle_sft.models.teacher = "oracle"
+    oracle_sft.precompute.cache_dir = str(out / "cache" / "oracle")
+    oracle_sft.out_dir, oracle_sft.optim.steps = str(tmp_path / "sft-oracle"), 2
+    train(oracle_sft, progress=False)
+    shared = transformer_weights(RunDir(runs[("vjepa2", 0, "sft")]).pipeline)
+    alone = transformer_weights(RunDir(tmp_path / "sft-oracle").pipeline)
+    assert shared.keys() == alone.keys() and all(torch.equal(shared[k], alone[k]) for k in shared)
 
-    trained = {key: (run / "pipeline" / "model_index.json").stat().st_mtime_ns for key, run in runs.items()}
+    # a second call trains nothing
+    exported = {run: (RunDir(run).pipeline / "model_index.json").stat().st_mtime_ns for run in set(runs.values())}
     assert main(["repro", "study", "--config", "configs/repro.yaml", *args]) == 0
-    assert trained == {key: (run / "pipeline" / "model_index.json").stat().st_mtime_ns for key, run in runs.items()}
+    assert exported == {run: (RunDir(run).pipeline / "model_index.json").stat().st_mtime_ns for run in exported}
+
+    # a run that would start elsewhere (here: the untrained preset, not the base) is refused
+    elsewhere = arm_config(config, "vjepa2", 0, "trd")
+    elsewhere.out_dir, elsewhere.models.wan = str(tmp_path / "elsewhere"), "tiny"
+    elsewhere.precompute.cache_dir = str(tmp_path / "elsewhere-cache")  # a cache names the DiT folder it was made for
+    precompute(elsewhere, progress=False)
+    with pytest.raises(RuntimeError, match="not the base's"):
+        check_start(config, elsewhere)
 
 
 def test_each_paired_difference_appears_once():
-    """Against sft and trd, without the mirror `sft − trd` of `trd − sft`."""
+    """Against sft, trd and moalign, without mirrors such as `sft − trd` beside `trd − sft`."""
     from sara.shapes.metric import METRICS
     from sara.study.tables import study_tables
 
     rng = np.random.default_rng(0)
     results = {("t", s, a): [dict.fromkeys(METRICS, rng.random()) for _ in range(4)] for s in (0, 1) for a in ARMS}
     paired = study_tables(results, ["t"], [0, 1], list(ARMS))["t"]["paired"]
-    assert list(paired) == ["trd − sft", "sara − sft", "sara − trd"]
-
-
-ARMS = ("sft", "trd", "sara")
+    assert list(paired) == ["trd − sft", "moalign − sft", "sara − sft", "moalign − trd", "sara − trd", "sara − moalign"]

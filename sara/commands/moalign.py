@@ -21,13 +21,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> None:
     from sara.config import load_config
     from sara.config.stage2 import Stage2Config
-    from sara.models.motion import save_motion_head
-    from sara.stage2.build import cache_dir, motion_head_folder
-    from sara.stage2.cache import FeatureCache, fingerprint
-    from sara.stage2.motion import train_motion_head
+    from sara.stage2.motion import fit_motion_head
 
-    config = load_config(Stage2Config, args.config, args.overrides)
-    head, report = train_motion_head(config, FeatureCache(cache_dir(config), fingerprint(config)))
-    folder = save_motion_head(head, motion_head_folder(config), report)
+    folder, report = fit_motion_head(load_config(Stage2Config, args.config, args.overrides))
     print(json.dumps(report["end_point_error"]))
     print(f"motion head: {folder}")

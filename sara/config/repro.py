@@ -1,4 +1,5 @@
-"""Typed config of the toy reproduction (`sara repro`). Each field's comment says what it controls."""
+"""Typed config of the toy reproduction (`sara repro base`, `sara repro study`). Each field's
+comment says what it controls."""
 
 from __future__ import annotations
 
@@ -11,26 +12,12 @@ from sara.config.stage2 import TEACHERS, Stage2Config, Stage2DataConfig, Stage2M
 # arm name -> (objective.align.mode, objective.align.routing)
 ARMS = {
     "sft": ("sft", "or"),
-    "trd": ("trd", "or"),
+    "trd": ("trd", "or"),  # VideoREPA: every pair
+    "moalign": ("moalign", "or"),  # MoAlign: relations of the teacher's motion subspace, no text
     "sara": ("sara", "or"),
     "sara-and": ("sara", "and"),
     "sara-xor": ("sara", "xor"),
 }
-
-
-def _repro_stage2() -> Stage2Config:
-    """Stage 2 on the study's world, saliency from the renderer's masks (the study isolates
-    the routing, not the aligner), every path inside the study's folder."""
-    config = Stage2Config(
-        out_dir="${out_dir}/runs",
-        data=Stage2DataConfig(train="${out_dir}/world/train.jsonl"),
-        models=Stage2ModelsConfig(wan="shapes", aligner=None, tiny_root="${out_dir}/models"),
-        optim=Stage2OptimConfig(steps=1000, batch_size=4, lr=1e-3),  # the medium DiT learns at 1e-3
-        log_every=50,
-        save_every=1000,
-    )
-    config.objective.align.saliency = "masks"
-    return config
 
 
 # the study world: the simplest that still tests entities, binding and motion — a plain
@@ -60,6 +47,30 @@ def _base_stage2() -> Stage2Config:
     return config
 
 
+# the continual world: the study world with one unnamed distractor in a clutter colour the
+# metric does not score (so routing matters: its tokens are background to the saliency); two
+# named shapes, as three of 15 % of the frame rarely fit the renderer's layouts visibly
+# (docs/RESULTS.md); 16 held-out clips are the in-distribution prompts
+CONTINUAL_WORLD = STUDY_WORLD | {"num": 616, "heldout_fraction": 0.026, "distractors": 1}
+
+
+def _continual_stage2() -> Stage2Config:
+    """Continual training from the base: a constant lr (a run extended from one scoring point
+    to the next is the run trained there at once), no EMA, guidance kept by caption dropout.
+    The study sets the rest: the DiT, frames, size and text length are the base's, and
+    ``optim.steps`` each scoring point in turn."""
+    config = Stage2Config(
+        data=Stage2DataConfig(caption_dropout=0.1),
+        models=Stage2ModelsConfig(aligner=None),
+        optim=Stage2OptimConfig(batch_size=8, lr=2e-4, warmup_steps=0),
+        log_every=50,
+        save_every=250,
+    )
+    config.objective.align.saliency = "masks"  # the renderer's masks: the study isolates the routing
+    config.precompute.flow = True  # MoAlign's motion head fits the clips' flow
+    return config
+
+
 @dataclass
 class BaseConfig:
     """``sara repro base``: the DiT every continual run starts from, pretrained on the study world."""
@@ -73,24 +84,27 @@ class BaseConfig:
 
 @dataclass
 class ReproConfig:
-    """``sara repro``: SFT vs TRD vs SARA on the shapes world, scored by the exact metric."""
+    """``sara repro``: continual training of the base with SFT, TRD, MoAlign and SARA, scored by
+    the exact shapes metric on two prompt sets at several steps."""
 
-    out_dir: str = "${oc.env:SARA_OUTPUT_ROOT,outputs}/repro"  # study folder: world, runs, videos, table
-    arms: list[str] = option(["sft", "trd", "sara"], choices=tuple(ARMS))  # sft, trd, sara (or), sara-and, sara-xor
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # training seeds: init, data order, noise
-    # the TRD teacher of each study: vjepa2 (the tiny one: random-feature relations, a negative
-    # control) and oracle (the renderer's entity colours per token: the scene's structure)
+    out_dir: str = "${oc.env:SARA_OUTPUT_ROOT,outputs}/repro"  # study folder: base, world, runs, videos, table
+    arms: list[str] = option(["sft", "trd", "moalign", "sara"], choices=tuple(ARMS))  # and sara-and, sara-xor
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # continual seeds: data order, noise, heads
+    # the teacher of each study: vjepa2 (the tiny one: random-feature relations, a negative
+    # control) and oracle (the renderer's entity colours per token: the scene's structure, an
+    # upper bound); sft reads no teacher, so its runs are shared by every teacher's table
     teachers: list[str] = option(["vjepa2", "oracle"], choices=TEACHERS)
-    world: SynthConfig = field(  # the training world: never the unseen colour–shape pairs
-        default_factory=lambda: SynthConfig(num=200, frames=17, size=128, heldout_fraction=0.1, pairs="seen")
-    )
-    prompts: int = option(32, ge=2)  # held-out prompts of unseen pairs (sara eval shapes-set)
-    prompt_seed: int = 1000  # renderer seed of the prompt set
+    # the continual training world, at the base world's frames and size; its held-out clips are
+    # the in-distribution prompts (seen pairs)
+    world: SynthConfig = field(default_factory=lambda: SynthConfig(**CONTINUAL_WORLD))
+    points: list[int] = field(default_factory=lambda: [0, 250, 500])  # continual steps scored
+    prompts: int = option(16, ge=2)  # prompts of unseen colour–shape pairs (the second set), as the world's
+    prompt_seed: int = 1000  # renderer seed of the unseen set
     sample_seed: int = 0  # prompt i is sampled with seed sample_seed + i by every arm (paired noise)
     generate_steps: int = option(20, ge=1)  # denoising steps (UniPC, CFG 5)
     # runs trained and sampled at once, each in a process of its own with an equal share of the
     # CPU threads: the study's DiTs are so small that one run leaves a GPU mostly idle (launch
     # overhead, not arithmetic, bounds its step), so several share one card; 1: in this process
     jobs: int = option(1, ge=1)
-    stage2: Stage2Config = field(default_factory=_repro_stage2)  # shared by every arm; mode and routing per arm
+    stage2: Stage2Config = field(default_factory=_continual_stage2)  # shared by every arm; mode and routing per arm
     base: BaseConfig = field(default_factory=BaseConfig)  # the pretrained DiT of `sara repro base`

@@ -112,7 +112,7 @@ class PrecomputeConfig:
 
 @dataclass
 class Stage2OptimConfig:
-    steps: int = option(200, ge=1)  # optimizer steps in all
+    steps: int = option(200, ge=0)  # optimizer steps in all; 0: export the starting weights unchanged
     batch_size: int = option(4, ge=1)  # clips per step
     lr: float = option(1e-4, gt=0)  # AdamW learning rate after warm-up
     # after warm-up: constant (continual training that may be extended), or cosine to zero at

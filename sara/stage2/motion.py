@@ -17,6 +17,7 @@ over random batches of clips of one grid shape, and is written to ``align.motion
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -27,10 +28,11 @@ from tqdm import tqdm
 
 from sara.config.stage2 import Stage2Config
 from sara.data.manifest import Record
-from sara.models.motion import MotionHead
+from sara.models.motion import MotionHead, save_motion_head
 from sara.models.weights import seeded
 from sara.shapes.flow import exact_flow
 from sara.stage2.align import VfmView
+from sara.stage2.build import cache_dir, motion_head_folder
 
 
 def token_flow(flow: Tensor, view: VfmView) -> Tensor:
@@ -134,3 +136,12 @@ def train_motion_head(config: Stage2Config, cache, progress: bool = True) -> tup
         "end_point_error": {"zero flow": round(before, 4), "head": round(_error(head, cache, groups), 4)},
     }
     return head, report
+
+
+def fit_motion_head(config: Stage2Config, progress: bool = True) -> tuple[Path, dict]:
+    """``sara moalign train``: fit the head on the run's cache and write it where
+    ``align.motion.head`` (or, unset, the cache) says; returns its folder and report."""
+    from sara.stage2.cache import FeatureCache, fingerprint  # it imports this module: flow at precompute
+
+    head, report = train_motion_head(config, FeatureCache(cache_dir(config), fingerprint(config)), progress)
+    return save_motion_head(head, motion_head_folder(config), report), report

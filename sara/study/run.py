@@ -1,26 +1,29 @@
-"""`sara repro`: the toy reproduction — SFT vs TRD vs SARA on the shapes world.
+"""`sara repro study`: continual training of the base with SFT, TRD, MoAlign and SARA.
 
-For each teacher, training seed and arm, Stage 2 trains the same DiT from the same
-initialisation on the same batches with the same noise (all functions of the seed); the
-arms differ only in the alignment term. Each arm's pipeline then samples the held-out
-prompt set (unseen colour–shape pairs) with paired noise — prompt ``i`` with seed
-``sample_seed + i`` in every arm and seed — and the exact shapes metric scores every video.
-The table (:mod:`sara.study.tables`) gives every seed, per-arm means with hierarchical
-bootstrap intervals (seeds, then prompts) and paired differences against ``sft`` and
-``trd``.
+Every run starts from the weights of ``sara repro base`` (checked: each run's weights before
+its first step are the base's, tensor for tensor) and trains on the continual world
+(:data:`sara.config.repro.CONTINUAL_WORLD`: 2–3 named shapes and an unnamed distractor).
+For each teacher and seed the arms see the same batches with the same noise (functions of the
+seed) and differ only in the alignment term; ``sft`` reads no teacher, so one ``sft`` run per
+seed serves every teacher's table. At each scoring point (``points``, in continual steps) the
+run samples two prompt sets — the continual world's held-out clips (seen colour–shape pairs)
+and a set of unseen pairs — prompt ``i`` with seed ``sample_seed + i`` in every run (paired
+noise), and the exact shapes metric scores each video. Step 0 is the base itself, sampled once.
+
+A run is extended from one point to the next by resuming it; the lr is constant, so that is
+the run trained to the later point at once. The study is resumable: scores already written are
+kept, an interrupted run resumes from its last checkpoint, videos already written are kept.
 
 With ``jobs`` above 1 the runs go to that many worker processes at once (several tiny runs
 share one GPU); a run's losses do not depend on which process ran it or when, up to the
 rounding of sums split over another number of threads.
-
-The study is resumable: a finished run (its ``pipeline/``) is not trained again, an
-interrupted one resumes from its last checkpoint, videos already written are kept.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -28,74 +31,127 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from sara.config import save_config
 from sara.config.repro import ARMS, ReproConfig
 from sara.config.sampling import Sampling
 from sara.config.stage2 import Stage2Config
 from sara.data.manifest import Manifest, load_manifest
+from sara.files import write_text_atomic
 from sara.run_dir import RunDir
 from sara.shapes.metric import score_manifest
-from sara.shapes.prompt_set import write_prompt_set
 from sara.shapes.render import SynthSpec, synthesize
+from sara.stage2.build import motion_head_folder
 from sara.stage2.cache import precompute
 from sara.stage2.generate import generate
+from sara.stage2.motion import fit_motion_head
 from sara.stage2.train import train
+from sara.study.base import base_pipeline, base_stage2, run_base
 
+log = logging.getLogger(__name__)
+
+SETS = ("seen", "unseen")  # the prompt sets: the continual world's held-out clips; unseen colour–shape pairs
 Key = tuple[str, int, str]  # (teacher, seed, arm)
+Results = dict[str, dict[int, dict[Key, list[dict]]]]  # set -> point -> key -> one score dict per prompt
+
+
+def run_folder(config: ReproConfig, teacher: str, seed: int, arm: str) -> Path:
+    """``runs/TEACHER/seedS/ARM``; ``runs/sft/seedS`` for the run every teacher shares."""
+    runs = Path(config.out_dir) / "runs"
+    return runs / "sft" / f"seed{seed}" if arm == "sft" else runs / teacher / f"seed{seed}" / arm
 
 
 def arm_config(config: ReproConfig, teacher: str, seed: int, arm: str) -> Stage2Config:
-    """The Stage 2 config of one run: the shared one with this seed, mode and routing."""
-    stage2 = copy.deepcopy(config.stage2)
+    """The Stage 2 config of one run: the shared one with this seed, teacher, mode and routing,
+    starting from the base's DiT at the base's frames, size and text length."""
+    stage2, base = copy.deepcopy(config.stage2), base_stage2(config)
     stage2.seed = seed
-    stage2.models.teacher = teacher
+    stage2.models.teacher = config.teachers[0] if arm == "sft" else teacher
     stage2.objective.align.mode, stage2.objective.align.routing = ARMS[arm]
-    stage2.out_dir = str(Path(config.out_dir) / "runs" / teacher / f"seed{seed}" / arm)
-    stage2.precompute.cache_dir = str(Path(config.out_dir) / "cache" / teacher)
+    stage2.out_dir = str(run_folder(config, teacher, seed, arm))
+    stage2.data.train = str(Path(config.out_dir) / "world" / "train.jsonl")
+    stage2.precompute.cache_dir = str(Path(config.out_dir) / "cache" / stage2.models.teacher)
+    stage2.models.wan = str(base_pipeline(config))
+    stage2.models.tiny_root = base.models.tiny_root
+    stage2.models.text_length = base.models.text_length
+    stage2.data.frames, stage2.data.size = base.data.frames, base.data.size
     return stage2
 
 
-def _inputs(config: ReproConfig) -> Manifest:
-    """The training world and the held-out prompt set, written once; returns the prompt set."""
-    out = Path(config.out_dir)
-    if not (out / "world" / "train.jsonl").is_file():
-        synthesize(SynthSpec(**asdict(config.world), seed=0), out / "world", progress=False)
-    prompts = out / "prompts" / "heldout.jsonl"
-    if not prompts.is_file():
-        world = config.world  # the prompts' scenes are the training world's
-        write_prompt_set(
-            out / "prompts",
-            config.prompts,
-            config.prompt_seed,
-            world.frames,
-            world.size,
-            backgrounds=world.backgrounds,
+def _inputs(config: ReproConfig) -> dict[str, Manifest]:
+    """The continual world and the unseen-pairs prompt set, written once; returns both sets."""
+    out, world = Path(config.out_dir), config.world
+    made = config.base.world
+    if (world.frames, world.size) != (made.frames, made.size):
+        raise ValueError(
+            f"world: {world.frames} frames at {world.size}², the base's world {made.frames} at {made.size}²: "
+            "the continual world is drawn at the base's"
         )
-    return load_manifest(prompts)
+    if not (out / "world" / "train.jsonl").is_file():
+        synthesize(SynthSpec(**asdict(world), seed=1), out / "world", progress=False)  # not the base's clips (seed 0)
+    unseen = out / "prompts" / "unseen"
+    if not (unseen / "heldout.jsonl").is_file():
+        spec = asdict(world) | {"num": config.prompts, "heldout_fraction": 1.0, "pairs": "unseen"}
+        synthesize(SynthSpec(**spec, seed=config.prompt_seed), unseen, progress=False)
+    return {"seen": load_manifest(out / "world" / "heldout.jsonl"), "unseen": load_manifest(unseen / "heldout.jsonl")}
 
 
 def _sampling(config: ReproConfig) -> Sampling:
-    stage2 = config.stage2
+    base = config.base.stage2
     return Sampling(
-        steps=config.generate_steps, seed=config.sample_seed, frames=stage2.data.frames,
-        height=stage2.data.size, width=stage2.data.size, text_length=stage2.models.text_length,
+        steps=config.generate_steps, seed=config.sample_seed, frames=base.data.frames,
+        height=base.data.size, width=base.data.size, text_length=base.models.text_length,
     )  # fmt: skip
 
 
-def run_arm(config: ReproConfig, manifest: Manifest, teacher: str, seed: int, arm: str) -> list[dict]:
-    """Train (or resume, or keep) one run, sample the prompt set, score it: one dict per prompt."""
-    stage2 = arm_config(config, teacher, seed, arm)
-    run = Path(stage2.out_dir)
-    if not RunDir(run).pipeline.is_dir():
-        train(stage2, resume="latest", progress=False)
-    videos = run / "videos"
+def _scored(config: ReproConfig, pipeline: Path, manifest: Manifest, folder: Path) -> list[dict]:
+    """Sample ``manifest``'s prompts into ``folder/videos`` (those written are kept), score them
+    into ``folder/scores.jsonl``; one dict per prompt."""
+    videos, path = folder / "videos", folder / "scores.jsonl"
+    if path.is_file():
+        return [json.loads(line) for line in path.read_text().splitlines()]
     if len(list(videos.glob("*.mp4"))) < len(manifest):
-        generate(
-            RunDir(run).pipeline, [r.prompt() for r in manifest.records], videos, _sampling(config), progress=False
-        )
+        generate(pipeline, [r.prompt() for r in manifest.records], videos, _sampling(config), progress=False)
     scores = score_manifest(manifest, videos, progress=False)
-    (run / "scores.jsonl").write_text("".join(json.dumps(s) + "\n" for s in scores))
+    write_text_atomic(path, "".join(json.dumps(s) + "\n" for s in scores))  # whole or absent: it marks the point done
+    return scores
+
+
+def transformer_weights(pipeline: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a Diffusers folder's DiT, by name."""
+    files = sorted((pipeline / "transformer").glob("*.safetensors"))
+    return {name: tensor for path in files for name, tensor in load_file(path).items()}
+
+
+def check_start(config: ReproConfig, stage2: Stage2Config) -> None:
+    """Export the run's weights before its first step and check them against the base's, every
+    tensor bitwise: what a run trains from is the base, not a re-initialised or re-cast copy."""
+    run = Path(stage2.out_dir)
+    if (run / "start.json").is_file():
+        return
+    start = copy.deepcopy(stage2)
+    start.optim.steps = 0
+    train(start, progress=False)
+    base, found = transformer_weights(base_pipeline(config)), transformer_weights(RunDir(run).pipeline)
+    differ = sorted(k for k in base if k not in found or not torch.equal(base[k], found[k]))
+    if differ or set(found) != set(base):
+        raise RuntimeError(f"{run}: the weights before step 1 are not the base's ({len(differ)} tensors differ)")
+    write_text_atomic(run / "start.json", json.dumps({"base": str(base_pipeline(config)), "tensors": len(base)}) + "\n")
+
+
+def run_arm(config: ReproConfig, manifests: dict[str, Manifest], teacher: str, seed: int, arm: str) -> dict:
+    """Check the start, then train (or resume) to each scoring point above 0 and score both
+    prompt sets there; returns ``{point: {set: scores}}``."""
+    stage2 = arm_config(config, teacher, seed, arm)
+    check_start(config, stage2)
+    run, scores = RunDir(stage2.out_dir), {}
+    for point in sorted(p for p in config.points if p > 0):
+        folder = run.path / "points" / f"step-{point}"
+        if not all((folder / name / "scores.jsonl").is_file() for name in manifests):
+            stage2.optim.steps = point
+            train(stage2, resume="latest", progress=False)  # nothing to do when the last checkpoint is at point
+        scores[point] = {name: _scored(config, run.pipeline, m, folder / name) for name, m in manifests.items()}
     return scores
 
 
@@ -104,67 +160,56 @@ def worker_threads(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
-def run_repro(config: ReproConfig, progress: bool = True) -> dict[Key, list[dict]]:
-    """Every run of the study; returns the scores of each (teacher, seed, arm)."""
+def _prepare(config: ReproConfig, progress: bool) -> tuple[dict, dict[str, Manifest]]:
+    """The base (trained or found), the inputs, one cache (and motion head) per teacher, and the
+    base's scores (step 0); here, before any worker starts, so that every run shares them."""
+    gate = run_base(config, progress)
+    if not gate["gate"]["passed"]:
+        log.warning(f"the base {gate['key']} did not pass its gate: the study runs on it as it is")
+    manifests = _inputs(config)
+    for teacher in config.teachers:
+        stage2 = arm_config(config, teacher, config.seeds[0], "moalign")
+        precompute(stage2, progress=progress)
+        if "moalign" in config.arms and not motion_head_folder(stage2).is_dir():
+            fit_motion_head(stage2, progress)
+    base = Path(config.out_dir) / "base-samples"
+    start = {name: _scored(config, base_pipeline(config), m, base / name) for name, m in manifests.items()}
+    return {"gate": gate, "start": start}, manifests
+
+
+def run_repro(config: ReproConfig, progress: bool = True) -> tuple[dict, Results]:
+    """Every run of the study; returns the base's gate report and the scores per prompt set,
+    point and ``(teacher, seed, arm)`` (``sft``'s runs under every teacher)."""
     from tqdm import tqdm
 
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out)
-    manifest = _inputs(config)
-    keys = [(t, s, a) for t in config.teachers for s in config.seeds for a in config.arms]
-    # here, before any worker starts: the presets (the shapes VAE trains for minutes) are
-    # written once and the caches are shared by every run of a teacher
-    for teacher in config.teachers:
-        precompute(arm_config(config, teacher, config.seeds[0], "sara"), progress=False)  # one cache per teacher
-    with tqdm(total=len(keys), desc="repro runs", disable=not progress) as bar:
+    base, manifests = _prepare(config, progress)
+    runs = [("", s, "sft") for s in config.seeds if "sft" in config.arms]
+    runs += [(t, s, a) for t in config.teachers for s in config.seeds for a in config.arms if a != "sft"]
+    with tqdm(total=len(runs), desc="repro runs", disable=not progress) as bar:
         if config.jobs == 1:
-            results = {}
-            for key in keys:
-                results[key] = run_arm(config, manifest, *key)
+            done = {}
+            for key in runs:
+                done[key] = run_arm(config, manifests, *key)
                 bar.update()
-            return results
-        context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-        threads = (worker_threads(config.jobs),)
-        with ProcessPoolExecutor(config.jobs, context, initializer=torch.set_num_threads, initargs=threads) as pool:
-            futures = {pool.submit(run_arm, config, manifest, *key): key for key in keys}
-            for future in as_completed(futures):
-                future.result()  # a failed run stops the study with its own error
-                bar.update()
-        return {key: future.result() for future, key in futures.items()}  # in the order of keys
-
-
-def write_study(config: ReproConfig, results: dict[Key, list[dict]], seconds: float) -> Path:
-    """``results.json``, ``table.md`` and ``report.html`` (the table and each arm's frames of
-    the first two prompts) in the study's folder; returns the table's path."""
-    import numpy as np
-
-    from sara.data.video import decode_clip
-    from sara.data.visualize import save_png, strip
-    from sara.demo.html import Section, image, paragraph, preformatted, write_report
-    from sara.study.tables import format_study, study_tables
-
-    out = Path(config.out_dir)
-    tables = study_tables(results, config.teachers, config.seeds, config.arms)
-    (out / "results.json").write_text(json.dumps(tables, indent=1) + "\n")
-    steps, prompts = config.stage2.optim.steps, config.prompts
-    header = (
-        f"{len(config.arms)} arms × {len(config.seeds)} seeds × {len(config.teachers)} teacher(s), {steps} Stage 2 "
-        f"steps each, {prompts} held-out prompts of unseen colour–shape pairs; wall time {seconds / 60:.1f} min."
-    )
-    text = header + "\n\n" + format_study(tables, config.seeds)
-    (out / "table.md").write_text(text)
-    sections = [Section("Results", paragraph(header) + preformatted(format_study(tables, config.seeds)))]
-    teacher, seed = config.teachers[0], config.seeds[0]
-    manifest = load_manifest(out / "prompts" / "heldout.jsonl")
-    rows = [strip(decode_clip(manifest.resolve(r.video), None, None).frames.permute(0, 2, 3, 1).numpy(), count=8)
-            for r in manifest.records[:2]]  # fmt: skip
-    for arm in config.arms:
-        videos = sorted((Path(arm_config(config, teacher, seed, arm).out_dir) / "videos").glob("*.mp4"))[:2]
-        rows += [strip(decode_clip(v, None, None).frames.permute(0, 2, 3, 1).numpy(), count=8) for v in videos]
-    frames = save_png(out / "frames.png", np.concatenate(rows))
-    order = ", ".join(["ground truth", *config.arms])
-    caption = f"The first two prompts ({teacher}, seed {seed}), one row per video: {order}."
-    sections.append(Section("Samples", paragraph(caption) + image(frames, "frames per arm")))
-    write_report(out / "report.html", "SARA toy reproduction", sections)
-    return out / "table.md"
+        else:
+            context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+            threads = (worker_threads(config.jobs),)
+            with ProcessPoolExecutor(config.jobs, context, initializer=torch.set_num_threads, initargs=threads) as pool:
+                futures = {pool.submit(run_arm, config, manifests, *key): key for key in runs}
+                for future in as_completed(futures):
+                    future.result()  # a failed run stops the study with its own error
+                    bar.update()
+            done = {key: future.result() for future, key in futures.items()}
+    results: Results = {name: {} for name in manifests}
+    for name in manifests:
+        for point in config.points:
+            results[name][point] = {
+                (t, s, a): base["start"][name] if point == 0 else done[("" if a == "sft" else t, s, a)][point][name]
+                for t in config.teachers
+                for s in config.seeds
+                for a in config.arms
+            }
+    return base["gate"], results
