@@ -15,7 +15,7 @@ from sara.models.motion import load_motion_head
 from sara.shapes.flow import exact_flow
 from sara.stage2.align import VfmView
 from sara.stage2.cache import FeatureCache
-from sara.stage2.motion import clip_flow, dis_flow, token_flow
+from sara.stage2.flow import clip_flow, dis_flow, token_flow
 
 
 def test_token_flow_reads_the_teachers_frames_and_scales_with_its_input():

@@ -38,7 +38,7 @@ from sara.stage1.features import FEATURES_VERSION
 from sara.stage1.saliency import locate
 from sara.stage2.build import Stage2Setup, cache_dir, resolve_setup
 from sara.stage2.encoders import Stage2Encoders, warn_overlong
-from sara.stage2.motion import clip_flow, token_flow
+from sara.stage2.flow import clip_flow, token_flow
 
 EMPTY_CAPTION = "empty_caption.safetensors"  # text states of "" (Wan's unconditional input)
 
