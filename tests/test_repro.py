@@ -15,7 +15,7 @@ from sara.config.repro import ReproConfig
 from sara.run_dir import RunDir
 from sara.stage2.cache import precompute
 from sara.stage2.train import train
-from sara.study.run import arm_config, check_start, run_folder, transformer_weights, worker_threads
+from sara.study.run import arm_config, check_start, run_folder, scoring_points, transformer_weights, worker_threads
 
 SMOKE = [
     "base.world.num=8", "base.world.size=64", "base.world.heldout_fraction=0.25",
@@ -121,3 +121,10 @@ def test_each_paired_difference_appears_once():
     results = {("t", s, a): [dict.fromkeys(METRICS, rng.random()) for _ in range(4)] for s in (0, 1) for a in ARMS}
     paired = study_tables(results, ["t"], [0, 1], list(ARMS))["t"]["paired"]
     assert list(paired) == ["trd − sft", "moalign − sft", "sara − sft", "moalign − trd", "sara − trd", "sara − moalign"]
+
+
+def test_points_always_start_at_the_base():
+    config = load_config(ReproConfig, "configs/repro.yaml", ["points=[500,250]"])
+    assert scoring_points(config) == [0, 250, 500]
+    with pytest.raises(ValueError, match="at least one above 0"):
+        scoring_points(load_config(ReproConfig, "configs/repro.yaml", ["points=[0]"]))

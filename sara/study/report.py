@@ -14,7 +14,7 @@ from sara.plots import pyplot
 from sara.shapes.metric import METRICS, score_manifest
 from sara.stats import summarise
 from sara.study.base import format_gate
-from sara.study.run import SETS, Results, run_folder
+from sara.study.run import SETS, Results, run_folder, scoring_points
 from sara.study.tables import curves, format_curves, format_study, study_tables
 
 SET_TITLES = {"seen": "in-distribution prompts (seen colour–shape pairs)", "unseen": "unseen colour–shape pairs"}
@@ -59,7 +59,7 @@ def _frames(config: ReproConfig, teacher: str, seed: int) -> list[np.ndarray]:
     def row(path: Path) -> np.ndarray:
         return strip(decode_clip(path, None, None).frames.permute(0, 2, 3, 1).numpy(), count=9)
 
-    manifest, last = _manifest(config, "unseen"), max(config.points)
+    manifest, last = _manifest(config, "unseen"), scoring_points(config)[-1]
     base = Path(config.out_dir) / "base-samples" / "unseen" / "videos"
     first = sorted(base.glob("*.mp4"))[0].name  # the first prompt's video, named alike in every folder
     rows = [row(manifest.resolve(manifest.records[0].video)), row(base / first)]
@@ -75,7 +75,8 @@ def write_study(config: ReproConfig, gate: dict, results: Results, seconds: floa
     from sara.data.visualize import save_png
     from sara.demo.html import Section, image, paragraph, preformatted, write_report
 
-    out, points, last = Path(config.out_dir), sorted(config.points), max(config.points)
+    out, points = Path(config.out_dir), scoring_points(config)
+    last = points[-1]
     args = (config.teachers, config.seeds, config.arms)
     finals = {name: study_tables(results[name][last], *args) for name in SETS}
     curve = {name: curves(results[name], *args) for name in SETS}

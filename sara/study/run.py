@@ -146,13 +146,21 @@ def run_arm(config: ReproConfig, manifests: dict[str, Manifest], teacher: str, s
     stage2 = arm_config(config, teacher, seed, arm)
     check_start(config, stage2)
     run, scores = RunDir(stage2.out_dir), {}
-    for point in sorted(p for p in config.points if p > 0):
+    for point in scoring_points(config)[1:]:
         folder = run.path / "points" / f"step-{point}"
         if not all((folder / name / "scores.jsonl").is_file() for name in manifests):
             stage2.optim.steps = point
             train(stage2, resume="latest", progress=False)  # nothing to do when the last checkpoint is at point
         scores[point] = {name: _scored(config, run.pipeline, m, folder / name) for name, m in manifests.items()}
     return scores
+
+
+def scoring_points(config: ReproConfig) -> list[int]:
+    """The continual steps scored, 0 (the base) always among them."""
+    points = sorted({0, *config.points})
+    if points[-1] == 0 or points[0] < 0:
+        raise ValueError(f"points: {config.points}: continual steps, at least one above 0")
+    return points
 
 
 def worker_threads(jobs: int) -> int:
@@ -186,7 +194,7 @@ def run_repro(config: ReproConfig, progress: bool = True) -> tuple[dict, Results
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out)
     base, manifests = _prepare(config, progress)
-    runs = [("", s, "sft") for s in config.seeds if "sft" in config.arms]
+    runs = [("", s, "sft") for s in config.seeds if "sft" in config.arms]  # no teacher: every teacher's sft
     runs += [(t, s, a) for t in config.teachers for s in config.seeds for a in config.arms if a != "sft"]
     with tqdm(total=len(runs), desc="repro runs", disable=not progress) as bar:
         if config.jobs == 1:
@@ -205,7 +213,7 @@ def run_repro(config: ReproConfig, progress: bool = True) -> tuple[dict, Results
             done = {key: future.result() for future, key in futures.items()}
     results: Results = {name: {} for name in manifests}
     for name in manifests:
-        for point in config.points:
+        for point in scoring_points(config):
             results[name][point] = {
                 (t, s, a): base["start"][name] if point == 0 else done[("" if a == "sft" else t, s, a)][point][name]
                 for t in config.teachers
