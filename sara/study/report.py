@@ -14,18 +14,11 @@ from sara.plots import pyplot
 from sara.shapes.metric import METRICS, score_manifest
 from sara.stats import summarise
 from sara.study.base import format_gate
-from sara.study.run import SETS, Results, run_folder, scoring_points
+from sara.study.run import SETS, Results, prompt_sets, run_folder, scoring_points
 from sara.study.tables import curves, format_curves, format_study, study_tables
 
 SET_TITLES = {"seen": "in-distribution prompts (seen colour–shape pairs)", "unseen": "unseen colour–shape pairs"}
 FIGURE_METRICS = ("binding", "all")
-
-
-def _manifest(config: ReproConfig, name: str):
-    out = Path(config.out_dir)
-    return load_manifest(
-        out / "world" / "heldout.jsonl" if name == "seen" else out / "prompts" / name / "heldout.jsonl"
-    )
 
 
 def figure(curve: dict, points: list[int], path: Path) -> Path:
@@ -59,7 +52,7 @@ def _frames(config: ReproConfig, teacher: str, seed: int) -> list[np.ndarray]:
     def row(path: Path) -> np.ndarray:
         return strip(decode_clip(path, None, None).frames.permute(0, 2, 3, 1).numpy(), count=9)
 
-    manifest, last = _manifest(config, "unseen"), scoring_points(config)[-1]
+    manifest, last = load_manifest(prompt_sets(config)["unseen"]), scoring_points(config)[-1]
     base = Path(config.out_dir) / "base-samples" / "unseen" / "videos"
     first = sorted(base.glob("*.mp4"))[0].name  # the first prompt's video, named alike in every folder
     rows = [row(manifest.resolve(manifest.records[0].video)), row(base / first)]
@@ -82,7 +75,9 @@ def write_study(config: ReproConfig, gate: dict, results: Results, seconds: floa
     curve = {name: curves(results[name], *args) for name in SETS}
     reference = {
         name: {
-            "ground truth": summarise(score_manifest(_manifest(config, name), progress=False), METRICS),
+            "ground truth": summarise(
+                score_manifest(load_manifest(prompt_sets(config)[name]), progress=False), METRICS
+            ),
             "base (step 0)": summarise(
                 results[name][0][(config.teachers[0], config.seeds[0], config.arms[0])], METRICS
             ),

@@ -79,6 +79,12 @@ def arm_config(config: ReproConfig, teacher: str, seed: int, arm: str) -> Stage2
     return stage2
 
 
+def prompt_sets(config: ReproConfig) -> dict[str, Path]:
+    """The manifest of each prompt set (:data:`SETS`)."""
+    out = Path(config.out_dir)
+    return {"seen": out / "world" / "heldout.jsonl", "unseen": out / "prompts" / "unseen" / "heldout.jsonl"}
+
+
 def _inputs(config: ReproConfig) -> dict[str, Manifest]:
     """The continual world and the unseen-pairs prompt set, written once; returns both sets."""
     out, world = Path(config.out_dir), config.world
@@ -90,11 +96,11 @@ def _inputs(config: ReproConfig) -> dict[str, Manifest]:
         )
     if not (out / "world" / "train.jsonl").is_file():
         synthesize(SynthSpec(**asdict(world), seed=1), out / "world", progress=False)  # not the base's clips (seed 0)
-    unseen = out / "prompts" / "unseen"
-    if not (unseen / "heldout.jsonl").is_file():
+    unseen = prompt_sets(config)["unseen"]
+    if not unseen.is_file():
         spec = asdict(world) | {"num": config.prompts, "heldout_fraction": 1.0, "pairs": "unseen"}
-        synthesize(SynthSpec(**spec, seed=config.prompt_seed), unseen, progress=False)
-    return {"seen": load_manifest(out / "world" / "heldout.jsonl"), "unseen": load_manifest(unseen / "heldout.jsonl")}
+        synthesize(SynthSpec(**spec, seed=config.prompt_seed), unseen.parent, progress=False)
+    return {name: load_manifest(path) for name, path in prompt_sets(config).items()}
 
 
 def _sampling(config: ReproConfig) -> Sampling:
