@@ -56,14 +56,14 @@ def test_clip_flow_is_exact_for_a_whole_shapes_clip(shapes_world):
 def test_head_is_fitted_on_the_cache_and_stage2_aligns_to_it(shapes_world, tmp_path):
     world = shapes_world(num=6, seed=5, frames=9, size=64, heldout_fraction=0.0)
     args = [
-        f"out_dir={tmp_path / 'run'}", f"data.train={world / 'train.jsonl'}", "data.frames=9", "data.size=64",
+        f"out_dir={tmp_path / 'run'}", f"data.train={world / 'train.jsonl'}", "data.frames=9", "data.buckets=[[64,96]]",
         f"models.tiny_root={tmp_path / 'models'}", "models.text_length=32", f"precompute.cache_dir={tmp_path / 'cache'}",
         "precompute.flow=true", "objective.align.mode=moalign", "objective.align.motion.steps=60",
         "optim.steps=2", "optim.batch_size=2", "optim.warmup_steps=1", "log_every=1", "save_every=2",
     ]  # fmt: skip
     assert main(["stage2", "precompute", *args]) == 0
     cache = FeatureCache(tmp_path / "cache")
-    assert cache[0]["flow"].shape == (4, 4, 4, 2)  # the teacher's grid of a 9-frame 64² clip
+    assert cache[0]["flow"].shape == (4, 4, 6, 2)  # the teacher's grid of a 9-frame 64 × 96 clip
     assert main(["stage2", "train", *args, f"out_dir={tmp_path / 'early'}"]) == 2  # no head yet: one line
 
     assert main(["moalign", "train", *args]) == 0

@@ -25,14 +25,21 @@ def tiny(tmp_path_factory):
     return resolve("tiny", "wan", tmp_path_factory.mktemp("models"))
 
 
-@pytest.mark.parametrize("size, parallel", [(2, {}), (4, {"ulysses": 2})], ids=["fsdp", "fsdp x ulysses"])
-def test_bf16_sharded_step_computes_what_one_bf16_process_computes(tiny, size, parallel):
+BF16 = {
+    "sara, fsdp": (2, {}, "sara"),
+    "sara, fsdp x ulysses": (4, {"ulysses": 2}, "sara"),
+    "moalign, fsdp x ulysses": (4, {"ulysses": 2}, "moalign"),
+}
+
+
+@pytest.mark.parametrize("size, parallel, mode", BF16.values(), ids=BF16.keys())
+def test_bf16_sharded_step_computes_what_one_bf16_process_computes(tiny, size, parallel, mode):
     """FSDP gathering in bf16 against one process under bf16 autocast with fp32 masters: the
     timesteps reach the condition embedder in fp32, equal; loss and gradients agree to
     bf16's resolution. FSDP's default (inputs cast to bf16) rounds σ·1000 to steps of 4 above
     512 and is caught by the same checks."""
-    (reference,) = spawn(one_step, 1, tiny, "sara", LATENT, "bfloat16")
-    results = spawn(sharded_step, size, tiny, "sara", parallel, LATENT, "bfloat16")
+    (reference,) = spawn(one_step, 1, tiny, mode, LATENT, "bfloat16")
+    results = spawn(sharded_step, size, tiny, mode, parallel, LATENT, "bfloat16")
     for result in results:
         (seen,) = result["timesteps"]
         assert seen.dtype == torch.float32

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from repro_smoke import BASE_SMOKE
 
 from sara.cli import main
 from sara.config import load_config
@@ -15,14 +16,11 @@ from sara.config.repro import ReproConfig
 from sara.run_dir import RunDir
 from sara.stage2.cache import precompute
 from sara.stage2.train import train
-from sara.study.run import arm_config, check_start, run_folder, scoring_points, transformer_weights, worker_threads
+from sara.study.run import arm_config, check_start, run_folder, scoring_points, transformer_weights
+from sara.study.workers import worker_threads
 
 SMOKE = [
-    "base.world.num=8", "base.world.size=64", "base.world.heldout_fraction=0.25",
-    "base.stage2.data.size=64", "base.stage2.models.text_length=16",
-    "base.stage2.models.wan=tiny",  # the shapes VAE trains for minutes: tests/test_shapes_vae.py
-    "base.stage2.optim.steps=2", "base.stage2.optim.batch_size=2", "base.stage2.optim.warmup_steps=1",
-    "base.stage2.log_every=1", "base.stage2.save_every=2", "base.generate_steps=2",
+    *BASE_SMOKE,
     "base.gate_binding=0", "base.gate_all=0",
     "world.num=10", "world.size=64", "world.heldout_fraction=0.2", "prompts=2", "generate_steps=2",
     "points=[0,1,2]", "seeds=[0,1]", "stage2.optim.batch_size=2", "stage2.log_every=1", "stage2.save_every=1",

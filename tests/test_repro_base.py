@@ -5,6 +5,7 @@ second call; a changed recipe makes another base; a failed gate exits 1."""
 import json
 
 import pytest
+from repro_smoke import BASE_SMOKE
 
 from sara.cli import main
 from sara.config import load_config
@@ -13,21 +14,13 @@ from sara.study.base import base_folder, base_key
 
 pytestmark = pytest.mark.slow
 
-SMOKE = [
-    "base.world.num=8", "base.world.size=64", "base.world.heldout_fraction=0.25",
-    "base.stage2.data.size=64", "base.stage2.models.text_length=16",
-    "base.stage2.models.wan=tiny",  # the shapes VAE trains for minutes: tests/test_shapes_vae.py
-    "base.stage2.optim.steps=2", "base.stage2.optim.batch_size=2", "base.stage2.optim.warmup_steps=1",
-    "base.stage2.log_every=1", "base.stage2.save_every=2", "base.generate_steps=2",
-]  # fmt: skip
-
 
 def _config(*overrides: str) -> ReproConfig:
-    return load_config(ReproConfig, "configs/repro.yaml", [*SMOKE, *overrides])
+    return load_config(ReproConfig, "configs/repro.yaml", [*BASE_SMOKE, *overrides])
 
 
 def test_base_is_pretrained_gated_and_found_again(tmp_path, capsys):
-    args = [f"out_dir={tmp_path}", *SMOKE]
+    args = [f"out_dir={tmp_path}", *BASE_SMOKE]
     assert (
         main(["repro", "base", "--config", "configs/repro.yaml", *args, "base.gate_binding=0", "base.gate_all=0"]) == 0
     )

@@ -24,9 +24,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 
@@ -48,6 +45,7 @@ from sara.stage2.generate import generate
 from sara.stage2.motion import fit_motion_head
 from sara.stage2.train import train
 from sara.study.base import base_pipeline, base_stage2, run_base
+from sara.study.workers import run_in_workers
 
 log = logging.getLogger(__name__)
 
@@ -169,11 +167,6 @@ def scoring_points(config: ReproConfig) -> list[int]:
     return points
 
 
-def worker_threads(jobs: int) -> int:
-    """Each worker's share of this machine's CPU threads."""
-    return max(1, (os.cpu_count() or 1) // jobs)
-
-
 def _prepare(config: ReproConfig, progress: bool) -> tuple[dict, dict[str, Manifest]]:
     """The base (trained or found), the inputs, one cache (and motion head) per teacher, and the
     base's scores (step 0); here, before any worker starts, so that every run shares them."""
@@ -209,14 +202,7 @@ def run_repro(config: ReproConfig, progress: bool = True) -> tuple[dict, Results
                 done[key] = run_arm(config, manifests, *key)
                 bar.update()
         else:
-            context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-            threads = (worker_threads(config.jobs),)
-            with ProcessPoolExecutor(config.jobs, context, initializer=torch.set_num_threads, initargs=threads) as pool:
-                futures = {pool.submit(run_arm, config, manifests, *key): key for key in runs}
-                for future in as_completed(futures):
-                    future.result()  # a failed run stops the study with its own error
-                    bar.update()
-            done = {key: future.result() for future, key in futures.items()}
+            done = run_in_workers(run_arm, runs, config.jobs, config, manifests, done=bar.update)
     results: Results = {name: {} for name in manifests}
     for name in manifests:
         for point in scoring_points(config):
