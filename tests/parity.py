@@ -16,12 +16,14 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+import torch.distributed as dist
 from diffusers import WanTransformer3DModel
 from peft import LoraConfig
-from torch.distributed.fsdp import MixedPrecisionPolicy
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 
+from sara.bench.accumulate import count_calls
 from sara.config.parallel import ParallelConfig
-from sara.config.stage2 import LORA_TARGETS, Stage2ObjectiveConfig
+from sara.config.stage2 import LORA_TARGETS, Stage2Config, Stage2ObjectiveConfig
 from sara.models.motion import MotionHead
 from sara.models.presets import RELEASED_ROOT
 from sara.models.wan import load_transformers, read_layout
@@ -32,6 +34,7 @@ from sara.stage2.align import VfmView
 from sara.stage2.build import set_dtypes
 from sara.stage2.objective import Stage2Model
 from sara.stage2.parallelize import parallelize, reduce_terms
+from sara.stage2.step import noise_generator, train_step
 
 VFM_DIM, VIEW = 24, VfmView(tubelet=2, patch=16)
 BATCH = 2  # clips: one per data-parallel rank of the largest split (2), a few seconds a step
@@ -59,17 +62,22 @@ def build(folder, mode: str = "sara", checkpointing: bool = False, lora: bool = 
     return model
 
 
-def make_batch(model: Stage2Model, latent: tuple[int, int, int], seed: int = 0) -> dict:
-    """A seeded batch of :data:`BATCH` clips of latents ``(F, h, w)`` with noise, σ and expert."""
+def clips(model: Stage2Model, latent: tuple[int, int, int], count: int = BATCH, seed: int = 0) -> dict:
+    """``count`` seeded clips of latents ``(F, h, w)``: what a data loader gives a step."""
     dit = next(iter(model.experts.values())).config
     g = torch.Generator().manual_seed(seed)
     tokens = math.prod(model.vfm_grid(latent))
-    batch = {
-        "latents": torch.randn(BATCH, dit.in_channels, *latent, generator=g),
-        "text": torch.randn(BATCH, 12, dit.text_dim, generator=g),
-        "vfm": torch.randn(BATCH, tokens, VFM_DIM, generator=g),
-        "saliency": (torch.rand(BATCH, tokens, generator=g) > 0.5).float(),
+    return {
+        "latents": torch.randn(count, dit.in_channels, *latent, generator=g),
+        "text": torch.randn(count, 12, dit.text_dim, generator=g),
+        "vfm": torch.randn(count, tokens, VFM_DIM, generator=g),
+        "saliency": (torch.rand(count, tokens, generator=g) > 0.5).float(),
     }
+
+
+def make_batch(model: Stage2Model, latent: tuple[int, int, int], seed: int = 0) -> dict:
+    """A seeded batch of :data:`BATCH` clips of latents ``(F, h, w)`` with noise, σ and expert."""
+    batch = clips(model, latent, seed=seed)
     return batch | model.draw(batch["latents"].shape, torch.Generator().manual_seed(seed + 1))
 
 
@@ -118,6 +126,36 @@ def sharded_step(
     }
     reduced = {k: v.item() for k, v in reduce_terms(terms, world).items()}
     return {"terms": reduced, "grads": grads if world.rank == 0 else None, "timesteps": seen, "rows": rows}
+
+
+def counted_step(folder, parallel: dict, latent, accumulate: int, sync: str) -> dict:
+    """One optimizer step of training (:func:`~sara.stage2.step.train_step`) on this rank's 4
+    clips in ``accumulate`` micro-batches, counting FSDP's collectives: the reduce-scatters and
+    HSDP's all-reduces, against the FSDP units that hold trained parameters. Rank 0 also
+    returns the full gradients."""
+    config = Stage2Config(parallel=ParallelConfig(**parallel, accumulate_sync=sync))
+    config.optim.accumulate = accumulate
+    world = init_world(config.parallel, "cpu")
+    model = parallelize(build(folder), world, config.parallel)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    batch = clips(model, latent, 4 * world.dp_size)
+    rows = torch.arange(len(batch["latents"])).chunk(world.dp_size)[world.dp_rank]
+    with count_calls(dist, "reduce_scatter_single") as scatters, count_calls(dist, "all_reduce") as reduces:
+        train_step(model, optimizer, {k: v[rows] for k, v in batch.items()}, noise_generator(0, 0), config, world)
+    counts = {"reduce_scatter_single": scatters.count, "all_reduce": reduces.count}
+    grads = {n: p.grad.full_tensor() for n, p in model.named_parameters() if p.grad is not None}
+    return {"counts": counts, "units": _trained_units(model), "grads": grads if world.rank == 0 else None}
+
+
+def _trained_units(model: torch.nn.Module) -> int:
+    """FSDP units that own a trained parameter (a unit owns what no unit below it does)."""
+    owned: set = set()
+    units = 0
+    for unit in reversed([m for m in model.modules() if isinstance(m, FSDPModule)]):  # innermost first
+        mine = {p for p in unit.parameters() if p.requires_grad} - owned
+        owned |= mine
+        units += bool(mine)
+    return units
 
 
 def _casting_policy(**kwargs) -> MixedPrecisionPolicy:

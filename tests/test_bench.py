@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from sara.bench.accumulate import bench_accumulate, format_accumulate
+from sara.bench.data import bench_data, format_data
 from sara.bench.dist import bench_sharding, bench_shares, format_dist
+from sara.bench.encoders import bench_encoders, format_encoders
 from sara.bench.trd import Case, _flops, dense_fits, format_rows
 from sara.cli import main
 from sara.run_dir import RunDir
@@ -62,7 +65,8 @@ def test_bench_step_prints_each_mode_as_a_ratio_to_sft(tmp_path, capsys):
     results = json.loads(capsys.readouterr().out)
     assert list(results) == ["sft", "trd", "sara", "sara_online"]
     for row in results.values():
-        assert set(row) == {"step_s", "peak_mib", "ratio_to_sft", "batch"} and row["step_s"] > 0
+        assert set(row) == {"step_s", "peak_mib", "ratio_to_sft", "batch", "data_wait"} and row["step_s"] > 0
+        assert 0 < row["data_wait"] < 1  # read in the step (no workers): a part of it
         assert row["ratio_to_sft"] == pytest.approx(row["step_s"] / results["sft"]["step_s"])
         assert row["batch"] == 2  # the default
     assert results["sft"]["ratio_to_sft"] == 1.0
@@ -84,7 +88,7 @@ def test_bench_step_memory_switches_each_run_below_the_case_they_change(tmp_path
     validate = ["validate+offload_frozen"]
     assert list(rows) == ["case", "sara", *trained, "sara_online", *vae, "validate", *validate]
     for reference in ("sara", "sara_online", "validate"):
-        assert [cell.split()[1] for cell in rows[reference]] == ["1.00", "1.00"]
+        assert [cell.split()[1] for cell in rows[reference][:2]] == ["1.00", "1.00"]
     # a validation round is no training step: it is kept out of the modes' table
     assert "validate" not in out.split("memory switches")[0]
     # the validation cases sampled the world's first two captions with a two-expert model,
@@ -134,3 +138,38 @@ def test_the_gpu_check_runs_dry_on_the_cpu(tmp_path):
         assert (row["dit_tokens"], row["vfm_tokens"]) == (16, 32)
         assert row["timestep_dtype"] == "float32" and row["timesteps_exact"]
     assert "timesteps float32, equal to σ · 1000" in done.stdout
+
+
+@pytest.mark.slow
+def test_bench_data_times_startup_per_index_and_the_loader_per_worker_count(tmp_path):
+    figures = bench_data(tmp_path, [200], [0, 2], steps=5, progress=False)
+    assert [(r["clips"], r["index"]) for r in figures["startup"]] == [(200, "index"), (200, "headers")]
+    assert all(r["startup_s"] > 0 for r in figures["startup"])
+    assert [(r["clips"], r["workers"]) for r in figures["steady"]] == [(200, 0), (200, 2)]
+    assert all(r["batches_per_s"] > 0 for r in figures["steady"])
+    index = json.loads((tmp_path / "cache-200" / "index.json").read_text())
+    assert len(index["clips"]) == 200 and index["clips"]["7"]["shapes"]["latents"] == [4, 2, 4, 5]
+    assert sorted(p.name for p in (tmp_path / "cache-200").glob("index*")) == ["index-headers.json", "index.json"]
+    table = format_data(figures)
+    assert "headers" in table and table.count("\n") == 8
+
+
+@pytest.mark.slow
+def test_bench_accumulate_counts_one_reduce_scatter_per_unit_under_final(tmp_path):
+    figures = bench_accumulate(str(tmp_path), ranks=2, accumulate=2, steps=1, preset="wan")
+    one, final, every = figures["accumulation"]
+    assert (one["accumulate"], final["accumulate"], every["accumulate"]) == (1, 2, 2)
+    assert final["rs"] == one["rs"] > 0 and every["rs"] == 2 * one["rs"]
+    assert figures["ema"]["EMAModel"] > 0 and figures["ema"]["LocalEMA"] > 0
+    assert "reduce-scatters" in format_accumulate(figures)
+
+
+@pytest.mark.slow
+def test_bench_encoders_holds_one_copy_of_each_frozen_model(tmp_path):
+    figures = bench_encoders(tmp_path)
+    copies, shared = figures["tiny"]["copies"], figures["tiny"]["shared"]
+    assert shared["parameters_mib"] < copies["parameters_mib"]
+    real = figures["real"]
+    assert 0.2e9 < real["vjepa2_params"] < 0.5e9 and 5e9 < real["umt5_params"] < 6e9  # ViT-L; umT5-XXL's encoder
+    assert real["before_gib"] == pytest.approx(4 * real["after_gib"])
+    assert "one of each in bf16" in format_encoders(figures)

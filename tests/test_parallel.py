@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from distributed import spawn
-from parity import compare, one_step, sharded_step
+from parity import compare, counted_step, one_step, sharded_step
 from PIL import Image, ImageSequence
 
 from sara.config import load_config
@@ -54,6 +54,25 @@ def test_parallel_step_equals_one_process(folders, case):
 @pytest.mark.parametrize("mode", ["trd", "repa", "sft", "moalign"])
 def test_every_mode_under_fsdp_and_ulysses(folders, mode):
     check(folders["wan"], mode, 4, {"ulysses": 2})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size, parallel", [(2, {}), (4, {"dp_replicate": 2})], ids=["fsdp", "hsdp"])
+def test_accumulation_reduces_once_per_step_per_fsdp_unit(folders, size, parallel):
+    """Four micro-batches a step: under ``final`` each FSDP unit reduce-scatters (and HSDP
+    all-reduces) once a step, under ``every`` it reduce-scatters four times and all-reduces
+    once; both give the same gradient."""
+    steps = {sync: spawn(counted_step, size, folders["wan"], parallel, LATENT, 4, sync) for sync in ("final", "every")}
+    hsdp = parallel.get("dp_replicate", 1) > 1
+    for sync, scatters in (("final", 1), ("every", 4)):
+        for rank in steps[sync]:
+            units = rank["units"]
+            assert units >= 3  # blocks, the DiT's own parameters, the projector
+            assert rank["counts"] == {"reduce_scatter_single": scatters * units, "all_reduce": units if hsdp else 0}
+    final, every = steps["final"][0]["grads"], steps["every"][0]["grads"]
+    assert final.keys() == every.keys()
+    for name, grad in final.items():
+        torch.testing.assert_close(grad, every[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
 @pytest.mark.slow
@@ -125,7 +144,7 @@ def test_sharded_precompute_equals_one_process(tmp_path, shapes_world):
     spawn(precompute_on, 2, shapes, tmp_path / "two")
     caches = [FeatureCache(tmp_path / name) for name in ("one", "two")]
     assert caches[0].records == caches[1].records == list(range(6))
-    writers = {name.split("-")[1] for name in caches[1].shard_of.values()}
+    writers = {name.split("-")[1] for name in map(caches[1].shard_of, caches[1].records)}
     assert writers == {"000", "001"} and not list((tmp_path / "two").glob("index.rank-*"))  # both wrote; merged
     for position in range(6):
         alone, shared = caches[0][position], caches[1][position]

@@ -90,6 +90,15 @@ def test_a14b_shapes_experts_and_sampling_are_the_real_models():
     assert 0.5 * fp32_base < resolved.memory["parameters"] < 0.55 * fp32_base  # the LoRA run's base is bf16
 
 
+def test_gradients_accumulated_unreduced_are_whole_on_every_rank():
+    sharded = plan(A14B, 8, P720)
+    final = plan(A14B, 8, P720, "optim.accumulate=4")  # parallel.accumulate_sync: final, the default
+    every = plan(A14B, 8, P720, "optim.accumulate=4", "parallel.accumulate_sync=every")
+    assert every.memory["gradients"] == pytest.approx(sharded.memory["gradients"], rel=1e-9)
+    assert final.memory["gradients"] == pytest.approx(8 * sharded.memory["gradients"], rel=1e-6)
+    assert final.memory["optimizer"] == pytest.approx(sharded.memory["optimizer"], rel=1e-9)
+
+
 def test_every_problem_is_one_line_naming_its_key(capsys):
     resolved = plan(A14B, 8, "parallel.ulysses=16", "validation.loss_every=10", "validation.loss_clips=3")
     assert resolved.problems == [

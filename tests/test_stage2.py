@@ -1,6 +1,7 @@
 """Stage 2 end to end on tiny presets: precompute, train, resume, export, generate, through the real CLI."""
 
 import json
+from unittest import mock
 
 import pytest
 import torch
@@ -10,11 +11,16 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from sara.cli import main
+from sara.config import load_config
+from sara.config.stage2 import Stage2Config
 from sara.data.video import decode_clip, write_video
 from sara.models.presets import wan_folder
 from sara.run_dir import RunDir
+from sara.stage1.saliency import SaliencyModel
 from sara.stage2.adapters import adapter_deviation, transformer_outputs
-from sara.stage2.clips import drop_captions
+from sara.stage2.build import resolve_setup
+from sara.stage2.clips import DecodedClips, OnlineClips, drop_captions
+from sara.stage2.encoders import Stage2Encoders
 from sara.trainer.checkpoint import PendingCheckpoint, latest_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -56,7 +62,11 @@ def test_precompute_is_sharded_and_resumable(world, shared, tmp_path, capsys):
     assert main(["stage2", "precompute", *args]) == 0
     index = json.loads((tmp_path / "cache" / "index.json").read_text())
     assert sorted(map(int, index["clips"])) == list(range(6))
-    assert sorted(set(index["clips"].values())) == ["shard-000-00000.safetensors", "shard-000-00001.safetensors"]
+    assert sorted({c["shard"] for c in index["clips"].values()}) == [
+        "shard-000-00000.safetensors",
+        "shard-000-00001.safetensors",
+    ]
+    assert index["clips"]["0"]["shapes"]["latents"] == [16, 3, 8, 8]  # what opening the cache reads
     shard = load_file(tmp_path / "cache" / "shard-000-00000.safetensors")
     assert shard["0/latents"].shape == (16, 3, 8, 8)  # 9 frames of 64² → 3 latent frames of 8²
     assert shard["0/vfm"].shape == (64, 192) and shard["0/mask_saliency"].shape == (64,)  # V-JEPA (4, 4, 4)
@@ -64,7 +74,7 @@ def test_precompute_is_sharded_and_resumable(world, shared, tmp_path, capsys):
 
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("shard-*")}
     (tmp_path / "cache" / "shard-000-00001.safetensors").unlink()  # as if killed before the last shard
-    index["clips"] = {r: s for r, s in index["clips"].items() if s != "shard-000-00001.safetensors"}
+    index["clips"] = {r: c for r, c in index["clips"].items() if c["shard"] != "shard-000-00001.safetensors"}
     (tmp_path / "cache" / "index.json").write_text(json.dumps(index))
     assert main(["stage2", "precompute", *args]) == 0
     after = json.loads((tmp_path / "cache" / "index.json").read_text())
@@ -92,14 +102,20 @@ def test_precompute_is_sharded_and_resumable(world, shared, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "ema, asynchronous, decay", [(None, False, "constant"), (0.5, False, "cosine"), (None, True, "constant")]
+    "ema, asynchronous, decay, workers",
+    [(None, False, "constant", 0), (0.5, False, "cosine", 0), (None, True, "constant", 0), (0.5, False, "cosine", 2)],
 )
-def test_train_resume_is_exact_and_exports_a_pipeline(world, shared, tmp_path, monkeypatch, ema, asynchronous, decay):
+def test_train_resume_is_exact_and_exports_a_pipeline(
+    world, shared, tmp_path, monkeypatch, ema, asynchronous, decay, workers
+):
+    """Interrupted after step 2 and resumed, a run is the uninterrupted one; ``workers``: the
+    interrupted run reads its batches ahead in loader processes, the other in its steps."""
     assert main(["stage2", "precompute", *overrides(world, shared, tmp_path / "x")]) == 0
     straight, split = tmp_path / "straight", tmp_path / "split"
     # asynchronous: step 2's shards are written in the background and published when step 4's begin
     more = {"optim.ema_decay": "null" if ema is None else ema, "async_save": asynchronous, "optim.lr_decay": decay}
     assert main(["stage2", "train", *overrides(world, shared, straight, **more)]) == 0
+    more["data.num_workers"] = workers
 
     publish = PendingCheckpoint.publish
 
@@ -142,6 +158,24 @@ def test_cache_fed_and_online_training_give_the_same_losses(world, shared, tmp_p
         assert main(["stage2", "train", *overrides(world, shared, out, steps=2, online=online)]) == 0
         runs[online] = [r["loss"] for r in json.loads((out / "history.json").read_text())]
     assert runs[False] == pytest.approx(runs[True], rel=1e-5)
+
+
+def test_random_windows_move_each_epoch_and_are_a_function_of_seed_epoch_and_clip(shapes_world, shared, tmp_path):
+    """Online training with ``data.window: random`` (9 of 17 frames) asks each step's clips in
+    the windows of that step's epoch, and a clip's window is a function of (seed, epoch, clip)."""
+    long = shapes_world(num=6, seed=5, frames=17, size=64, heldout_fraction=0.0)
+    args = overrides(long, shared, tmp_path / "run", online=True, **{"data.window": "random"})
+    with mock.patch.object(DecodedClips, "load", autospec=True, side_effect=DecodedClips.load) as load:
+        assert main(["stage2", "train", *args]) == 0  # 6 clips, batches of 2: 3 steps an epoch
+    assert [call.args[2] for call in load.call_args_list] == [0, 0, 0, 1]
+
+    config = load_config(Stage2Config, None, args)
+    setup = resolve_setup(config)
+    clips = OnlineClips(config, setup, torch.device("cpu"))
+    first, second = (clips.batch([0, 1], torch.device("cpu"), epoch)["latents"] for epoch in (0, 1))
+    assert not torch.equal(first, second)
+    again = OnlineClips(config, setup, torch.device("cpu")).batch([0, 1], torch.device("cpu"), 1)["latents"]
+    assert torch.equal(again, second)
 
 
 def test_heldout_loss_is_logged_beside_the_training_terms(world, shared, tmp_path, capsys):
@@ -233,6 +267,35 @@ def test_precompute_stores_the_aligner_saliency_of_the_full_caption(world, share
     assert saliency.shape == (64,) and 0 <= saliency.min() and saliency.max() <= 1
     with_aligner = [*args, f"models.aligner={tmp_path / 'stage1'}", "objective.align.saliency=aligner"]
     assert main(["stage2", "train", *with_aligner]) == 0
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_the_aligner_reads_the_teachers_vjepa_and_wans_umt5_not_second_copies(world, shared, tmp_path):
+    """An aligner trained on the teacher's V-JEPA 2 and on Wan's own umT5 (``<wan>/text_encoder``,
+    its tokenizer beside it) holds no copy of either in Stage 2's encoders, and its saliency is
+    the one of the aligner loaded alone."""
+    wan = wan_folder("tiny", shared / "models")
+    stage1 = ["out_dir=" + str(tmp_path / "stage1"), f"data.train={world / 'train.jsonl'}"]
+    stage1 += [f"data.heldout={world / 'train.jsonl'}", "data.frames=8", "data.size=64"]
+    stage1 += [f"models.tiny_root={shared / 'models'}", f"models.caption_encoder={wan / 'text_encoder'}"]
+    assert main(["stage1", "train", *stage1, "optim.steps=1", "optim.batch_size=4", "optim.warmup_steps=1"]) == 0
+    args = overrides(world, shared, tmp_path / "run")
+    config = load_config(Stage2Config, None, [*args, f"models.aligner={tmp_path / 'stage1'}"])
+    encoders = Stage2Encoders(config, resolve_setup(config).view)
+    assert encoders.saliency.video is encoders.teacher and encoders.saliency.captions.model is encoders.text_encoder
+    without = Stage2Encoders(load_config(Stage2Config, None, args), resolve_setup(config).view)
+    assert _count(encoders) == _count(without) + _count(encoders.saliency.aligner)  # parameters() gives each once
+
+    alone = SaliencyModel.from_run(tmp_path / "stage1")
+    assert alone.video is not encoders.teacher  # loaded alone: its own copies
+    frames = torch.randint(0, 256, (1, 9, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    captions = ["a red circle moves from left to right"]
+    (shared_saliency,) = [clip["saliency"] for clip in encoders(frames, captions)]
+    own = alone(alone.tokens(encoders._vfm_input(frames)), captions).saliency_logits.float().sigmoid()[0]
+    torch.testing.assert_close(shared_saliency, own, rtol=0, atol=1e-6)
 
 
 def test_cache_is_refused_after_the_aligner_or_the_manifest_changes(world, shared, tmp_path, capsys):

@@ -80,18 +80,20 @@ def _measure(case: StepCase) -> dict:
     training.model.train()
     peak = PeakMemory(config.device)
     peak.start()
-    times = []
+    times, waits = [], []
     for step in range(case.warmup + case.steps):
         sync(config.device)
-        start = time.perf_counter()
+        start, waited = time.perf_counter(), training.loader.waited
         training.step(step)
         sync(config.device)
         if step >= case.warmup:
             times.append(time.perf_counter() - start)
+            waits.append(training.loader.waited - waited)
         if step == max(case.warmup, 1) - 1:  # the peak of the warm-up (of the first step without one)
             extra = peak.extra_bytes()
     batch = len(training.steps_of(0))
-    return {"step_s": statistics.median(times), "peak_mib": extra / MIB, "batch": batch}
+    wait = sum(waits) / sum(times)  # the share of the timed steps spent waiting for batches
+    return {"step_s": statistics.median(times), "peak_mib": extra / MIB, "batch": batch, "data_wait": wait}
 
 
 def _measure_validation(case: StepCase) -> dict:
@@ -128,19 +130,22 @@ def bench_step(
     workdir: str | Path | None = None,
     progress: bool = True,
     memory: bool = False,
+    workers: int = 0,
 ) -> dict[str, dict]:
     """``{case: {step_s, peak_mib, batch, ratio_to_sft}}`` for each mode (and ``sara_online``);
     with ``memory`` also ``sara+SWITCH`` for each of :data:`SWITCHES`, ``sara_online+vae_tile``
     and ``sara_online+vae_slicing`` (the online VAE encoding in tiles of half the frame, or
     one clip at a time), and ``validate`` and ``validate+offload_frozen`` (``ratio_to_sft``
     none: a validation round is no training step; ``batch`` its videos, ``wan`` its model).
-    A switch's row names the case it changes (``against``)."""
+    A switch's row names the case it changes (``against``). A trained case's ``data_wait`` is
+    the share of its timed steps spent waiting for batches, read by ``workers`` loader
+    processes (0: in the step)."""
     from tqdm import tqdm
 
     if "sft" not in modes:
         modes = ["sft", *modes]  # every ratio is to sft
     root = Path(workdir or tempfile.mkdtemp(prefix="sara-bench-step-"))
-    overrides = _cached_world(root, batch, frames, size, device, wan)
+    overrides = [*_cached_world(root, batch, frames, size, device, wan), f"data.num_workers={workers}"]
     cases = _cases(modes, overrides, batch, size, warmup, steps, online, memory, wan, root / "models")
     context = multiprocessing.get_context("spawn")
     results = {}
@@ -240,14 +245,17 @@ def format_step(results: dict[str, dict], base: str | None = "sft", cases: list[
     label = base or "base"
     names = cases or list(results)
     width = max(20, *map(len, names))
-    header = f"{'case':>{width}} | {'step s':>8} {'× ' + label:>7} | {'peak MiB':>9} {'× ' + label:>7}"
+    header = (
+        f"{'case':>{width}} | {'step s':>8} {'× ' + label:>7} | {'peak MiB':>9} {'× ' + label:>7} | {'data wait':>9}"
+    )
     lines = [header, "-" * len(header)]
     for name in names:
         row = results[name]
         ref = results[base or row.get("against", name)]
+        wait = f"{row['data_wait']:>8.1%}" if "data_wait" in row else f"{'—':>9}"
         lines.append(
             f"{name:>{width}} | {row['step_s']:>8.4f} {row['step_s'] / ref['step_s']:>7.2f} | "
-            f"{row['peak_mib']:>9.1f} {row['peak_mib'] / max(ref['peak_mib'], 1e-9):>7.2f}"
+            f"{row['peak_mib']:>9.1f} {row['peak_mib'] / max(ref['peak_mib'], 1e-9):>7.2f} | {wait}"
         )
     return "\n".join(lines)
 

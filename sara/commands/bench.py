@@ -43,6 +43,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     step.add_argument(
         "--memory", action="store_true", help="also each memory switch, × the case it changes (sara, its validation)"
     )
+    step.add_argument(
+        "--workers", type=int, default=0, help="loader processes reading batches ahead (data.num_workers)"
+    )
     step.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     step.set_defaults(handler=_step)
 
@@ -53,6 +56,28 @@ def register(commands: argparse._SubParsersAction) -> None:
     dist.add_argument("--workdir", help="where the presets go (default: a new temporary folder)")
     dist.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     dist.set_defaults(handler=_dist)
+
+    data = group.add_parser(
+        "data", help="Stage 2 input pipeline: start-up to the first batch, batches/s per worker count"
+    )
+    data.add_argument("--clips", type=int, nargs="+", default=[1000, 10000, 100000], help="cache sizes N")
+    data.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="loader processes of the steady state")
+    data.add_argument("--steps", type=int, default=200, help="steady-state batches timed")
+    data.add_argument("--workdir", help="where the synthetic caches go, kept for reuse (default: a temporary folder)")
+    data.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    data.set_defaults(handler=_data)
+
+    accumulate = group.add_parser("accumulate", help="gradient accumulation and the EMA on FSDP gloo ranks")
+    accumulate.add_argument("--ranks", type=int, default=2, help="gloo processes")
+    accumulate.add_argument("--accumulate", type=int, default=4, help="micro-batches a step against 1")
+    accumulate.add_argument("--steps", type=int, default=3, help="timed steps (the EMA: 10×); the median is reported")
+    accumulate.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    accumulate.set_defaults(handler=_accumulate)
+
+    encoders = group.add_parser("encoders", help="precompute's frozen models: one copy each, tiny and real sizes")
+    encoders.add_argument("--workdir", help="where the world, presets and aligner go (default: a temporary folder)")
+    encoders.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    encoders.set_defaults(handler=_encoders)
 
     gpu = group.add_parser("gpu", help="the GPU's checks: bf16 TRD at N=32768, a bf16 FSDP step of TI2V-5B's width")
     gpu.add_argument("--dry-run", action="store_true", help="every check on the CPU at toy sizes")
@@ -113,13 +138,15 @@ def _step(args: argparse.Namespace) -> None:
         workdir=args.workdir,
         progress=not args.json,
         memory=args.memory,
+        workers=args.workers,
     )
     if args.json:
         print(json.dumps(results, indent=2))
         return
     print(
         f"Stage 2 step (forward, backward, AdamW) of the {args.wan} Wan DiT, batch {args.batch} of {args.frames} frames "
-        f"at {args.size}² on {args.device} ({torch.get_num_threads()} CPU threads); median of {args.steps} steps"
+        f"at {args.size}² on {args.device} ({torch.get_num_threads()} CPU threads), {args.workers} loader workers; "
+        f"median of {args.steps} steps"
     )
     modes, switches = format_tables(results)
     print(modes)
@@ -145,6 +172,48 @@ def _dist(args: argparse.Namespace) -> None:
         print(json.dumps({"sharding": sharding, "shares": shares}, indent=2))
         return
     print(format_dist(sharding, shares))
+
+
+def _data(args: argparse.Namespace) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from sara.bench.data import BATCH, bench_data, format_data
+
+    with tempfile.TemporaryDirectory() as scratch:
+        figures = bench_data(Path(args.workdir or scratch), args.clips, args.workers, args.steps, not args.json)
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return
+    print(f"Stage 2 cache: start-up to the first batch of {BATCH} clips, and batches/s of the loader, on CPU")
+    print(format_data(figures))
+
+
+def _accumulate(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from sara.bench.accumulate import bench_accumulate, format_accumulate
+
+    with tempfile.TemporaryDirectory() as scratch:
+        figures = bench_accumulate(scratch, args.ranks, args.accumulate, args.steps)
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return
+    print(format_accumulate(figures))
+
+
+def _encoders(args: argparse.Namespace) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from sara.bench.encoders import bench_encoders, format_encoders
+
+    with tempfile.TemporaryDirectory() as scratch:
+        figures = bench_encoders(Path(args.workdir or scratch))
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return
+    print(format_encoders(figures))
 
 
 def _gpu(args: argparse.Namespace) -> None:

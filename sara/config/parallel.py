@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sara.config.loader import option
 
 PARAM_DTYPES = ("auto", "float32", "bfloat16")
+ACCUMULATE_SYNCS = ("final", "every")
 
 
 @dataclass
@@ -33,3 +34,9 @@ class ParallelConfig:
     # free gathered parameters after each block's forward (less memory, one more all-gather
     # in backward)
     reshard_after_forward: bool = True
+    # with optim.accumulate above 1, which micro-batches reduce their gradients over the ranks:
+    # final — the last of each step alone (one reduce-scatter per FSDP unit a step; until then
+    # each rank holds the trained weights' gradients unsharded, in fp32: a full copy); every —
+    # each micro-batch reduce-scatters (gradient memory stays sharded), and HSDP all-reduces
+    # between replicas after the last only
+    accumulate_sync: str = option("final", choices=ACCUMULATE_SYNCS)

@@ -31,7 +31,10 @@ class Stage2DataConfig(ClipTiming):
     # (a bucket per length and size); []: data.frames for every clip
     frame_buckets: list[int] = field(default_factory=list)
     max_bad_fraction: float = option(0.05, ge=0, le=1)  # abort past this share of unreadable clips
-    num_workers: int = option(0, ge=0)  # decoding processes during precompute
+    # processes that read clips: precompute's decoding; in training, each step's batch (from the
+    # cache, or decoded online) read ahead while the DiT computes (0: read in the step, waiting)
+    num_workers: int = option(0, ge=0)
+    prefetch: int = option(2, ge=1)  # steps each training worker reads ahead
     # share of samples trained with the empty caption, as Wan's unconditional (classifier-free
     # guidance) branch sees it; drawn per sample from the step's generator
     caption_dropout: float = option(0.0, ge=0, le=1)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import AutoTokenizer, Qwen3VLConfig, Qwen3VLModel, UMT5Config, UMT5EncoderModel
 
 from sara.config.stage1 import CAPTION_ENCODER_KINDS, EMBEDDER_INSTRUCTION
@@ -88,22 +89,33 @@ def save_tiny_qwen3vl(out_dir: str | Path, seed: int = 0) -> Path:
     return _save_tiny(out_dir, seed, "qwen", lambda tok: Qwen3VLModel(tiny_qwen3vl_config(tok)))
 
 
+def tokenizer_folder(folder: Path) -> Path:
+    """Where an encoder folder's tokenizer is: in it, or — a Diffusers pipeline's
+    ``text_encoder`` — in the pipeline's ``tokenizer`` beside it."""
+    beside = folder.parent / "tokenizer"
+    return beside if not (folder / "tokenizer_config.json").is_file() and beside.is_dir() else folder
+
+
 class CaptionEncoder(torch.nn.Module):
     """Caption → token features ``[B, L, D]`` and their mask ``[B, L]`` (frozen)."""
 
-    def __init__(self, folder: str | Path, kind: str = "umt5"):
+    def __init__(
+        self, folder: str | Path, kind: str = "umt5", dtype: torch.dtype = torch.float32, model: nn.Module | None = None
+    ):
+        """``model``: the encoder of ``folder`` already in memory (Wan's umT5, when the aligner
+        reads Wan's own text encoder), used instead of a second copy."""
         super().__init__()
         folder = weights_folder(folder, kind)
         if kind == "umt5":
-            self.model = UMT5EncoderModel.from_pretrained(folder)
+            self.model = model or UMT5EncoderModel.from_pretrained(folder, dtype=dtype)
             self.width = self.model.config.d_model
         elif kind == "qwen3vl":
-            self.model = Qwen3VLModel.from_pretrained(folder).language_model  # the text tower alone
+            self.model = model or Qwen3VLModel.from_pretrained(folder, dtype=dtype).language_model  # the text tower
             self.width = self.model.config.hidden_size
         else:
             raise ValueError(f"caption encoder kind {kind!r}; choose one of {', '.join(CAPTION_ENCODER_KINDS)}")
         self.model.eval().requires_grad_(False)
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder(folder))
 
     @torch.no_grad()
     def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -111,10 +111,11 @@ def token_grid(attentions: list[GridRopeAttention], grid: tuple[int, int, int]) 
 class VideoEncoder(torch.nn.Module):
     """Frozen V-JEPA 2 encoder (predictor skipped) with its preprocessing and true-grid positions."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, dtype: torch.dtype = torch.float32):
         super().__init__()
         folder = weights_folder(folder, "V-JEPA 2")
-        self.model = VJEPA2Model.from_pretrained(folder).eval().requires_grad_(False)
+        self.folder = Path(folder)
+        self.model = VJEPA2Model.from_pretrained(folder, dtype=dtype).eval().requires_grad_(False)
         self.attentions = use_true_grid(self.model)
         mean, std = read_normalisation(folder, MEAN, STD)
         self.register_buffer("mean", mean.view(1, 1, 3, 1, 1), persistent=False)

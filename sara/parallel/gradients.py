@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 from sara.parallel.world import World
@@ -60,6 +61,20 @@ def clip_grad_norm(parameters: list[Tensor], max_norm: float) -> Tensor:
         if group:
             torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
     return total
+
+
+def set_gradient_sync(model: torch.nn.Module, last: bool, mode: str) -> None:
+    """Whether the next backward, of a step's last micro-batch or not, reduces gradients over
+    the ranks (``parallel.accumulate_sync``): under ``final`` only the last does — FSDP2 keeps
+    the others' unsharded and adds them in; under ``every`` each reduce-scatters and HSDP's
+    all-reduce between replicas waits for the last. Nothing to do in one process."""
+    if not isinstance(model, FSDPModule):
+        return
+    if mode == "final":
+        model.set_requires_gradient_sync(last)
+    else:
+        model.set_requires_gradient_sync(True)
+        model.set_requires_all_reduce(last)
 
 
 def backward(loss: Tensor, world: World) -> None:

@@ -7,11 +7,13 @@ neither the data nor the caption embedder it was trained against.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 from safetensors import safe_open
-from torch import Tensor
+from torch import Tensor, nn
 
 from sara.config import load_config
 from sara.config.stage1 import Stage1Config
@@ -48,22 +50,36 @@ def load_aligner(checkpoint: str | Path, size: str) -> SemanticAligner:
 class SaliencyModel(torch.nn.Module):
     """Frozen V-JEPA 2 + caption encoder + aligner of a Stage 1 run."""
 
-    def __init__(self, config: Stage1Config, checkpoint: str | Path):
+    def __init__(
+        self,
+        config: Stage1Config,
+        checkpoint: str | Path,
+        dtype: torch.dtype = torch.float32,
+        loaded: Mapping[Path, nn.Module] = MappingProxyType({}),
+    ):
+        """``loaded``: frozen models already in memory, by resolved weights folder (a
+        :class:`VideoEncoder`; a caption encoder's transformers model): the aligner's encoders
+        are those where their folders match, not second copies."""
         super().__init__()
         models = config.models
         self.config = config
-        self.video_folder = resolve(models.vjepa2, "vjepa2", models.tiny_root)
-        self.video = VideoEncoder(self.video_folder)
-        self.captions = CaptionEncoder(
-            resolve(models.caption_encoder, models.caption_encoder_kind, models.tiny_root), models.caption_encoder_kind
-        )
+        video_folder = Path(resolve(models.vjepa2, "vjepa2", models.tiny_root)).resolve()
+        self.video = loaded[video_folder] if video_folder in loaded else VideoEncoder(video_folder, dtype)
+        kind = models.caption_encoder_kind
+        caption_folder = Path(resolve(models.caption_encoder, kind, models.tiny_root)).resolve()
+        self.captions = CaptionEncoder(caption_folder, kind, dtype, model=loaded.get(caption_folder))
         self.aligner = load_aligner(checkpoint, models.aligner)
 
     @classmethod
-    def from_run(cls, path: str | Path) -> SaliencyModel:
+    def from_run(
+        cls,
+        path: str | Path,
+        dtype: torch.dtype = torch.float32,
+        loaded: Mapping[Path, nn.Module] = MappingProxyType({}),
+    ) -> SaliencyModel:
         """From a run folder (its latest checkpoint) or a checkpoint folder."""
         _, checkpoint = locate(path)
-        return cls(load_config(Stage1Config, CheckpointDir(Path(checkpoint)).config), checkpoint)
+        return cls(load_config(Stage1Config, CheckpointDir(Path(checkpoint)).config), checkpoint, dtype, loaded)
 
     @torch.no_grad()
     def tokens(self, frames: Tensor) -> Tensor:

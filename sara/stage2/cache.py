@@ -5,7 +5,8 @@ manifest record), the tensors ``r/latents``, ``r/text``, ``r/vfm`` and, when pre
 ``r/saliency`` and ``r/mask_saliency`` (see :mod:`sara.stage2.encoders`) and ``r/flow``
 (with ``precompute.flow``: :mod:`sara.stage2.motion`; an extra that no training run reads,
 so not part of the settings — ``sara moalign train`` names a clip without it); and
-``index.json`` — the settings that made the cache and the shard of each clip — and
+``index.json`` — the settings that made the cache and, per clip, its shard and the shapes of
+its tensors, all that opening the cache reads — and
 ``empty_caption.safetensors``, the states of the empty caption (caption dropout). A shard is
 written under a temporary name and renamed, then the index part of its rank is replaced,
 so a killed run loses at most the clips of an unfinished shard and a rerun does only what
@@ -17,6 +18,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -32,6 +35,7 @@ from sara.config.stage2 import Stage2Config, ValidationConfig
 from sara.data.datasets import BadSamples, Stage2Dataset, collate
 from sara.data.manifest import load_manifest
 from sara.files import write_text_atomic
+from sara.parallel.precision import param_dtype
 from sara.parallel.world import World, close_world, init_world
 from sara.run_dir import CheckpointDir
 from sara.stage1.features import FEATURES_VERSION
@@ -114,7 +118,7 @@ def precompute(config: Stage2Config, progress: bool = True) -> Path:
 
     Under ``torchrun`` the clips are split across the ranks: batch ``b`` of the clips still to
     do goes to rank ``b mod world``; each rank writes its own shards and its own index part
-    (``index.rank-R.json``, replaced after each shard), and rank 0 merges the parts into
+    (``index.rank-R.jsonl``, a line appended after each shard), and rank 0 merges the parts into
     ``index.json`` at the end — and at the start, those a killed run left behind."""
     # frames and sizes must suit the VAE and V-JEPA 2; tiny presets are written here, before the
     # process group exists: once it does, transformers saves weights on rank 0 only, and
@@ -132,11 +136,11 @@ def precompute(config: Stage2Config, progress: bool = True) -> Path:
 def _precompute(config: Stage2Config, setup: Stage2Setup, world: World, progress: bool) -> Path:
     folder = cache_dir(config)
     settings = fingerprint(config)
-    encoders = Stage2Encoders(config, setup.view).to(world.device)
+    encoders = Stage2Encoders(config, setup.view, param_dtype(config.parallel, world.device)).to(world.device)
     dtype = getattr(torch, config.precompute.dtype)
     if world.is_main:
         folder.mkdir(parents=True, exist_ok=True)
-        _merge_parts(folder, _read_index(folder, settings))
+        merge_parts(folder, _read_index(folder, settings))
         if not (folder / EMPTY_CAPTION).is_file():
             save_file({"text": encoders.empty_caption().to(dtype).contiguous()}, folder / f"{EMPTY_CAPTION}.tmp")
             (folder / f"{EMPTY_CAPTION}.tmp").replace(folder / EMPTY_CAPTION)
@@ -174,7 +178,7 @@ def _precompute(config: Stage2Config, setup: Stage2Setup, world: World, progress
     bad.end_epoch(0)
     _barrier(world)
     if world.is_main:
-        _merge_parts(folder, _read_index(folder, settings))
+        merge_parts(folder, _read_index(folder, settings))
     _barrier(world)
     return folder
 
@@ -185,67 +189,113 @@ def _barrier(world: World) -> None:
 
 
 class Part:
-    """One rank's shards (``shard-RRR-NNNNN.safetensors``) and the index of their clips."""
+    """One rank's shards (``shard-RRR-NNNNN.safetensors``) and the index of their clips
+    (``index.rank-R.jsonl``: a line per shard, appended once the shard is in place)."""
 
     def __init__(self, folder: Path, rank: int):
         self.folder, self.prefix = folder, f"shard-{rank:03d}-"
-        self.path = folder / f"index.rank-{rank}.json"
-        self.clips: dict[str, str] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.path = folder / f"index.rank-{rank}.jsonl"
         self.count = len(list(folder.glob(f"{self.prefix}*.safetensors")))  # a resumed rank numbers on
 
     def flush(self, tensors: dict[str, Tensor]) -> None:
-        """Write one shard atomically, then this rank's index naming its clips; empties ``tensors``."""
+        """Write one shard atomically, then the index line naming its clips and their tensors'
+        shapes; empties ``tensors``. Appending keeps each flush the size of one shard's line
+        however many came before it."""
         name = f"{self.prefix}{self.count:05d}.safetensors"
         save_file(tensors, self.folder / f"{name}.tmp")
         (self.folder / f"{name}.tmp").replace(self.folder / name)
         self.count += 1
-        self.clips |= {record: name for record in {k.split("/")[0] for k in tensors}}
-        write_text_atomic(self.path, json.dumps(self.clips, indent=1))
+        shapes: dict[str, dict[str, list[int]]] = {}
+        for key, tensor in tensors.items():
+            record, field = key.split("/", 1)
+            shapes.setdefault(record, {})[field] = list(tensor.shape)
+        with open(self.path, "a") as part:
+            part.write(json.dumps({record: {"shard": name, "shapes": clip} for record, clip in shapes.items()}) + "\n")
+            part.flush()
+            os.fsync(part.fileno())
         tensors.clear()
 
 
-def _merge_parts(folder: Path, index: dict) -> None:
+def _part_clips(path: Path) -> dict[str, dict]:
+    """The clips of a rank's index part; a line cut short by a kill is dropped (its shard's
+    clips are encoded again)."""
+    clips: dict[str, dict] = {}
+    for line in path.read_text().splitlines():
+        try:
+            clips |= json.loads(line)
+        except json.JSONDecodeError:
+            break
+    return clips
+
+
+def merge_parts(folder: Path, index: dict) -> None:
     """Fold every rank's index part into ``index.json`` (atomically), then remove the parts."""
-    parts = sorted(folder.glob("index.rank-*.json"))
+    parts = sorted(folder.glob("index.rank-*.jsonl"))
     for path in parts:
-        index["clips"] |= json.loads(path.read_text())
-    write_text_atomic(folder / "index.json", json.dumps(index, indent=1))
+        index["clips"] |= _part_clips(path)
+    write_text_atomic(folder / "index.json", json.dumps(index))  # one line: 100k clips parse in a fraction of a second
     for path in parts:
         path.unlink()
 
 
-class FeatureCache(torch.utils.data.Dataset):
-    """The clips of a cache folder, each a dict of its tensors (shards opened lazily)."""
+MAX_OPEN = 32  # shards a reader keeps open: bounded, whatever the size of the cache
 
-    def __init__(self, folder: str | Path, settings: dict | None = None):
+
+class FeatureCache(torch.utils.data.Dataset):
+    """The clips of a cache folder, each a dict of its tensors.
+
+    Opening it reads ``index.json`` alone: each clip's shard and the shapes of its tensors
+    (an index written before shapes were recorded gives them from the shard's header, on
+    first use). Shards are opened when a clip of theirs is read, at most ``max_open`` at once
+    (the least recently read is closed first)."""
+
+    def __init__(self, folder: str | Path, settings: dict | None = None, max_open: int = MAX_OPEN):
         self.folder = Path(folder)
         if not (self.folder / "index.json").is_file():
             raise ValueError(f"{self.folder}: no index.json (run `sara stage2 precompute` first)")
         index = json.loads((self.folder / "index.json").read_text())
         if settings is not None:
             _check_settings(self.folder, index, settings)
-        self.records = sorted(int(r) for r in index["clips"])
-        self.shard_of = {int(r): name for r, name in index["clips"].items()}
-        self._open: dict[str, object] = {}
+        self._clips: dict[int, dict | str] = {int(r): clip for r, clip in index["clips"].items()}
+        self.records = sorted(self._clips)
+        self.max_open = max_open
+        self._open: OrderedDict[str, object] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def _shard(self, record: int):
-        name = self.shard_of[record]
-        if name not in self._open:
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"_open": OrderedDict()}  # a loader's worker opens its own handles
+
+    def shard_of(self, record: int) -> str:
+        """The shard file a clip is stored in."""
+        clip = self._clips[record]
+        return clip if isinstance(clip, str) else clip["shard"]
+
+    def _shard(self, name: str):
+        if name in self._open:
+            self._open.move_to_end(name)
+        else:
+            if len(self._open) >= self.max_open:
+                self._open.popitem(last=False)  # safetensors closes a handle no longer referenced
             self._open[name] = safe_open(self.folder / name, "pt")
         return self._open[name]
 
+    def _shapes(self, record: int) -> dict[str, list[int]]:
+        clip = self._clips[record]
+        if isinstance(clip, str):  # indexed before shapes were recorded: the shard's header, once
+            handle, prefix = self._shard(clip), f"{record}/"
+            shapes = {k[len(prefix) :]: handle.get_slice(k).get_shape() for k in handle.keys() if k.startswith(prefix)}
+            clip = self._clips[record] = {"shard": clip, "shapes": shapes}
+        return clip["shapes"]
+
     def shape(self, position: int, key: str) -> tuple[int, ...]:
-        """Shape of one tensor of the clip at ``position``, from the shard's header."""
-        record = self.records[position]
-        return tuple(self._shard(record).get_slice(f"{record}/{key}").get_shape())
+        """Shape of one tensor of the clip at ``position``."""
+        return tuple(self._shapes(self.records[position])[key])
 
     def keys(self, position: int) -> set[str]:
-        """Names of the tensors of the clip at ``position``, read from the shard's header."""
-        prefix = f"{self.records[position]}/"
-        return {k[len(prefix) :] for k in self._shard(self.records[position]).keys() if k.startswith(prefix)}
+        """Names of the tensors of the clip at ``position``."""
+        return set(self._shapes(self.records[position]))
 
     def empty_caption(self) -> Tensor:
         """The text states ``[l, D_t]`` of the empty caption."""
@@ -256,5 +306,5 @@ class FeatureCache(torch.utils.data.Dataset):
 
     def __getitem__(self, position: int) -> dict[str, Tensor]:
         record = self.records[position]
-        handle = self._shard(record)
+        handle = self._shard(self.shard_of(record))
         return {key: handle.get_tensor(f"{record}/{key}") for key in self.keys(position)} | {"index": record}

@@ -16,6 +16,7 @@ from sara.config.stage2 import SALIENCY_SOURCES, Stage2Config
 from sara.data.datasets import Skipped, Stage2Dataset, collate
 from sara.data.manifest import load_manifest
 from sara.losses.alignment import get_alignment
+from sara.parallel.precision import param_dtype
 from sara.stage2.build import Stage2Setup, cache_dir
 from sara.stage2.cache import FeatureCache, fingerprint
 from sara.stage2.encoders import Stage2Encoders, pad_text
@@ -23,7 +24,8 @@ from sara.stage2.encoders import Stage2Encoders, pad_text
 log = logging.getLogger(__name__)
 
 
-def _stack(clips: list[dict], config: Stage2Config, device: torch.device, empty: Tensor) -> dict[str, Tensor]:
+def _stack(clips: list[dict], config: Stage2Config, empty: Tensor | None) -> dict[str, Tensor]:
+    """The tensors a step reads, stacked over ``clips``, in the dtype they came in."""
     batch = {
         "latents": torch.stack([c["latents"] for c in clips]),  # (B, C, F, h, w)
         "text": pad_text([c["text"] for c in clips], config.models.text_length),  # (B, L, D_t)
@@ -35,7 +37,13 @@ def _stack(clips: list[dict], config: Stage2Config, device: torch.device, empty:
         batch["vfm"] = torch.stack([c["vfm"] for c in clips])  # (B, N_v, D_v)
     if objective.routed:
         batch["saliency"] = torch.stack([c[_saliency_key(config)] for c in clips])  # (B, N_v)
-    return {k: v.to(device, torch.float32) for k, v in batch.items()}  # a bfloat16 cache trains in fp32
+    return batch
+
+
+def _on_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    """``batch`` on ``device`` in fp32 (a bfloat16 cache trains in fp32); from pinned memory
+    the copy does not block the host."""
+    return {k: v.to(device, torch.float32, non_blocking=True) for k, v in batch.items()}
 
 
 def drop_captions(
@@ -62,7 +70,8 @@ def _saliency_key(config: Stage2Config) -> str:
 
 
 class CachedClips:
-    """Clips of the precomputed cache that carry what the objective reads."""
+    """Clips of the precomputed cache that carry what the objective reads. Light to copy into
+    a loader's worker (:meth:`load` reads there; :meth:`to_device` moves here)."""
 
     def __init__(self, config: Stage2Config):
         self.config = config
@@ -83,32 +92,61 @@ class CachedClips:
         """The latent shape of each clip: clips of one shape stack into a batch."""
         return [self.cache.shape(p, "latents") for p in self.positions]
 
-    def batch(self, rows: list[int], device: torch.device) -> dict[str, Tensor]:
-        return _stack([self.cache[self.positions[r]] for r in rows], self.config, device, self.empty_text)
-
-
-class OnlineClips:
-    """Clips decoded and encoded every step, by the encoders `precompute` uses."""
-
-    def __init__(self, config: Stage2Config, setup: Stage2Setup, device: torch.device):
-        self.config = config
-        manifest = load_manifest(config.data.train)
-        self.dataset = Stage2Dataset(manifest, setup.buckets, config.data, config.seed, union_masks=True)
-        self.encoders = Stage2Encoders(config, setup.view).to(device)
-        self.empty_text = self.encoders.empty_caption()
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
     @property
-    def bucket_of(self) -> list[int]:
-        return self.dataset.bucket_of
+    def reader(self) -> CachedClips:
+        return self
 
-    def batch(self, rows: list[int], device: torch.device) -> dict[str, Tensor]:
+    def load(self, rows: list[int], epoch: int = 0) -> dict[str, Tensor]:
+        """The clips at ``rows``, stacked as stored; the cache holds one window per clip,
+        whatever the ``epoch``."""
+        return _stack([self.cache[self.positions[r]] for r in rows], self.config, self.empty_text)
+
+    def to_device(self, loaded: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+        return _on_device(loaded, device)
+
+    def batch(self, rows: list[int], device: torch.device, epoch: int = 0) -> dict[str, Tensor]:
+        return self.to_device(self.load(rows, epoch), device)
+
+
+class DecodedClips:
+    """The frames, captions and masks of a manifest's clips: what a loader's worker decodes
+    for :class:`OnlineClips`."""
+
+    def __init__(self, dataset: Stage2Dataset):
+        self.dataset = dataset
+
+    def load(self, rows: list[int], epoch: int = 0) -> dict:
+        """The clips at ``rows``, in the windows of ``epoch`` (``data.window: random`` draws
+        them per ``(seed, epoch, clip)``), collated."""
+        self.dataset.set_epoch(epoch)
         items = [self.dataset[r] for r in rows]
         for item in items:
             if isinstance(item, Skipped):
                 raise ValueError(f"{item.where}: {item.reason} (online training needs every clip readable)")
-        clips = collate(items)
-        encoded = self.encoders(clips["frames"], clips["caption"], list(clips["masks"]))
-        return _stack(encoded, self.config, device, self.empty_text)
+        return collate(items)
+
+
+class OnlineClips:
+    """Clips decoded (by :class:`DecodedClips`, in a loader's workers) and encoded every step,
+    by the encoders `precompute` uses."""
+
+    def __init__(self, config: Stage2Config, setup: Stage2Setup, device: torch.device):
+        self.config = config
+        manifest = load_manifest(config.data.train)
+        self.reader = DecodedClips(Stage2Dataset(manifest, setup.buckets, config.data, config.seed, union_masks=True))
+        self.encoders = Stage2Encoders(config, setup.view, param_dtype(config.parallel, device)).to(device)
+        self.empty_text = self.encoders.empty_caption()
+
+    def __len__(self) -> int:
+        return len(self.reader.dataset)
+
+    @property
+    def bucket_of(self) -> list[int]:
+        return self.reader.dataset.bucket_of
+
+    def to_device(self, loaded: dict, device: torch.device) -> dict[str, Tensor]:
+        encoded = self.encoders(loaded["frames"], loaded["caption"], list(loaded["masks"]))
+        return _on_device(_stack(encoded, self.config, self.empty_text), device)
+
+    def batch(self, rows: list[int], device: torch.device, epoch: int = 0) -> dict[str, Tensor]:
+        return self.to_device(self.reader.load(rows, epoch), device)

@@ -104,7 +104,10 @@ def warn_overlong(tokenizer, captions: list[str], length: int, setting: str) -> 
 class Stage2Encoders(torch.nn.Module):
     """Wan's VAE and umT5, the V-JEPA 2 teacher and (optionally) the Stage 1 saliency model."""
 
-    def __init__(self, config: Stage2Config, view: VfmView):
+    def __init__(self, config: Stage2Config, view: VfmView, dtype: torch.dtype = torch.float32):
+        """``dtype``: the run's compute dtype, which umT5, V-JEPA 2 and the aligner's caption
+        encoder are held in (the VAE stays as diffusers loads it). One copy of each: the
+        aligner reads the teacher's V-JEPA 2 and Wan's umT5 where its folders are theirs."""
         super().__init__()
         models = config.models
         self.config = config
@@ -112,19 +115,22 @@ class Stage2Encoders(torch.nn.Module):
         self.vae = vae_memory(load_vae(folder), config.precompute.vae_tile, config.precompute.vae_slicing)
         self.text = WanPipeline(
             tokenizer=AutoTokenizer.from_pretrained(folder, subfolder="tokenizer"),
-            text_encoder=UMT5EncoderModel.from_pretrained(folder, subfolder="text_encoder").eval(),
+            text_encoder=UMT5EncoderModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype).eval(),
             vae=None,
             scheduler=None,
         )
         self.text_encoder = self.text.text_encoder.requires_grad_(False)  # registered: moves with .to()
-        self.teacher_folder = require_weights(resolve(models.vjepa2, "vjepa2", models.tiny_root), "models.vjepa2")
-        geometry = VJEPA2Config.from_pretrained(self.teacher_folder)
+        teacher_folder = require_weights(resolve(models.vjepa2, "vjepa2", models.tiny_root), "models.vjepa2")
+        geometry = VJEPA2Config.from_pretrained(teacher_folder)
         oracle = models.teacher == "oracle"
         self.teacher = (
-            OracleTeacher(geometry.tubelet_size, geometry.patch_size) if oracle else VideoEncoder(self.teacher_folder)
+            OracleTeacher(geometry.tubelet_size, geometry.patch_size) if oracle else VideoEncoder(teacher_folder, dtype)
         )
         self.view = view
-        self.saliency = SaliencyModel.from_run(models.aligner) if models.aligner else None
+        loaded: dict[Path, torch.nn.Module] = {(Path(folder) / "text_encoder").resolve(): self.text_encoder}
+        if not oracle:
+            loaded[Path(teacher_folder).resolve()] = self.teacher
+        self.saliency = SaliencyModel.from_run(models.aligner, dtype, loaded) if models.aligner else None
         latents_mean = torch.tensor(self.vae.config.latents_mean).view(1, -1, 1, 1, 1)
         self.register_buffer("latents_mean", latents_mean, persistent=False)
         self.register_buffer(
@@ -148,8 +154,7 @@ class Stage2Encoders(torch.nn.Module):
             for i in range(len(frames))
         ]
         if self.saliency is not None:
-            same = self.saliency.video_folder.resolve() == Path(self.teacher_folder).resolve()
-            tokens = vfm if same else self.saliency.tokens(seen)
+            tokens = vfm if self.saliency.video is self.teacher else self.saliency.tokens(seen)
             logits = self.saliency(tokens, captions).saliency_logits  # (B, N_v)
             for row, clip in zip(logits.float().sigmoid().cpu(), out):
                 clip["saliency"] = row

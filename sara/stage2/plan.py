@@ -11,7 +11,8 @@ are built on the meta device), for a world of ``N`` processes:
 - the DiT's heads over the Ulysses degree, the experts that train, the σ range each owns and
   its share of the steps under ``objective.flow``;
 - the held-out loss batch per rank and how validation videos are sampled;
-- memory per GPU: every parameter's bytes under FSDP2 (fp32 masters, fp32 gradients, AdamW's
+- memory per GPU: every parameter's bytes under FSDP2 (fp32 masters, fp32 gradients — whole
+  on every rank when ``optim.accumulate`` > 1 under ``parallel.accumulate_sync: final`` — AdamW's
   two moments, an EMA; frozen weights in the compute dtype, the fp32 ones diffusers keeps;
   the norms and modulation tables left whole on every rank), and the all-gather working
   set — two Wan blocks unsharded in the compute dtype. Activations are not counted;
@@ -227,13 +228,16 @@ def _memory(config: Stage2Config, model: Stage2Model, shards: int) -> tuple[dict
     """GiB per rank of each part (see the module docstring), and of the checkpoint it writes."""
     compute = param_dtype(config.parallel, torch.device("cuda"))
     whole = uncast_parameters(model) if compute != torch.float32 else set()
+    # accumulated without reducing, a rank holds the whole of each trained gradient
+    unsharded = config.optim.accumulate > 1 and config.parallel.accumulate_sync == "final"
     weights = grads = adam = 0.0
     trained = 0.0  # trained parameters per rank
     for parameter in model.parameters():
         count = parameter.numel() / (1 if parameter in whole else shards)
         if parameter.requires_grad:
             trained += count
-            weights, grads, adam = weights + 4 * count, grads + 4 * count, adam + 8 * count
+            grads += 4 * (parameter.numel() if unsharded else count)
+            weights, adam = weights + 4 * count, adam + 8 * count
         else:
             weights += parameter.element_size() * count
     ema = 4 * trained if config.optim.ema_decay else 0.0

@@ -13,7 +13,8 @@ batch from a generator seeded by ``(seed, k)``. Each data-parallel rank takes it
 rows of it; the ranks of a sequence-parallel group take the same rows. A rank runs its
 rows as ``accumulate`` micro-batches, each backward scaled by its share of the rows: every
 term is a mean over samples, so the gradient is the one of the whole batch, at the
-activation memory of one micro-batch.
+activation memory of one micro-batch. By default only the last micro-batch reduces the
+gradients over the ranks (``parallel.accumulate_sync``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 
 from sara.config.stage2 import Stage2Config
-from sara.parallel.gradients import backward, clip_grad_norm, sync_replicated
+from sara.parallel.gradients import backward, clip_grad_norm, set_gradient_sync, sync_replicated
 from sara.parallel.precision import autocast, param_dtype
 from sara.parallel.world import World
 from sara.stage2.clips import drop_captions
@@ -82,8 +83,10 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     terms: dict[str, Tensor] = {}
     compute = param_dtype(config.parallel, latents.device)
-    for chunk in micro_batches(len(latents), config.optim.accumulate):
+    chunks = micro_batches(len(latents), config.optim.accumulate)
+    for index, chunk in enumerate(chunks):
         share = len(chunk) / len(latents)
+        set_gradient_sync(model, index == len(chunks) - 1, config.parallel.accumulate_sync)
         # per-row tensors split; shared ones (the empty caption's states, [1, L, D]) ride along
         part = {k: v[chunk.to(v.device)] if len(v) == len(latents) else v for k, v in batch.items()}
         with autocast(compute, latents.device):

@@ -30,6 +30,7 @@ from sara.stage2.build import Stage2Setup, build_model, resolve_setup
 from sara.stage2.clips import CachedClips, OnlineClips
 from sara.stage2.export import export_pipeline
 from sara.stage2.heldout import HeldoutLoss
+from sara.stage2.loader import StepBatches, StepLoader
 from sara.stage2.objective import Stage2Model
 from sara.stage2.parallelize import parallelize, reduce_terms
 from sara.stage2.plan import check_plan, plan_run
@@ -72,6 +73,9 @@ class Stage2Training:
         self.clips = OnlineClips(config, self.setup, world.device) if config.online else CachedClips(config)
         batch = global_batch(config, world.dp_size)
         self.steps_of = BucketSteps(self.clips.bucket_of, batch, config.seed)  # refused when no bucket holds a batch
+        batches = StepBatches(self.clips.reader, self.steps_of, local_rows(batch, world))
+        self.loader = StepLoader(batches, optim.steps, config.data, world.device)
+        self.waited = (0.0, 0)  # the loader's wait and batches served at the last reduce
         self.model = _build(config, self.setup, world)
         log.info(
             f"stage2 {config.objective.align.mode}: experts {', '.join(self.model.experts)} "
@@ -89,18 +93,21 @@ class Stage2Training:
         return self.state
 
     def step(self, index: int) -> dict[str, torch.Tensor]:
-        rows = self.steps_of(index)
-        batch = self.clips.batch(rows[local_rows(len(rows), self.world)], self.world.device)
+        batch = self.clips.to_device(self.loader(index), self.world.device)
         noise = noise_generator(self.config.seed, index)
         terms, grad_norm = train_step(self.model, self.state.optimizer, batch, noise, self.config, self.world)
         return {**terms, "grad_norm": grad_norm}
 
     def reduce(self, figures: dict[str, torch.Tensor]) -> dict[str, float]:
-        """The step's figures from each rank's: the loss terms, and the loss they make."""
+        """The step's figures from each rank's: the loss terms, and the loss they make; and
+        ``data_s``, this rank's mean wait for its batches since the last call."""
         terms = reduce_terms({k: figures[k] for k in ("flow", "align")}, self.world)
         flow, align = terms["flow"].item(), terms["align"].item()
         loss = flow + self.config.objective.align.weight * align
-        return {"loss": loss, "flow": flow, "align": align, "grad_norm": figures["grad_norm"].item()}
+        waited, served = self.waited
+        self.waited = (self.loader.waited, self.loader.served)
+        data_s = (self.loader.waited - waited) / max(1, self.loader.served - served)
+        return {"loss": loss, "flow": flow, "align": align, "grad_norm": figures["grad_norm"].item(), "data_s": data_s}
 
     def after(self, done: int, logger: Logger) -> None:
         """The held-out loss every ``validation.loss_every`` steps, validation videos every

@@ -53,6 +53,10 @@ class BucketSteps:
             )
         self._epoch, self._batches = -1, []
 
+    def epoch(self, step: int) -> int:
+        """The pass over the data that ``step`` belongs to."""
+        return step // self.per_epoch
+
     def __call__(self, step: int) -> list[int]:
         epoch, position = divmod(step, self.per_epoch)
         if epoch != self._epoch:

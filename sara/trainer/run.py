@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from diffusers.training_utils import EMAModel
 from torch import Tensor, nn
 
 from sara.config import save_config
@@ -26,6 +25,7 @@ from sara.parallel.world import World, close_world, init_world
 from sara.run_dir import RunDir
 from sara.trainer.batches import lr_factor
 from sara.trainer.checkpoint import TrainState, load_checkpoint, resume_point, trained_parameters
+from sara.trainer.ema import LocalEMA
 from sara.trainer.logger import Logger
 from sara.trainer.loop import LoopPlan, run_loop
 from sara.trainer.preemption import RunLock
@@ -61,7 +61,7 @@ def adamw_state(model: nn.Module, optim: Any, decay: str = "cosine", ema_decay: 
     trained = trained_parameters(model)
     optimizer = torch.optim.AdamW(trained, lr=optim.lr, weight_decay=optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(optim.warmup_steps, optim.steps, decay))
-    ema = EMAModel(trained, decay=ema_decay) if ema_decay else None
+    ema = LocalEMA(trained, decay=ema_decay) if ema_decay else None
     return TrainState(model, optimizer, scheduler, ema)
 
 

@@ -1,0 +1,146 @@
+"""``sara bench data``: the input pipeline of Stage 2 at data-set sizes a CPU can write.
+
+1. **Start-up**: a synthetic cache of ``N`` clips (tiny tensors in the real layout and index:
+   shards of 64 clips, each clip's latents, caption states, teacher tokens and mask saliency)
+   is opened as training opens it — :class:`~sara.stage2.clips.CachedClips`, the batch plan,
+   the loader — and timed to the first batch, in a fresh process per case. ``index``: the
+   index as precompute writes it; ``headers``: the same cache with an index of shard names
+   alone (caches written before shapes were indexed), whose every shard header is read at
+   start-up, as every cache's was before.
+2. **Steady state**: batches a second drawn from the largest cache through the loader, read
+   in the step (``workers`` 0) and read ahead by loader processes.
+
+The data wait of a training step is measured by ``sara bench step`` (its ``data wait``
+column, with ``--workers``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+import torch
+
+from sara.config import load_config
+from sara.config.stage2 import Stage2Config
+from sara.parallel.world import World
+from sara.stage2.cache import Part, fingerprint, merge_parts
+from sara.stage2.clips import CachedClips
+from sara.stage2.loader import StepBatches, StepLoader
+from sara.stage2.step import local_rows
+from sara.trainer.batches import BucketSteps
+
+SHARD = 64  # clips a shard, precompute's default
+BATCH = 8
+
+
+def _config(cache: Path, workers: int = 0) -> Stage2Config:
+    overrides = [
+        f"precompute.cache_dir={cache}", f"data.train={cache / 'none.jsonl'}", "objective.align.mode=sara",
+        "objective.align.saliency=masks", f"optim.batch_size={BATCH}", f"data.num_workers={workers}",
+        "optim.steps=1000000",
+    ]  # fmt: skip
+    return load_config(Stage2Config, None, overrides)
+
+
+def write_cache(folder: Path, clips: int) -> Path:
+    """A cache of ``clips`` synthetic clips (two latent shapes, so that batches are bucketed),
+    with its ``index.json`` and, beside it, ``index-headers.json`` naming shards alone."""
+    if (folder / "index.json").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    part, pending = Part(folder, 0), {}
+    g = torch.Generator().manual_seed(0)
+    for record in range(clips):
+        width = 4 + record % 2
+        clip = {
+            "latents": torch.randn(4, 2, 4, width, generator=g),
+            "text": torch.randn(6, 8, generator=g),
+            "vfm": torch.randn(4 * width, 8, generator=g),
+            "mask_saliency": torch.rand(4 * width, generator=g),
+        }
+        pending |= {f"{record}/{key}": value.to(torch.bfloat16) for key, value in clip.items()}
+        if (record + 1) % SHARD == 0 or record + 1 == clips:
+            part.flush(pending)
+    merge_parts(folder, {"settings": fingerprint(_config(folder)), "clips": {}})
+    index = json.loads((folder / "index.json").read_text())
+    index["clips"] = {record: clip["shard"] for record, clip in index["clips"].items()}
+    (folder / "index-headers.json").write_text(json.dumps(index))
+    return folder
+
+
+def _startup(folder: str, index: str) -> dict:
+    """Seconds from opening the cache to the first batch, in this (fresh) process."""
+    if index == "headers":  # the cache seen through the index of shard names alone
+        (Path(folder) / "index.json").rename(Path(folder) / "index-shapes.json")
+        (Path(folder) / "index-headers.json").rename(Path(folder) / "index.json")
+    try:
+        config = _config(Path(folder))
+        world = World(rank=0, size=1, device=torch.device("cpu"))
+        start = time.perf_counter()
+        clips = CachedClips(config)
+        steps_of = BucketSteps(clips.bucket_of, BATCH, config.seed)
+        loader = StepLoader(StepBatches(clips.reader, steps_of, local_rows(BATCH, world)), 1, config.data, world.device)
+        clips.to_device(loader(0), world.device)
+        return {"startup_s": time.perf_counter() - start}
+    finally:
+        if index == "headers":
+            (Path(folder) / "index.json").rename(Path(folder) / "index-headers.json")
+            (Path(folder) / "index-shapes.json").rename(Path(folder) / "index.json")
+
+
+def _steady(folder: str, workers: int, steps: int) -> dict:
+    """Batches a second over ``steps`` steps after the first, read by ``workers`` processes."""
+    config = _config(Path(folder), workers)
+    clips = CachedClips(config)
+    steps_of = BucketSteps(clips.bucket_of, BATCH, config.seed)
+    device = torch.device("cpu")
+    loader = StepLoader(StepBatches(clips.reader, steps_of, slice(None)), steps + 1, config.data, device)
+    clips.to_device(loader(0), device)  # the workers started
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        clips.to_device(loader(step), device)
+    return {"batches_per_s": steps / (time.perf_counter() - start)}
+
+
+def _fresh(function, *args) -> dict:
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(function, *args).result()
+
+
+def bench_data(root: Path, sizes: list[int], workers: list[int], steps: int = 200, progress: bool = True) -> dict:
+    """``{"startup": [{clips, index, startup_s}], "steady": [{clips, workers, batches_per_s}]}``."""
+    from tqdm import tqdm
+
+    startup, steady = [], []
+    for clips in tqdm(sizes, desc="bench data", disable=not progress):
+        folder = write_cache(root / f"cache-{clips}", clips)
+        for index in ("index", "headers"):
+            startup.append({"clips": clips, "index": index, **_fresh(_startup, str(folder), index)})
+    largest = root / f"cache-{max(sizes)}"
+    for count in workers:
+        steady.append({"clips": max(sizes), "workers": count, **_fresh(_steady, str(largest), count, steps)})
+    return {"startup": startup, "steady": steady}
+
+
+def format_data(figures: dict) -> str:
+    """The start-up table (each size × the smallest's, per index) and the steady-state table."""
+    lines = [f"{'clips':>8} | {'index':>8} | {'start-up s':>10} | {'× smallest':>10}", "-" * 46]
+    smallest = {}
+    for row in figures["startup"]:
+        base = smallest.setdefault(row["index"], row["startup_s"])
+        lines.append(
+            f"{row['clips']:>8} | {row['index']:>8} | {row['startup_s']:>10.3f} | {row['startup_s'] / base:>10.2f}"
+        )
+    lines += ["", f"{'clips':>8} | {'workers':>7} | {'batches/s':>9} | {'× 0 workers':>11}", "-" * 46]
+    reference = figures["steady"][0]["batches_per_s"]
+    for row in figures["steady"]:
+        lines.append(
+            f"{row['clips']:>8} | {row['workers']:>7} | {row['batches_per_s']:>9.1f} | "
+            f"{row['batches_per_s'] / reference:>11.2f}"
+        )
+    return "\n".join(lines)
