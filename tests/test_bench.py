@@ -16,6 +16,7 @@ from sara.bench.encoders import bench_encoders, format_encoders
 from sara.bench.trd import Case, _flops, dense_fits, format_rows
 from sara.cli import main
 from sara.run_dir import RunDir
+from sara.stage2.cache_index import from_columns
 
 
 def case(path="blockwise", tokens=64, mode="none", chunk=16):
@@ -148,7 +149,8 @@ def test_bench_data_times_startup_per_index_and_the_loader_per_worker_count(tmp_
     assert [(r["clips"], r["workers"]) for r in figures["steady"]] == [(200, 0), (200, 2)]
     assert all(r["batches_per_s"] > 0 for r in figures["steady"])
     index = json.loads((tmp_path / "cache-200" / "index.json").read_text())
-    assert len(index["clips"]) == 200 and index["clips"]["7"]["shapes"]["latents"] == [4, 2, 4, 5]
+    assert index["clips"]["records"] == list(range(200))
+    assert from_columns(index["clips"])["7"]["shapes"]["latents"] == [4, 2, 4, 5]
     assert sorted(p.name for p in (tmp_path / "cache-200").glob("index*")) == ["index-headers.json", "index.json"]
     table = format_data(figures)
     assert "headers" in table and table.count("\n") == 8

@@ -8,7 +8,8 @@ import torch
 from safetensors import safe_open
 
 from sara.stage2 import cache as cache_module
-from sara.stage2.cache import FeatureCache, Part, merge_parts
+from sara.stage2.cache import FeatureCache
+from sara.stage2.cache_index import Part, from_columns, merge_parts, to_columns
 
 
 def _write(folder, shards: int = 4, per_shard: int = 2) -> dict[int, dict]:
@@ -21,7 +22,7 @@ def _write(folder, shards: int = 4, per_shard: int = 2) -> dict[int, dict]:
             clips[record] = {"latents": torch.full((4, 1, 2, 3 + record % 2), float(record)), "vfm": torch.ones(5, 6)}
             pending |= {f"{record}/{key}": value for key, value in clips[record].items()}
         part.flush(pending)
-    merge_parts(folder, {"settings": {}, "clips": {}})
+    merge_parts(folder, {"settings": {}, "clips": {}}, header=None)
     return clips
 
 
@@ -53,7 +54,8 @@ def test_opening_reads_the_index_alone_and_shards_stay_bounded(tmp_path):
 def test_a_cache_indexed_before_shapes_were_recorded_still_opens(tmp_path):
     _write(tmp_path)
     index = json.loads((tmp_path / "index.json").read_text())
-    index["clips"] = {r: clip["shard"] for r, clip in index["clips"].items()}  # the older index: shard names alone
+    rows = from_columns(index["clips"])
+    index["clips"] = {r: row["shard"] for r, row in rows.items()}  # the older index: shard names alone
     (tmp_path / "index.json").write_text(json.dumps(index))
     cache = FeatureCache(tmp_path)
     assert cache.shape(3, "latents") == (4, 1, 2, 4) and cache.keys(3) == {"latents", "vfm"}
@@ -66,6 +68,17 @@ def test_a_line_cut_by_a_kill_loses_only_its_shards_clips(tmp_path):
     with open(part.path) as lines:
         whole = lines.read()
     part.path.write_text(whole[: whole.rindex('"2"') + 5])  # the last line cut short
-    merge_parts(tmp_path, {"settings": {}, "clips": {}})
+    merge_parts(tmp_path, {"settings": {}, "clips": {}}, header=None)
     assert FeatureCache(tmp_path).records == [0, 1] and not part.path.exists()
     assert Part(tmp_path, 0).count == 2  # numbering goes on past the shard that lost its line
+
+
+def test_columns_hold_every_clips_shapes_and_missing_tensors():
+    rows = {
+        "3": {"shard": "b.safetensors", "shapes": {"latents": [16, 3, 8, 8], "text": [5, 32]}},
+        "1": {"shard": "a.safetensors", "shapes": {"latents": [16, 2, 8, 8], "text": [7, 32], "saliency": [64]}},
+    }
+    columns = to_columns(rows)
+    assert columns["records"] == [1, 3] and columns["shards"] == ["a.safetensors", "b.safetensors"]
+    assert columns["fields"]["saliency"] == {"ndim": 1, "shapes": [64, -1]}  # clip 3 has none
+    assert from_columns(columns) == rows

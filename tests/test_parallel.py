@@ -144,7 +144,7 @@ def test_sharded_precompute_equals_one_process(tmp_path, shapes_world):
     spawn(precompute_on, 2, shapes, tmp_path / "two")
     caches = [FeatureCache(tmp_path / name) for name in ("one", "two")]
     assert caches[0].records == caches[1].records == list(range(6))
-    writers = {name.split("-")[1] for name in map(caches[1].shard_of, caches[1].records)}
+    writers = {name.split("-")[1] for name in map(caches[1].index.shard, caches[1].records)}
     assert writers == {"000", "001"} and not list((tmp_path / "two").glob("index.rank-*"))  # both wrote; merged
     for position in range(6):
         alone, shared = caches[0][position], caches[1][position]

@@ -1,6 +1,7 @@
 """Stage 2 end to end on tiny presets: precompute, train, resume, export, generate, through the real CLI."""
 
 import json
+import logging
 from unittest import mock
 
 import pytest
@@ -15,10 +16,13 @@ from sara.config import load_config
 from sara.config.stage2 import Stage2Config
 from sara.data.video import decode_clip, write_video
 from sara.models.presets import wan_folder
+from sara.models.wan import load_transformers, read_layout
+from sara.parallel.context import set_attention
 from sara.run_dir import RunDir
 from sara.stage1.saliency import SaliencyModel
 from sara.stage2.adapters import adapter_deviation, transformer_outputs
 from sara.stage2.build import resolve_setup
+from sara.stage2.cache_index import from_columns, to_columns
 from sara.stage2.clips import DecodedClips, OnlineClips, drop_captions
 from sara.stage2.encoders import Stage2Encoders
 from sara.trainer.checkpoint import PendingCheckpoint, latest_checkpoint
@@ -61,12 +65,13 @@ def test_precompute_is_sharded_and_resumable(world, shared, tmp_path, capsys):
     args = overrides(world, shared, tmp_path / "run", **{"precompute.cache_dir": tmp_path / "cache"})
     assert main(["stage2", "precompute", *args]) == 0
     index = json.loads((tmp_path / "cache" / "index.json").read_text())
-    assert sorted(map(int, index["clips"])) == list(range(6))
-    assert sorted({c["shard"] for c in index["clips"].values()}) == [
+    rows = from_columns(index["clips"])
+    assert sorted(map(int, rows)) == list(range(6))
+    assert sorted({row["shard"] for row in rows.values()}) == [
         "shard-000-00000.safetensors",
         "shard-000-00001.safetensors",
     ]
-    assert index["clips"]["0"]["shapes"]["latents"] == [16, 3, 8, 8]  # what opening the cache reads
+    assert rows["0"]["shapes"]["latents"] == [16, 3, 8, 8]  # what opening the cache reads
     shard = load_file(tmp_path / "cache" / "shard-000-00000.safetensors")
     assert shard["0/latents"].shape == (16, 3, 8, 8)  # 9 frames of 64² → 3 latent frames of 8²
     assert shard["0/vfm"].shape == (64, 192) and shard["0/mask_saliency"].shape == (64,)  # V-JEPA (4, 4, 4)
@@ -74,11 +79,11 @@ def test_precompute_is_sharded_and_resumable(world, shared, tmp_path, capsys):
 
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("shard-*")}
     (tmp_path / "cache" / "shard-000-00001.safetensors").unlink()  # as if killed before the last shard
-    index["clips"] = {r: c for r, c in index["clips"].items() if c["shard"] != "shard-000-00001.safetensors"}
-    (tmp_path / "cache" / "index.json").write_text(json.dumps(index))
+    kept = {r: row for r, row in rows.items() if row["shard"] != "shard-000-00001.safetensors"}
+    (tmp_path / "cache" / "index.json").write_text(json.dumps(index | {"clips": to_columns(kept)}))
     assert main(["stage2", "precompute", *args]) == 0
     after = json.loads((tmp_path / "cache" / "index.json").read_text())
-    assert sorted(map(int, after["clips"])) == list(range(6))
+    assert after["clips"]["records"] == list(range(6))
     assert (tmp_path / "cache" / "shard-000-00000.safetensors").stat().st_mtime_ns == before[
         "shard-000-00000.safetensors"
     ]
@@ -178,6 +183,26 @@ def test_random_windows_move_each_epoch_and_are_a_function_of_seed_epoch_and_cli
     assert torch.equal(again, second)
 
 
+def test_an_attention_backend_reaches_every_attention_of_the_dit(world, shared, tmp_path, caplog):
+    """``parallel.attention`` runs the DiT's attention on that backend (PyTorch's math kernel
+    here, the one a CPU has besides the default): the losses of the default, to rounding."""
+    assert main(["stage2", "precompute", *overrides(world, shared, tmp_path / "cache")]) == 0
+    runs = {}
+    caplog.set_level(logging.INFO, logger="sara")
+    for backend in ("native", "_native_math"):
+        out = tmp_path / backend
+        args = overrides(world, shared, out, steps=2, **{"parallel.attention": backend})
+        assert main(["stage2", "train", *args]) == 0
+        runs[backend] = [row["loss"] for row in json.loads((out / "history.json").read_text())]
+    assert "attention backend _native_math on cpu" in caplog.text
+    (dit,) = load_transformers(read_layout(wan_folder("tiny", shared / "models"))).values()
+    set_attention(dit, "_native_math")
+    processors = [m.processor for m in dit.modules() if hasattr(getattr(m, "processor", None), "_attention_backend")]
+    assert len(processors) == 2 * len(dit.blocks)  # self- and cross-attention of every block
+    assert {str(p._attention_backend.value) for p in processors} == {"_native_math"}
+    assert runs["_native_math"] == pytest.approx(runs["native"], rel=1e-5)
+
+
 def test_heldout_loss_is_logged_beside_the_training_terms(world, shared, tmp_path, capsys):
     """Every `loss_every` steps the held-out batch's terms join that step's history row and
     TensorBoard's val/*; precompute caches the held-out clips beside the training cache; an
@@ -187,7 +212,7 @@ def test_heldout_loss_is_logged_beside_the_training_terms(world, shared, tmp_pat
     held = {"precompute.cache_dir": cache, "validation.heldout": world / "train.jsonl"}
     held |= {"validation.loss_every": 2, "validation.loss_clips": 4}
     assert main(["stage2", "precompute", *overrides(world, shared, tmp_path / "x", **held)]) == 0
-    assert len(json.loads((cache / "heldout" / "index.json").read_text())["clips"]) == 6
+    assert len(json.loads((cache / "heldout" / "index.json").read_text())["clips"]["records"]) == 6
     runs = {}
     for online in (False, True):
         out = tmp_path / f"online-{online}"
@@ -463,7 +488,7 @@ def test_frame_buckets_give_each_clip_the_longest_length_it_holds(world, shared,
     latents = {}
     for shard in (tmp_path / "cache").glob("shard-*.safetensors"):
         latents |= {int(k.split("/")[0]): v.shape[1] for k, v in load_file(shard).items() if k.endswith("/latents")}
-    assert len(latents) == len(index["clips"]) == 6
+    assert len(latents) == len(index["clips"]["records"]) == 6
     assert {clip: frames for clip, frames in latents.items()} == {
         i: 2 if i % 2 else 3 for i in range(6)
     }  # 5 or 9 frames

@@ -14,6 +14,8 @@ from sara.config.loader import option
 
 PARAM_DTYPES = ("auto", "float32", "bfloat16")
 ACCUMULATE_SYNCS = ("final", "every")
+# diffusers attention backends the DiT may run (auto: sara.parallel.context.attention_backend)
+ATTENTION_BACKENDS = ("auto", "native", "_native_flash", "_native_cudnn", "_native_efficient", "_native_math", "flash")
 
 
 @dataclass
@@ -40,3 +42,7 @@ class ParallelConfig:
     # each micro-batch reduce-scatters (gradient memory stays sharded), and HSDP all-reduces
     # between replicas after the last only
     accumulate_sync: str = option("final", choices=ACCUMULATE_SYNCS)
+    # the DiT's attention kernel (diffusers' dispatcher): auto is _native_flash on CUDA in bf16
+    # or fp16 — its backward reuses the saved log-sum-exp, where native's re-runs attention
+    # under Ulysses — and native elsewhere; flash needs the flash-attn package
+    attention: str = option("auto", choices=ATTENTION_BACKENDS)

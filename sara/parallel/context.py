@@ -18,11 +18,14 @@ FSDP's average becomes that sum).
 
 from __future__ import annotations
 
+import torch
 from diffusers import WanTransformer3DModel
 from diffusers.hooks.context_parallel import apply_context_parallel
 from diffusers.models._modeling_parallel import ContextParallelConfig
 from diffusers.models._modeling_parallel import ParallelConfig as DiffusersParallel
 
+from sara.config.parallel import ParallelConfig
+from sara.parallel.precision import param_dtype
 from sara.parallel.world import World
 
 
@@ -64,3 +67,21 @@ def check_tokens(tokens: int, cp: int, where: str) -> None:
             f"{where}: {tokens} DiT tokens do not split over parallel.ulysses = {cp} ranks; "
             f"choose a size or frame count whose token count divides by {cp}"
         )
+
+
+def attention_backend(config: ParallelConfig, device: torch.device) -> str:
+    """The diffusers attention backend of ``parallel.attention`` on ``device``: ``auto`` is
+    ``_native_flash`` on CUDA in a half dtype (PyTorch's flash kernel keeps the log-sum-exp
+    for its backward, and diffusers' Ulysses attention uses it; the ``native`` backend's
+    backward runs attention again, a third time per block under gradient checkpointing) and
+    ``native`` elsewhere (the flash kernel takes no fp32, and no CPU)."""
+    if config.attention != "auto":
+        return config.attention
+    half = param_dtype(config, device) in (torch.bfloat16, torch.float16)
+    return "_native_flash" if device.type == "cuda" and half else "native"
+
+
+def set_attention(dit: WanTransformer3DModel, backend: str) -> None:
+    """Run ``dit``'s attention on ``backend`` (``native``, diffusers' default, is left as it is)."""
+    if backend != "native":
+        dit.set_attention_backend(backend)

@@ -6,11 +6,11 @@ manifest record), the tensors ``r/latents``, ``r/text``, ``r/vfm`` and, when pre
 (with ``precompute.flow``: :mod:`sara.stage2.motion`; an extra that no training run reads,
 so not part of the settings — ``sara moalign train`` names a clip without it); and
 ``index.json`` — the settings that made the cache and, per clip, its shard and the shapes of
-its tensors, all that opening the cache reads — and
+its tensors, all that opening the cache reads (:mod:`sara.stage2.cache_index`) — and
 ``empty_caption.safetensors``, the states of the empty caption (caption dropout). A shard is
-written under a temporary name and renamed, then the index part of its rank is replaced,
-so a killed run loses at most the clips of an unfinished shard and a rerun does only what
-is missing.
+written under a temporary name and renamed, then a line naming its clips is appended to its
+rank's index part, so a killed run loses at most the clips of an unfinished shard and a
+rerun does only what is missing.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 from collections import OrderedDict
 from pathlib import Path
 
@@ -34,13 +33,13 @@ from sara.config.parallel import ParallelConfig
 from sara.config.stage2 import Stage2Config, ValidationConfig
 from sara.data.datasets import BadSamples, Stage2Dataset, collate
 from sara.data.manifest import load_manifest
-from sara.files import write_text_atomic
 from sara.parallel.precision import param_dtype
 from sara.parallel.world import World, close_world, init_world
 from sara.run_dir import CheckpointDir
 from sara.stage1.features import FEATURES_VERSION
 from sara.stage1.saliency import locate
 from sara.stage2.build import Stage2Setup, cache_dir, resolve_setup
+from sara.stage2.cache_index import ClipIndex, Part, indexed_records, merge_parts, shard_shapes
 from sara.stage2.encoders import Stage2Encoders, warn_overlong
 from sara.stage2.flow import clip_flow, token_flow
 
@@ -140,14 +139,19 @@ def _precompute(config: Stage2Config, setup: Stage2Setup, world: World, progress
     dtype = getattr(torch, config.precompute.dtype)
     if world.is_main:
         folder.mkdir(parents=True, exist_ok=True)
-        merge_parts(folder, _read_index(folder, settings))
+        merge_parts(
+            folder,
+            _read_index(folder, settings),
+            lambda name, record: shard_shapes(safe_open(folder / name, "pt"), record),
+        )
         if not (folder / EMPTY_CAPTION).is_file():
             save_file({"text": encoders.empty_caption().to(dtype).contiguous()}, folder / f"{EMPTY_CAPTION}.tmp")
             (folder / f"{EMPTY_CAPTION}.tmp").replace(folder / EMPTY_CAPTION)
     _barrier(world)
     index = _read_index(folder, settings)
     manifest = load_manifest(config.data.train)
-    todo = [i for i in range(len(manifest)) if str(i) not in index["clips"]]
+    done = indexed_records(index)
+    todo = [i for i in range(len(manifest)) if i not in done]
     if world.is_main and todo:
         captions = [manifest.records[i].prompt() for i in todo]
         warn_overlong(encoders.text.tokenizer, captions, config.models.text_length, "models.text_length")
@@ -178,7 +182,11 @@ def _precompute(config: Stage2Config, setup: Stage2Setup, world: World, progress
     bad.end_epoch(0)
     _barrier(world)
     if world.is_main:
-        merge_parts(folder, _read_index(folder, settings))
+        merge_parts(
+            folder,
+            _read_index(folder, settings),
+            lambda name, record: shard_shapes(safe_open(folder / name, "pt"), record),
+        )
     _barrier(world)
     return folder
 
@@ -188,66 +196,15 @@ def _barrier(world: World) -> None:
         dist.barrier()
 
 
-class Part:
-    """One rank's shards (``shard-RRR-NNNNN.safetensors``) and the index of their clips
-    (``index.rank-R.jsonl``: a line per shard, appended once the shard is in place)."""
-
-    def __init__(self, folder: Path, rank: int):
-        self.folder, self.prefix = folder, f"shard-{rank:03d}-"
-        self.path = folder / f"index.rank-{rank}.jsonl"
-        self.count = len(list(folder.glob(f"{self.prefix}*.safetensors")))  # a resumed rank numbers on
-
-    def flush(self, tensors: dict[str, Tensor]) -> None:
-        """Write one shard atomically, then the index line naming its clips and their tensors'
-        shapes; empties ``tensors``. Appending keeps each flush the size of one shard's line
-        however many came before it."""
-        name = f"{self.prefix}{self.count:05d}.safetensors"
-        save_file(tensors, self.folder / f"{name}.tmp")
-        (self.folder / f"{name}.tmp").replace(self.folder / name)
-        self.count += 1
-        shapes: dict[str, dict[str, list[int]]] = {}
-        for key, tensor in tensors.items():
-            record, field = key.split("/", 1)
-            shapes.setdefault(record, {})[field] = list(tensor.shape)
-        with open(self.path, "a") as part:
-            part.write(json.dumps({record: {"shard": name, "shapes": clip} for record, clip in shapes.items()}) + "\n")
-            part.flush()
-            os.fsync(part.fileno())
-        tensors.clear()
-
-
-def _part_clips(path: Path) -> dict[str, dict]:
-    """The clips of a rank's index part; a line cut short by a kill is dropped (its shard's
-    clips are encoded again)."""
-    clips: dict[str, dict] = {}
-    for line in path.read_text().splitlines():
-        try:
-            clips |= json.loads(line)
-        except json.JSONDecodeError:
-            break
-    return clips
-
-
-def merge_parts(folder: Path, index: dict) -> None:
-    """Fold every rank's index part into ``index.json`` (atomically), then remove the parts."""
-    parts = sorted(folder.glob("index.rank-*.jsonl"))
-    for path in parts:
-        index["clips"] |= _part_clips(path)
-    write_text_atomic(folder / "index.json", json.dumps(index))  # one line: 100k clips parse in a fraction of a second
-    for path in parts:
-        path.unlink()
-
-
 MAX_OPEN = 32  # shards a reader keeps open: bounded, whatever the size of the cache
 
 
 class FeatureCache(torch.utils.data.Dataset):
     """The clips of a cache folder, each a dict of its tensors.
 
-    Opening it reads ``index.json`` alone: each clip's shard and the shapes of its tensors
-    (an index written before shapes were recorded gives them from the shard's header, on
-    first use). Shards are opened when a clip of theirs is read, at most ``max_open`` at once
-    (the least recently read is closed first)."""
+    Opening it reads ``index.json`` alone (:mod:`sara.stage2.cache_index`: each clip's shard
+    and the shapes of its tensors). Shards are opened when a clip of theirs is read, at most
+    ``max_open`` at once (the least recently read is closed first)."""
 
     def __init__(self, folder: str | Path, settings: dict | None = None, max_open: int = MAX_OPEN):
         self.folder = Path(folder)
@@ -256,8 +213,8 @@ class FeatureCache(torch.utils.data.Dataset):
         index = json.loads((self.folder / "index.json").read_text())
         if settings is not None:
             _check_settings(self.folder, index, settings)
-        self._clips: dict[int, dict | str] = {int(r): clip for r, clip in index["clips"].items()}
-        self.records = sorted(self._clips)
+        self.index = ClipIndex(index["clips"], self._header)
+        self.records = self.index.records
         self.max_open = max_open
         self._open: OrderedDict[str, object] = OrderedDict()
 
@@ -266,11 +223,6 @@ class FeatureCache(torch.utils.data.Dataset):
 
     def __getstate__(self) -> dict:
         return self.__dict__ | {"_open": OrderedDict()}  # a loader's worker opens its own handles
-
-    def shard_of(self, record: int) -> str:
-        """The shard file a clip is stored in."""
-        clip = self._clips[record]
-        return clip if isinstance(clip, str) else clip["shard"]
 
     def _shard(self, name: str):
         if name in self._open:
@@ -281,21 +233,16 @@ class FeatureCache(torch.utils.data.Dataset):
             self._open[name] = safe_open(self.folder / name, "pt")
         return self._open[name]
 
-    def _shapes(self, record: int) -> dict[str, list[int]]:
-        clip = self._clips[record]
-        if isinstance(clip, str):  # indexed before shapes were recorded: the shard's header, once
-            handle, prefix = self._shard(clip), f"{record}/"
-            shapes = {k[len(prefix) :]: handle.get_slice(k).get_shape() for k in handle.keys() if k.startswith(prefix)}
-            clip = self._clips[record] = {"shard": clip, "shapes": shapes}
-        return clip["shapes"]
+    def _header(self, shard: str, record: int) -> dict[str, list[int]]:
+        return shard_shapes(self._shard(shard), record)
 
     def shape(self, position: int, key: str) -> tuple[int, ...]:
         """Shape of one tensor of the clip at ``position``."""
-        return tuple(self._shapes(self.records[position])[key])
+        return tuple(self.index.shapes(self.records[position])[key])
 
     def keys(self, position: int) -> set[str]:
         """Names of the tensors of the clip at ``position``."""
-        return set(self._shapes(self.records[position]))
+        return set(self.index.shapes(self.records[position]))
 
     def empty_caption(self) -> Tensor:
         """The text states ``[l, D_t]`` of the empty caption."""
@@ -306,5 +253,5 @@ class FeatureCache(torch.utils.data.Dataset):
 
     def __getitem__(self, position: int) -> dict[str, Tensor]:
         record = self.records[position]
-        handle = self._shard(self.shard_of(record))
+        handle = self._shard(self.index.shard(record))
         return {key: handle.get_tensor(f"{record}/{key}") for key in self.keys(position)} | {"index": record}

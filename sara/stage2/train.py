@@ -22,6 +22,7 @@ import torch
 
 from sara.config.stage2 import Stage2Config
 from sara.models.aligner import parameter_count
+from sara.parallel.context import attention_backend, set_attention
 from sara.parallel.load import load_from_rank0
 from sara.parallel.precision import param_dtype
 from sara.parallel.world import World, launched
@@ -132,11 +133,17 @@ def _build(config: Stage2Config, setup: Stage2Setup, world: World) -> Stage2Mode
     """The model on the device: built on the CPU in one process; on many, built on meta,
     sharded, then filled from rank 0's CPU copy (no rank holds more than its shards)."""
     compute = param_dtype(config.parallel, world.device)
+    backend = attention_backend(config.parallel, world.device)
+    log.info(f"attention backend {backend} on {world.device.type}, compute dtype {str(compute).removeprefix('torch.')}")
     if not world.distributed:
         torch.manual_seed(config.seed)
-        return build_model(config, setup, compute_dtype=compute).to(world.device)
-    model = build_model(config, setup, meta=True, compute_dtype=compute)
-    parallelize(model, world, config.parallel)
-    torch.manual_seed(config.seed)  # projectors and adapters start as in one process
-    source = build_model(config, setup, compute_dtype=compute, masters=False) if world.is_main else None
-    return load_from_rank0(model, source, world)
+        model = build_model(config, setup, compute_dtype=compute).to(world.device)
+    else:
+        model = build_model(config, setup, meta=True, compute_dtype=compute)
+        parallelize(model, world, config.parallel)
+        torch.manual_seed(config.seed)  # projectors and adapters start as in one process
+        source = build_model(config, setup, compute_dtype=compute, masters=False) if world.is_main else None
+        model = load_from_rank0(model, source, world)
+    for dit in model.experts.values():
+        set_attention(dit, backend)
+    return model
