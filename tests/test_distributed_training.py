@@ -156,6 +156,15 @@ def test_torchrun_gives_the_losses_of_one_process_and_resumes_exactly_after_sigk
     assert losses(killed) == pytest.approx(reference, rel=1e-5)
 
 
+def test_online_encoding_once_per_ulysses_group_gives_the_losses_of_one_process(shared, tmp_path):
+    """Online, the second rank of a Ulysses pair builds no encoders: the first encodes the
+    pair's clips and sends them."""
+    online = {"online": True, "precompute.cache_dir": tmp_path / "unused"}
+    assert main(["stage2", "train", *overrides(shared, tmp_path / "one", 3, **online)]) == 0
+    finish(torchrun(2, overrides(shared, tmp_path / "two", 3, **online, **{"parallel.ulysses": 2})))
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+
+
 def test_accumulation_on_sharded_ranks_gives_the_whole_batch_of_one_process(shared, tmp_path):
     """Two data-parallel (FSDP) ranks, each running two micro-batches of one clip: every
     micro-batch's backward reduce-scatters into the same sharded gradient, so the steps are

@@ -72,3 +72,24 @@ def average_gradients(parameters: list[Tensor], world: World) -> None:
     flat /= world.dp_size
     for grad, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
         grad.copy_(part.view_as(grad))
+
+
+def share_in_group(tensors: dict[str, Tensor] | None, world: World) -> dict[str, Tensor]:
+    """``tensors`` of the first rank of each sequence-parallel group, on every rank of it: work
+    the group would repeat (encoding the same clips) is done once and sent. The first rank
+    passes its tensors, the others ``None``; the names, shapes and dtypes go first, then one
+    broadcast a tensor."""
+    if world.cp == 1:
+        return tensors
+    group = world.cp_mesh.get_group()
+    source = dist.get_global_rank(group, 0)
+    layout = [None if tensors is None else [(k, tuple(v.shape), v.dtype) for k, v in tensors.items()]]
+    dist.broadcast_object_list(layout, src=source, group=group, device=world.device)
+    shared = {}
+    for name, shape, dtype in layout[0]:
+        tensor = (
+            tensors[name].contiguous() if tensors is not None else torch.empty(shape, dtype=dtype, device=world.device)
+        )
+        dist.broadcast(tensor, src=source, group=group)
+        shared[name] = tensor
+    return shared

@@ -130,12 +130,16 @@ class OnlineClips:
     """Clips decoded (by :class:`DecodedClips`, in a loader's workers) and encoded every step,
     by the encoders `precompute` uses."""
 
-    def __init__(self, config: Stage2Config, setup: Stage2Setup, device: torch.device):
+    def __init__(self, config: Stage2Config, setup: Stage2Setup, device: torch.device, encodes: bool = True):
+        """``encodes``: this process runs the encoders (else it only plans the batches, and
+        another rank of its sequence-parallel group sends them)."""
         self.config = config
         manifest = load_manifest(config.data.train)
         self.reader = DecodedClips(Stage2Dataset(manifest, setup.buckets, config.data, config.seed, union_masks=True))
-        self.encoders = Stage2Encoders(config, setup.view, param_dtype(config.parallel, device)).to(device)
-        self.empty_text = self.encoders.empty_caption()
+        self.encoders = (
+            Stage2Encoders(config, setup.view, param_dtype(config.parallel, device)).to(device) if encodes else None
+        )
+        self.empty_text = self.encoders.empty_caption() if encodes else None
 
     def __len__(self) -> int:
         return len(self.reader.dataset)

@@ -27,12 +27,15 @@ class Reader(Protocol):
 
 
 class StepBatches(Dataset):
-    """Item ``k``: this rank's ``rows`` of step ``k``'s global batch, loaded by ``reader``."""
+    """Item ``k``: this rank's ``rows`` of step ``k``'s global batch, loaded by ``reader``
+    (``None`` without one: a rank that receives its batch from another)."""
 
-    def __init__(self, reader: Reader, steps_of: BucketSteps, rows: slice):
+    def __init__(self, reader: Reader | None, steps_of: BucketSteps, rows: slice):
         self.reader, self.steps_of, self.rows = reader, steps_of, rows
 
     def __getitem__(self, step: int) -> Any:
+        if self.reader is None:
+            return None
         return self.reader.load(self.steps_of(step)[self.rows], self.steps_of.epoch(step))
 
 

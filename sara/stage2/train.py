@@ -22,6 +22,7 @@ import torch
 
 from sara.config.stage2 import Stage2Config
 from sara.models.aligner import parameter_count
+from sara.parallel.collectives import share_in_group
 from sara.parallel.context import attention_backend, set_attention
 from sara.parallel.load import load_from_rank0
 from sara.parallel.precision import param_dtype
@@ -71,10 +72,13 @@ class Stage2Training:
     def build(self, world: World) -> TrainState:
         config, optim = self.config, self.config.optim
         self.world = world
-        self.clips = OnlineClips(config, self.setup, world.device) if config.online else CachedClips(config)
+        # online, the first rank of each sequence-parallel group encodes its clips for the group
+        self.shares = config.online and world.cp > 1
+        reads = not self.shares or world.cp_rank == 0
+        self.clips = OnlineClips(config, self.setup, world.device, reads) if config.online else CachedClips(config)
         batch = global_batch(config, world.dp_size)
         self.steps_of = BucketSteps(self.clips.bucket_of, batch, config.seed)  # refused when no bucket holds a batch
-        batches = StepBatches(self.clips.reader, self.steps_of, local_rows(batch, world))
+        batches = StepBatches(self.clips.reader if reads else None, self.steps_of, local_rows(batch, world))
         self.loader = StepLoader(batches, optim.steps, config.data, world.device)
         self.waited = (0.0, 0)  # the loader's wait and batches served at the last reduce
         self.model = _build(config, self.setup, world)
@@ -94,7 +98,10 @@ class Stage2Training:
         return self.state
 
     def step(self, index: int) -> dict[str, torch.Tensor]:
-        batch = self.clips.to_device(self.loader(index), self.world.device)
+        loaded = self.loader(index)
+        batch = self.clips.to_device(loaded, self.world.device) if loaded is not None else None
+        if self.shares:
+            batch = share_in_group(batch, self.world)
         noise = noise_generator(self.config.seed, index)
         terms, grad_norm = train_step(self.model, self.state.optimizer, batch, noise, self.config, self.world)
         return {**terms, "grad_norm": grad_norm}
