@@ -15,6 +15,8 @@ from sara.bench.dist import bench_sharding, bench_shares, format_dist
 from sara.bench.encoders import bench_encoders, format_encoders
 from sara.bench.trd import Case, _flops, dense_fits, format_rows
 from sara.cli import main
+from sara.data.facts import read_facts
+from sara.data.manifest import load_manifest
 from sara.run_dir import RunDir
 from sara.stage2.cache_index import from_columns
 
@@ -152,8 +154,11 @@ def test_bench_data_times_startup_per_index_and_the_loader_per_worker_count(tmp_
     assert index["clips"]["records"] == list(range(200))
     assert from_columns(index["clips"])["7"]["shapes"]["latents"] == [4, 2, 4, 5]
     assert sorted(p.name for p in (tmp_path / "cache-200").glob("index*")) == ["index-headers.json", "index.json"]
+    assert [(r["clips"], r["source"]) for r in figures["online"]] == [(200, "facts"), (200, "videos")]
+    assert all(r["startup_s"] > 0 for r in figures["online"])
+    assert len(read_facts(load_manifest(tmp_path / "manifest-200" / "train.jsonl"))) == 1  # one video, 200 records
     table = format_data(figures)
-    assert "headers" in table and table.count("\n") == 8
+    assert "headers" in table and "videos" in table and table.count("\n") == 13
 
 
 @pytest.mark.slow

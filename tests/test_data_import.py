@@ -7,6 +7,7 @@ import pytest
 
 from sara.cli import main
 from sara.data.check import check_manifest
+from sara.data.facts import read_facts
 from sara.data.importers import import_dataset
 from sara.data.manifest import ManifestError, load_manifest
 from sara.data.video import write_video
@@ -35,13 +36,16 @@ def test_a_musubi_jsonl_imports_and_checks_clean(videos, tmp_path):
     ]
     source.write_text("".join(json.dumps(x) + "\n" for x in lines))
     out = tmp_path / "data" / "train.jsonl"
-    summary = import_dataset(source, out)
+    summary = import_dataset(source, out, progress=False)
     manifest, records = imported(out)
     assert summary.records == 2 and summary.without_caption == 0 and not summary.skipped
+    imported_facts = read_facts(manifest)  # each video's header and timeline, as check then scans them
+    assert summary.probed == 2 and len(imported_facts) == 2
     assert records == {"a": (videos / "a.mp4", "a cat jumps"), "clips_b": (videos / "clips/b.mp4", "a dog runs")}
     assert not manifest.records[0].video.startswith("/")  # written relative to the manifest
     report = check_manifest(manifest, window=9, progress=False)
     assert report.problems == [] and report.records == 2
+    assert read_facts(manifest) == imported_facts
 
 
 def test_a_diffsynth_csv_imports_either_column_naming(videos, tmp_path):

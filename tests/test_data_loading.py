@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from sara.cli import main
 from sara.config.clips import ClipTiming
+from sara.data import datasets
 from sara.data.buckets import Bucket, BucketBatchSampler, assign_bucket
 from sara.data.check import check_manifest
 from sara.data.datasets import BadSamples, Skipped, Stage1Dataset, Stage2Dataset, TooManyBadSamples, collate
@@ -146,8 +147,12 @@ def test_data_check_reports_every_problem(world, capsys):
     assert main(["data", "check", str(root / "mixed.jsonl")]) == 1
     out = capsys.readouterr().out.splitlines()
     assert (
-        out[-1]
+        out[-2]
         == f"checked {good + 7} records, {report.entities} entities (0 without masks): 7 problem(s) in 7 record(s)"
+    )
+    assert (
+        out[-1]
+        == f"facts of {good + 3} clips written to {root / 'mixed.facts.json'}: runs read them instead of every video"
     )
     assert any("(broken_0): video: video file not found" in line for line in out)
     assert any("(broken_5): entities.0.mask: shape (5, 32, 32) does not match" in line for line in out)
@@ -156,7 +161,7 @@ def test_data_check_reports_every_problem(world, capsys):
     assert main(["data", "check", str(root / "train.jsonl"), "--frames", "12", "--fps", "16"]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0].endswith("video: has 9 frames at 16 fps in range, fewer than the window of 12")
-    assert out[-1].endswith("10 problem(s) in 10 record(s), 10 too short for the window")
+    assert out[-2].endswith("10 problem(s) in 10 record(s), 10 too short for the window")
     assert main(["data", "check", str(root / "train.jsonl"), "--frames", "9", "--fps", "16"]) == 0
 
 
@@ -176,3 +181,45 @@ def test_budget_of_a_manifest_pools_ground_truth_masks(world, capsys):
     budget = json.loads(capsys.readouterr().out)
     assert budget["tokens"] == 10 * 4 * 2 * 2  # 10 clips × (8/2) × (32/16)²
     assert 0.2 < budget["fg_fraction"] < 0.8
+
+
+def test_facts_written_by_check_place_every_clip_without_opening_a_video(world, tmp_path, monkeypatch, caplog):
+    """`sara data check` writes each clip's span; a dataset then reads the facts file alone
+    and places every record in the bucket probing its video gives, at any rate; a record
+    not in the file is probed, and a damaged file costs probing, not the run."""
+    root, good = world
+    records = [json.loads(line) for line in (root / "mixed.jsonl").read_text().splitlines()]
+    for record in records:
+        record["video"] = str(root / record["video"])
+    for i, record in enumerate(records[:good]):  # ranges and rates of every kind
+        record.update(
+            [{}, {"start": 0.1}, {"end": 0.35}, {"fps": 9.0}, {"start": 0.05, "end": 0.5, "fps": 24.0}][i % 5]
+        )
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    manifest = load_manifest(tmp_path / "m.jsonl")
+    buckets = [Bucket(f, h, w) for f in (3, 5, 8) for h, w in ((32, 32), (32, 48))]
+
+    def placed(timing):
+        return Stage2Dataset(manifest, buckets, timing).bucket_of
+
+    timings = [ClipTiming(fps=16, window="centre"), ClipTiming(fps=None), ClipTiming(fps=7)]
+    probed = [placed(t) for t in timings]
+    assert len({tuple(p) for p in probed}) > 1  # the rate moves clips between lengths
+    report = check_manifest(manifest, progress=False)
+    assert report.facts == tmp_path / "m.facts.json" and len(report.spans) == good + 3  # all but 4 bad videos
+    opened = set()
+    for name in ("probe_span", "probe_size"):
+        probe = getattr(datasets, name)
+        monkeypatch.setattr(datasets, name, lambda path, *a, probe=probe: opened.add(path.name) or probe(path, *a))
+    assert [placed(t) for t in timings] == probed
+    assert opened == {"missing.mp4", "empty.mp4", "truncated.mp4", "junk.mp4"}  # only what is not in the facts
+    monkeypatch.undo()
+
+    manifest.records[0] = manifest.records[0].model_copy(update={"end": 0.3})  # edited: not in the facts
+    with caplog.at_level(logging.INFO, logger="sara.data.datasets"):
+        assert placed(timings[0])[1:] == probed[0][1:]
+    assert "5 of 17 records probed (not in its facts file)" in caplog.text  # it and the 4 bad videos
+    (tmp_path / "m.facts.json").write_text('{"version": 1, "video": [')
+    with caplog.at_level(logging.WARNING, logger="sara.data.facts"):
+        assert placed(timings[0])[1:] == probed[0][1:]
+    assert "m.facts.json: cannot be read" in caplog.text

@@ -4,8 +4,10 @@ import json
 
 import pytest
 import torch
+from distributed import spawn
 from PIL import Image
 from safetensors.torch import load_file
+from stage1_ranks import features_on_rank
 
 from sara.cli import main
 from sara.data.manifest import load_manifest
@@ -279,3 +281,26 @@ def test_features_stay_on_disk_and_read_back_exactly(world, shared, tmp_path):
         train.embeddings[caption_row], encoders.embedder([record.prompt()])[0], rtol=1e-4, atol=1e-5
     )
     assert train.tokens[[0, 1]].shape == (2, *train.tokens.shape[1:]) and train.targets[:].shape == train.targets.shape
+
+
+def test_ranks_share_the_features_work_and_get_those_of_one_process(world, shared, tmp_path):
+    """Under torchrun each clip is decoded and encoded by one rank, each prompt and caption
+    encoded by one rank, and every rank reads the features one process computes."""
+    one, *ranks = [
+        result
+        for size in (1, 2)
+        for result in spawn(
+            features_on_rank,
+            size,
+            overrides(world, shared, tmp_path / "run", cache_dir=tmp_path / f"cache-{size}", **{"data.num_workers": 0}),
+        )
+    ]
+    for name in ("tokens", "targets", "text", "text_mask", "embeddings", "clip_of", "prompt_row", "whole"):
+        for rank in ranks:
+            torch.testing.assert_close(rank[name], one[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert all(r["prompts_of"] == one["prompts_of"] and r["records"] == one["records"] for r in ranks)
+    for work in ("decoded", "prompts", "captions"):  # split, not repeated (texts by chunks of 64)
+        shares = [r[work] for r in ranks]
+        assert sorted(shares[0] + shares[1]) == sorted(one[work]), work
+    assert ranks[0]["decoded"] and ranks[1]["decoded"]
+    assert sum(r["clips"] for r in ranks) == one["clips"] == len(one["records"])

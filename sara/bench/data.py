@@ -11,6 +11,11 @@
 2. **Steady state**: batches a second drawn from the largest cache through the loader, read
    in the step (``workers`` 0) and read ahead by loader processes.
 
+3. **Online start-up**: a manifest of ``N`` records (one small video each, the same file) is
+   opened as an online run opens it — the manifest parsed, every record placed in a bucket
+   of several lengths — from its facts file (``facts``, as ``sara data check`` writes it) and,
+   at the smallest ``N``, from the videos' headers and timelines (``videos``).
+
 The data wait of a training step is measured by ``sara bench step`` (its ``data wait``
 column, with ``--workers``).
 """
@@ -26,7 +31,13 @@ from pathlib import Path
 import torch
 
 from sara.config import load_config
+from sara.config.clips import ClipTiming
 from sara.config.stage2 import Stage2Config
+from sara.data.buckets import Bucket
+from sara.data.datasets import Stage2Dataset
+from sara.data.facts import facts_path, write_facts
+from sara.data.manifest import Manifest, Record, load_manifest
+from sara.data.video import probe_span, write_video
 from sara.parallel.world import World
 from sara.stage2.cache import fingerprint
 from sara.stage2.cache_index import Part, from_columns, merge_parts
@@ -37,6 +48,7 @@ from sara.trainer.batches import BucketSteps
 
 SHARD = 64  # clips a shard, precompute's default
 BATCH = 8
+MANIFEST_BUCKETS = [Bucket(5, 32, 32), Bucket(9, 32, 32), Bucket(9, 32, 48)]  # two lengths: timelines are read
 
 
 def _config(cache: Path, workers: int = 0) -> Stage2Config:
@@ -108,6 +120,35 @@ def _steady(folder: str, workers: int, steps: int) -> dict:
     return {"batches_per_s": steps / (time.perf_counter() - start)}
 
 
+def write_manifest(folder: Path, clips: int) -> Path:
+    """A manifest of ``clips`` records of one small video, with its facts file."""
+    path = folder / "train.jsonl"
+    if path.is_file():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    write_video(folder / "clip.mp4", torch.zeros(9, 3, 32, 48, dtype=torch.uint8), fps=16)
+    records = [Record(video="clip.mp4", caption="a red circle moves left", id=f"clip_{i:06d}") for i in range(clips)]
+    manifest = Manifest(path, records)
+    manifest.save()
+    write_facts(manifest, [probe_span(folder / "clip.mp4", None, None)] * clips)
+    return path
+
+
+def _online(path: str, source: str) -> dict:
+    """Seconds to open an online run's clips in this (fresh) process."""
+    if source == "videos":  # the manifest seen without its facts file
+        facts = facts_path(load_manifest(path))
+        facts.rename(facts.with_suffix(".off"))
+    try:
+        start = time.perf_counter()
+        dataset = Stage2Dataset(load_manifest(path), MANIFEST_BUCKETS, ClipTiming(fps=16))
+        assert len(dataset.bucket_of) == len(dataset)
+        return {"startup_s": time.perf_counter() - start}
+    finally:
+        if source == "videos":
+            facts.with_suffix(".off").rename(facts)
+
+
 def _fresh(function, *args) -> dict:
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
@@ -115,7 +156,8 @@ def _fresh(function, *args) -> dict:
 
 
 def bench_data(root: Path, sizes: list[int], workers: list[int], steps: int = 200, progress: bool = True) -> dict:
-    """``{"startup": [{clips, index, startup_s}], "steady": [{clips, workers, batches_per_s}]}``."""
+    """``{"startup": [{clips, index, startup_s, process_s}], "steady": [{clips, workers, batches_per_s}],
+    "online": [{clips, source, startup_s}]}``."""
     from tqdm import tqdm
 
     startup, steady = [], []
@@ -128,7 +170,12 @@ def bench_data(root: Path, sizes: list[int], workers: list[int], steps: int = 20
     largest = root / f"cache-{max(sizes)}"
     for count in workers:
         steady.append({"clips": max(sizes), "workers": count, **_fresh(_steady, str(largest), count, steps)})
-    return {"startup": startup, "steady": steady}
+    online = []
+    for clips in sizes:
+        path = write_manifest(root / f"manifest-{clips}", clips)
+        for source in ("facts", "videos") if clips == min(sizes) else ("facts",):
+            online.append({"clips": clips, "source": source, **_fresh(_online, str(path), source)})
+    return {"startup": startup, "steady": steady, "online": online}
 
 
 def format_data(figures: dict) -> str:
@@ -148,5 +195,11 @@ def format_data(figures: dict) -> str:
         lines.append(
             f"{row['clips']:>8} | {row['workers']:>7} | {row['batches_per_s']:>9.1f} | "
             f"{row['batches_per_s'] / reference:>11.2f}"
+        )
+    lines += ["", f"{'clips':>8} | {'online':>7} | {'start-up s':>10} | {'ms a clip':>9}", "-" * 44]
+    for row in figures["online"]:
+        lines.append(
+            f"{row['clips']:>8} | {row['source']:>7} | {row['startup_s']:>10.3f} | "
+            f"{1000 * row['startup_s'] / row['clips']:>9.4f}"
         )
     return "\n".join(lines)

@@ -123,7 +123,8 @@ def _import(args: argparse.Namespace) -> None:
         else ""
     )
     print(
-        f"wrote {summary.records} records to {args.out}{empty}, {len(summary.skipped)} skipped; "
+        f"wrote {summary.records} records to {args.out}{empty}, {len(summary.skipped)} skipped, "
+        f"the facts of {summary.probed} videos beside it; "
         f"next: sara data check {args.out}"
     )
 
@@ -169,6 +170,8 @@ def _check(args: argparse.Namespace) -> int:
     for line in report.problems:
         print(line)
     print(report.summary())
+    if report.facts:
+        print(f"facts of {len(report.spans)} clips written to {report.facts}: runs read them instead of every video")
     return 1 if report.problems else 0
 
 

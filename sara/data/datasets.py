@@ -13,15 +13,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
 from sara.config.clips import ClipTiming
 from sara.data.buckets import Bucket, assign_bucket
+from sara.data.facts import read_facts, record_key
 from sara.data.manifest import Manifest, Record
 from sara.data.masks import MaskError, load_mask
-from sara.data.video import Clip, VideoError, decode_clip, probe_frames, probe_size, transform_masks
+from sara.data.video import Clip, VideoError, decode_clip, probe_size, probe_span, transform_masks
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +46,23 @@ class ClipDataset(Dataset):
             raise ValueError("buckets: at least one bucket is needed")
         self.manifest, self.buckets = manifest, list(buckets)
         self.timing, self.seed, self.epoch = timing, seed, 0
-        # aspect-ratio bins from the headers alone, and with several lengths each clip's from
-        # its packet timeline at its rate (nothing decoded); an unreadable file lands in
-        # bucket 0 and is skipped, with its reason, when loaded
+        # aspect-ratio bins from the manifest's facts file, or from the headers, and with
+        # several lengths each clip's frames at its rate from the same facts or its packet
+        # timeline (nothing decoded); an unreadable file lands in bucket 0 and is skipped,
+        # with its reason, when loaded
         several = len({b.frames for b in self.buckets}) > 1
+        facts, probed = read_facts(manifest), 0
         self.record_bucket = []
         for record in manifest.records:
-            path = manifest.resolve(record.video)
-            size = probe_size(path)
-            available = probe_frames(path, record.start, record.end, record.fps or timing.fps) if several else None
+            fps, span = record.fps or timing.fps, facts.get(record_key(record))
+            if span is None:
+                size, available = _probe(manifest.resolve(record.video), record, fps, several)
+                probed += 1
+            else:
+                size, available = span.size, span.seen(fps) if several else None
             self.record_bucket.append(assign_bucket(*size, self.buckets, available) if size else 0)
+        if probed and facts:
+            log.info("%s: %d of %d records probed (not in its facts file)", manifest.path, probed, len(manifest))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -72,6 +81,18 @@ class ClipDataset(Dataset):
         except VideoError as exc:
             return record, bucket, Skipped(self.manifest.describe(index), f"video: {exc}")
         return record, bucket, clip
+
+
+def _probe(path: Path, record: Record, fps: float | None, timeline: bool) -> tuple[tuple[int, int] | None, int | None]:
+    """``(H, W)`` of a record's video and, with ``timeline``, its frames in range at ``fps``,
+    read from the file (the header alone without); ``(None, None)`` when unreadable."""
+    if not timeline:
+        return probe_size(path), None
+    try:
+        span = probe_span(path, record.start, record.end)
+    except VideoError:
+        return None, None
+    return span.size, span.seen(fps)
 
 
 class Stage2Dataset(ClipDataset):

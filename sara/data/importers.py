@@ -11,7 +11,8 @@ Formats:
 Relative paths are read from ``root`` (default: the folder of the JSONL or CSV, the folder
 itself for ``folder``) and written relative to the manifest. A video without a caption
 gets an empty one (``sara data caption`` writes it; ``sara data check`` names it); a video
-that does not exist is skipped with a line naming the file, row and path. A row that is
+that does not exist is skipped with a line naming the file, row and path. Each video's
+header and timeline go to the manifest's facts file, which runs read instead of the videos. A row that is
 not the format stops the import with one line naming the file, the row and the field.
 """
 
@@ -24,7 +25,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
+from sara.data.facts import write_facts
 from sara.data.manifest import Manifest, ManifestError, Record
+from sara.data.video import Span, VideoError, probe_span
 
 FORMATS = ("musubi", "diffsynth", "folder")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif")
@@ -45,6 +50,7 @@ class Row:
 class ImportSummary:
     records: int = 0
     without_caption: int = 0
+    probed: int = 0  # videos whose header and timeline were read into the facts file
     skipped: list[str] = field(default_factory=list)  # one line per video not found
 
 
@@ -117,9 +123,10 @@ def _unique_id(video: Path, taken: set[str]) -> str:
 
 
 def import_dataset(
-    source: str | Path, out: str | Path, fmt: str | None = None, root: str | Path | None = None
+    source: str | Path, out: str | Path, fmt: str | None = None, root: str | Path | None = None, progress: bool = True
 ) -> ImportSummary:
-    """Write the manifest ``out`` (JSONL) from ``source`` in ``fmt`` (detected when None)."""
+    """Write the manifest ``out`` (JSONL) from ``source`` in ``fmt`` (detected when None), and
+    its facts file: each video's size and timeline (:mod:`sara.data.facts`)."""
     source, out = Path(source), Path(out)
     if not source.exists():
         raise ManifestError(f"{source}: not found")
@@ -139,6 +146,17 @@ def import_dataset(
     if not records:
         raise ManifestError(f"{source}: no videos found ({len(summary.skipped)} rows name a missing file)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    Manifest(out, records).save()
+    manifest = Manifest(out, records)
+    manifest.save()
     summary.records = len(records)
+    spans = [_span(manifest.resolve(r.video)) for r in tqdm(records, desc="import: probe", disable=not progress)]
+    write_facts(manifest, spans)
+    summary.probed = sum(s is not None for s in spans)
     return summary
+
+
+def _span(path: Path) -> Span | None:
+    try:
+        return probe_span(path, None, None)
+    except VideoError:  # `sara data check` names it
+        return None

@@ -71,12 +71,32 @@ def _open(path: str | Path) -> Iterator[tuple[av.container.InputContainer, av.vi
         raise VideoError(f"cannot be decoded ({type(exc).__name__})") from None
 
 
+@dataclass(frozen=True)
+class Span:
+    """What a video's header and packet timeline say of a record's time range, nothing
+    decoded: enough to place the clip in a bucket (``sara data check`` writes it down)."""
+
+    size: tuple[int, int]  # (H, W)
+    first: float  # time of the range's first frame, seconds
+    last: float  # and of its last
+    count: int  # frames in the range
+
+    def seen(self, fps: float | None) -> int:
+        """Frames a model sees of the range at ``fps`` (``None``: every frame), as :func:`at_rate` picks them."""
+        return self.count if fps is None else len(_steps(self.first, self.last, fps))
+
+
+def _steps(first: float, last: float, fps: float) -> np.ndarray:
+    """Times of the steps of ``1 / fps`` from ``first`` to ``last``."""
+    return np.arange(first, last + 1e-9, 1.0 / fps)
+
+
 def at_rate(stamps: np.ndarray, fps: float | None) -> np.ndarray:
     """Positions among ``stamps`` (seconds, sorted) of the frames seen at ``fps``: the nearest
     frame to each step of ``1 / fps`` from the first; every frame when ``fps`` is ``None``."""
     if fps is None:
         return np.arange(len(stamps))
-    steps = np.arange(stamps[0], stamps[-1] + 1e-9, 1.0 / fps)
+    steps = _steps(stamps[0], stamps[-1], fps)
     return np.abs(stamps[None, :] - steps[:, None]).argmin(axis=1)
 
 
@@ -248,30 +268,28 @@ def probe_size(path: str | Path) -> tuple[int, int] | None:
         return None
 
 
-def probe_frames(path: str | Path, start: float | None, end: float | None, fps: float | None) -> int | None:
-    """Frames of ``[start, end)`` seen at ``fps``, from the packet timeline alone (nothing
-    decoded), or ``None`` if the file cannot be read."""
-    try:
-        with _open(path) as (_, _, times):
-            return len(select_frames(times, None, start, end, fps)[1])
-    except VideoError:
-        return None
-
-
-def scan_clip(
-    path: str | Path, start: float | None = None, end: float | None = None, fps: float | None = None
-) -> tuple[int, int, tuple[int, int]]:
-    """Decode every frame of ``[start, end)`` once (a full integrity check); returns the
-    number of frames in range, how many of them a model sees at ``fps``, and ``(H, W)``.
+def probe_span(path: str | Path, start: float | None, end: float | None) -> Span:
+    """The :class:`Span` of ``[start, end)`` from the header and the packet timeline.
 
     Raises:
         VideoError: as :func:`decode_clip`.
     """
+    with _open(path) as (_, stream, times):
+        in_range, _ = select_frames(times, None, start, end, None)
+        return Span((stream.height, stream.width), times[in_range[0]], times[in_range[-1]], len(in_range))
+
+
+def scan_clip(path: str | Path, start: float | None = None, end: float | None = None) -> Span:
+    """Decode every frame of ``[start, end)`` once (a full integrity check); returns its :class:`Span`.
+
+    Raises:
+        VideoError: as :func:`decode_clip`, and when a frame does not decode.
+    """
     with _open(path) as (container, stream, times):
-        in_range, seen = select_frames(times, None, start, end, fps)
+        in_range, _ = select_frames(times, None, start, end, None)
         container.seek(0)
         decoded = sum(1 for frame in container.decode(stream) if frame.pts is not None)
-        size = (stream.height, stream.width)
+        span = Span((stream.height, stream.width), times[in_range[0]], times[in_range[-1]], len(in_range))
     if decoded < len(times):
         raise VideoError(f"truncated: {decoded} of {len(times)} frames decode")
-    return len(in_range), len(seen), size
+    return span

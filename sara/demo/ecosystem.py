@@ -70,7 +70,7 @@ def import_part(config: DemoConfig, out: Path) -> str:
     rows = []
     for name, source in _foreign_sources(config, folder).items():
         manifest = folder / f"{source.stem}_manifest.jsonl"
-        summary = import_dataset(source, manifest)
+        summary = import_dataset(source, manifest, progress=False)
         report = check_manifest(load_manifest(manifest), progress=False)
         rows.append([name, f"sara data import {source.relative_to(out)} {manifest.relative_to(out)}",
                      summary.records, report.summary()])  # fmt: skip

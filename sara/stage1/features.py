@@ -18,11 +18,13 @@ which the global head must find from the video alone (see :mod:`sara.models.alig
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
@@ -34,8 +36,10 @@ from sara.data.buckets import Bucket
 from sara.data.datasets import BadSamples, Stage1Dataset, collate
 from sara.data.manifest import Manifest
 from sara.data.masks import pool_to_grid
+from sara.files import write_text_atomic
 from sara.models.text import CaptionEmbedder, CaptionEncoder
 from sara.models.vjepa2 import VideoEncoder
+from sara.parallel.world import World
 from sara.stage1.store import RowTable, TableWriter
 
 
@@ -109,20 +113,19 @@ def _clip_tokens(
 ) -> None:
     """Make sure the token file of each of the batch's clips exists (encoding those missing);
     ``known`` maps each clip's record to its file."""
-    todo = []
+    todo = {}  # record -> its first position in the batch (a clip's entities share its tokens)
     for position, index in enumerate(batch["index"]):
-        if index in known:
+        if index in known or index in todo:
             continue
         path = cache / f"{_clip_key(manifest, index, random_window)}.safetensors"
         if path.is_file():
             known[index] = path
         else:
-            todo.append(position)
+            todo[index] = position
     if not todo:
         return
-    tokens = encoder(batch["frames"][todo]).cpu()  # (b, N, Dv)
-    for position, row in zip(todo, tokens):
-        index = batch["index"][position]
+    tokens = encoder(batch["frames"][list(todo.values())]).cpu()  # (b, N, Dv)
+    for index, row in zip(todo, tokens, strict=True):
         path = cache / f"{_clip_key(manifest, index, random_window)}.safetensors"
         save_file({"tokens": row.contiguous()}, path.with_suffix(".tmp"))
         path.with_suffix(".tmp").replace(path)
@@ -138,21 +141,6 @@ def _token_cache(
     return cache, Stage1Dataset(manifest, [Bucket(data.frames, *data.shape)], data, seed)
 
 
-def encode_share(
-    manifest: Manifest, encoders: Encoders, data: Stage1DataConfig, cache_dir: Path, seed: int, rank: int, size: int
-) -> None:
-    """Fill the token cache with the clips ``rank`` of ``size`` processes owns (record index
-    ``≡ rank mod size``), so that many processes split the V-JEPA 2 pass and
-    :func:`compute_features` then finds every clip cached. Unreadable samples are left to it."""
-    cache, dataset = _token_cache(manifest, encoders, data, cache_dir, seed)
-    mine = [i for i, (record, _) in enumerate(dataset.samples) if record % size == rank]
-    loader = DataLoader(Subset(dataset, mine), batch_size=8, collate_fn=collate, num_workers=data.num_workers)
-    known: dict[int, Tensor] = {}
-    for batch in loader:
-        if batch["size"]:
-            _clip_tokens(batch, manifest, encoders.video, cache, known, data.window == "random")
-
-
 def compute_features(
     manifest: Manifest,
     encoders: Encoders,
@@ -161,38 +149,114 @@ def compute_features(
     bad: BadSamples,
     seed: int = 0,
     progress: bool = True,
+    world: World | None = None,
 ) -> Stage1Features:
     """Decode every (clip, entity) sample once and encode what the aligner reads; with
     ``data.caption_samples``, add a (clip, full caption) sample per clip whose entities all load.
 
     The tables stay on disk (:mod:`sara.stage1.store`): V-JEPA tokens in the per-clip cache,
-    caption states, targets and embeddings in a scratch folder of this process beside it;
-    memory holds one index row per sample."""
+    caption states, targets and embeddings in a scratch folder beside it; memory holds one
+    index row per sample. With many processes (``world``), each decodes and encodes the
+    samples of its share of the clips (record index ``≡ rank mod size``) and its share of the
+    distinct texts, into one folder every process then reads: the work is done once, and the
+    features are those of one process."""
+    rank, size = (world.rank, world.size) if world is not None and world.distributed else (0, 1)
     video = encoders.video
     grid = video.grid(data.frames, *data.shape)
     cache, dataset = _token_cache(manifest, encoders, data, cache_dir, seed)
-    scratch = tempfile.TemporaryDirectory(dir=cache, prefix=f"features-{manifest.path.stem}-")
-    folder = Path(scratch.name)
-    loader = DataLoader(dataset, batch_size=8, collate_fn=collate, num_workers=data.num_workers)
+    scratch, folder = _scratch(cache, manifest, size > 1)
+    random_window = data.window == "random"
+    _write_part(dataset, manifest, video, data, cache, folder, bad, rank, size, progress)
+    _barrier(size)
+    samples, target_rows = _read_parts(folder, size, bad)
+    if not samples:
+        raise ValueError(f"{manifest.path}: no (clip, entity) sample could be read")
+    records = sorted({s[0] for s in samples})
+    row_of = {index: row for row, index in enumerate(records)}
+    prompts = [s[2] for s in samples]
+    prompt_row = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+    captions = [manifest.records[index].prompt() for index in records]
+    caption_row = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    _encode_share(encoders.captions, list(prompt_row), folder / "text", ("text", "mask"), rank, size)
+    _encode_share(
+        lambda texts: (encoders.embedder(texts),), list(caption_row), folder / "embeddings", ("rows",), rank, size
+    )
+    _barrier(size)
+    text_files = _chunk_files(folder / "text", len(prompt_row))
+    token_files = [cache / f"{_clip_key(manifest, i, random_window)}.safetensors" for i in records]
+    with safe_open(token_files[0], "pt") as handle:
+        token_shape, token_dtype = tuple(handle.get_slice("tokens").get_shape()), handle.get_tensor("tokens").dtype
+    return Stage1Features(
+        tokens=RowTable([(path, "tokens", None) for path in token_files], token_shape, token_dtype),
+        grid=grid,
+        records=records,
+        clip_caption=torch.tensor([caption_row[c] for c in captions]),
+        embeddings=RowTable.of_files(_chunk_files(folder / "embeddings", len(caption_row)), "rows"),
+        clip_of=torch.tensor([row_of[s[0]] for s in samples]),
+        targets=RowTable.of_rows(target_rows),
+        prompts=prompts,
+        text=RowTable.of_files(text_files, "text", padded=True),
+        text_mask=RowTable.of_files(text_files, "mask", padded=True),
+        prompt_row=torch.tensor([prompt_row[p] for p in prompts]),
+        whole=torch.tensor([s[3] for s in samples]),
+        scratch=scratch,
+    )
+
+
+def _barrier(size: int) -> None:
+    if size > 1:
+        dist.barrier()
+
+
+def _scratch(cache: Path, manifest: Manifest, shared: bool) -> tuple[tempfile.TemporaryDirectory | None, Path]:
+    """A scratch folder in the cache, named by the first process (which owns it: it goes with
+    that process's features) and ``shared`` with the others."""
+    scratch = None
+    if not shared or dist.get_rank() == 0:
+        scratch = tempfile.TemporaryDirectory(dir=cache, prefix=f"features-{manifest.path.stem}-")
+    name = [scratch.name if scratch else None]
+    if shared:
+        dist.broadcast_object_list(name, src=0)
+    return scratch, Path(name[0])
+
+
+def _write_part(
+    dataset: Stage1Dataset,
+    manifest: Manifest,
+    video: VideoEncoder,
+    data: Stage1DataConfig,
+    cache: Path,
+    folder: Path,
+    bad: BadSamples,
+    rank: int,
+    size: int,
+    progress: bool,
+) -> None:
+    """Decode the samples of this process's clips, make sure their V-JEPA tokens are cached,
+    write their targets, and list them in ``part-RANK.json`` as ``[record, slot, prompt,
+    whole]`` (``slot``: the entity's position; a full-caption sample comes after its entities)
+    with where each target row lies, and the counts of samples seen and skipped."""
+    mine = [i for i, (record, _) in enumerate(dataset.samples) if record % size == rank]
+    loader = DataLoader(Subset(dataset, mine), batch_size=8, collate_fn=collate, num_workers=data.num_workers)
     known: dict[int, Path] = {}
-    samples: list[tuple[int, str, bool]] = []  # (record, prompt, whole)
-    targets, pending = TableWriter(folder, "targets"), []
+    samples: list[list] = []
+    targets, pending = TableWriter(folder, f"targets-{rank}"), []
     unions: dict[int, list] = {}  # clip → [entities seen, union of their masks] until all are seen
     for batch in tqdm(loader, desc=f"features {manifest.path.name}", unit="batch", disable=not progress):
         bad.update(batch)
         if not batch["size"]:
             continue
         _clip_tokens(batch, manifest, video, cache, known, data.window == "random")
-        for index, prompt, masks in zip(batch["index"], batch["prompt"], batch["masks"]):
+        for index, entity, prompt, masks in zip(batch["index"], batch["entity"], batch["prompt"], batch["masks"]):
             record = manifest.records[index]
-            samples.append((index, prompt, False))
+            samples.append([index, entity, prompt, False])
             pending.append(pool_to_grid(masks, video.tubelet, video.patch).flatten())
             if not data.caption_samples:
                 continue
             seen = unions.setdefault(index, [0, torch.zeros_like(masks)])
             seen[0], seen[1] = seen[0] + 1, torch.maximum(seen[1], masks)
             if seen[0] == len(record.entities):  # never, when one of its entities was skipped
-                samples.append((index, record.prompt(), True))
+                samples.append([index, len(record.entities), record.prompt(), True])
                 pending.append(pool_to_grid(unions.pop(index)[1], video.tubelet, video.patch).flatten())
         if len(pending) >= CHUNK:
             targets.add(torch.stack(pending))
@@ -200,44 +264,37 @@ def compute_features(
     if pending:
         targets.add(torch.stack(pending))
     bad.end_epoch(0)
-    if not samples:
-        raise ValueError(f"{manifest.path}: no (clip, entity) sample could be read")
-    records = sorted(known)
-    row_of = {index: row for row, index in enumerate(records)}
-    prompts = [s[1] for s in samples]
-    prompt_row = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
-    captions = [manifest.records[index].prompt() for index in records]
-    caption_row = {c: i for i, c in enumerate(dict.fromkeys(captions))}
-    text, text_mask = _encode_all(encoders.captions, list(prompt_row), folder)
-    embeddings = TableWriter(folder, "embeddings")
-    distinct = list(caption_row)
-    for start in range(0, len(distinct), CHUNK):
-        embeddings.add(encoders.embedder(distinct[start : start + CHUNK]).cpu())
-    with safe_open(known[records[0]], "pt") as handle:
-        token_shape, token_dtype = tuple(handle.get_slice("tokens").get_shape()), handle.get_tensor("tokens").dtype
-    return Stage1Features(
-        tokens=RowTable([(known[i], "tokens", None) for i in records], token_shape, token_dtype),
-        grid=grid,
-        records=records,
-        clip_caption=torch.tensor([caption_row[c] for c in captions]),
-        embeddings=embeddings.table(),
-        clip_of=torch.tensor([row_of[s[0]] for s in samples]),
-        targets=targets.table(),
-        prompts=prompts,
-        text=text,
-        text_mask=text_mask,
-        prompt_row=torch.tensor([prompt_row[p] for p in prompts]),
-        whole=torch.tensor([s[2] for s in samples]),
-        scratch=scratch,
-    )
+    rows = [[path.name, position] for path, _, position in targets.rows]
+    part = {"samples": samples, "targets": rows, "seen": bad.seen, "bad": bad.bad}
+    write_text_atomic(folder / f"part-{rank}.json", json.dumps(part))
 
 
-def _encode_all(encoder: CaptionEncoder, texts: list[str], folder: Path) -> tuple[RowTable, RowTable]:
-    """Caption-encoder tokens of every text and their masks, written chunk by chunk: tables
-    ``(P, L, Dt)`` and ``(P, L)`` padded to the longest text."""
-    hidden, masks = TableWriter(folder, "text"), TableWriter(folder, "text_mask")
-    for start in range(0, len(texts), CHUNK):
-        states, mask = encoder(texts[start : start + CHUNK])
-        hidden.add(states.cpu())
-        masks.add(mask.cpu())
-    return hidden.table(padded=True), masks.table(padded=True)
+def _read_parts(folder: Path, size: int, bad: BadSamples) -> tuple[list[list], list[tuple[Path, str, int]]]:
+    """Every process's samples in the order one process lists them (by clip, then slot) and
+    where their target rows lie; the skipped samples of all processes judged together."""
+    parts = [json.loads((folder / f"part-{rank}.json").read_text()) for rank in range(size)]
+    bad.seen, bad.bad = sum(p["seen"] for p in parts), sum(p["bad"] for p in parts)
+    bad.check()
+    rows = [(s, (folder / t[0], "rows", t[1])) for p in parts for s, t in zip(p["samples"], p["targets"], strict=True)]
+    rows.sort(key=lambda row: (row[0][0], row[0][1]))
+    return [s for s, _ in rows], [t for _, t in rows]
+
+
+def _encode_share(encode, texts: list[str], stem: Path, keys: tuple[str, ...], rank: int, size: int) -> None:
+    """``encode`` the chunks of ``texts`` this process owns (chunk ``≡ rank mod size``); each
+    chunk's tensors, named ``keys``, go to ``STEM-CHUNK.safetensors``."""
+    for chunk in range(rank, _chunks(len(texts)), size):
+        out = encode(texts[chunk * CHUNK : (chunk + 1) * CHUNK])
+        save_file({k: t.cpu().contiguous() for k, t in zip(keys, out, strict=True)}, _chunk_path(stem, chunk))
+
+
+def _chunks(count: int) -> int:
+    return -(-count // CHUNK)
+
+
+def _chunk_path(stem: Path, chunk: int) -> Path:
+    return stem.with_name(f"{stem.name}-{chunk:06d}.safetensors")
+
+
+def _chunk_files(stem: Path, count: int) -> list[Path]:
+    return [_chunk_path(stem, chunk) for chunk in range(_chunks(count))]

@@ -26,6 +26,29 @@ class RowTable:
     def __init__(self, rows: list[tuple[Path, str, int | None]], row_shape: tuple[int, ...], dtype: torch.dtype):
         self.rows, self.row_shape, self.dtype = rows, row_shape, dtype
 
+    @classmethod
+    def of_rows(cls, rows: list[tuple[Path, str, int | None]]) -> RowTable:
+        """The table of ``rows``, their shape and dtype read from the first one's file."""
+        with safe_open(rows[0][0], "pt") as handle:
+            first = handle.get_slice(rows[0][1])
+            shape, dtype = first.get_shape(), first[:1].dtype
+        return cls(rows, tuple(shape[1:]) if rows[0][2] is not None else tuple(shape), dtype)
+
+    @classmethod
+    def of_files(cls, files: list[Path], key: str, padded: bool = False) -> RowTable:
+        """Every row of the tensor ``key`` ``(n, ...)`` of each file, in order; ``padded``: each
+        row's first axis zero-padded to the longest (files may differ in it)."""
+        rows, longest = [], 0
+        for path in files:
+            with safe_open(path, "pt") as handle:
+                shape = handle.get_slice(key).get_shape()
+            rows += [(path, key, i) for i in range(shape[0])]
+            longest = max(longest, shape[1] if len(shape) > 1 else 0)
+        table = cls.of_rows(rows)
+        if padded:
+            table.row_shape = (longest, *table.row_shape[1:])
+        return table
+
     def __len__(self) -> int:
         return len(self.rows)
 
@@ -66,27 +89,15 @@ class RowTable:
 
 class TableWriter:
     """Writes rows to numbered safetensors files in ``folder`` as they come (one file per
-    call to :meth:`add`); :meth:`table` indexes them."""
+    call to :meth:`add`); ``rows`` says where each lies."""
 
     def __init__(self, folder: Path, name: str):
         self.folder, self.name = folder, name
         folder.mkdir(parents=True, exist_ok=True)
-        self.rows: list[tuple[Path, str, int | None]] = []
-        self.longest = 0
-        self.row_shape: tuple[int, ...] = ()
-        self.dtype = torch.float32
+        self.rows: list[tuple[Path, str, int]] = []
 
     def add(self, rows: Tensor) -> None:
-        """Rows ``(n, ...)``; rows of one call share a length, later calls may differ in it."""
+        """Rows ``(n, ...)``."""
         path = self.folder / f"{self.name}-{len({r[0] for r in self.rows}):06d}.safetensors"
         save_file({"rows": rows.contiguous()}, path)
         self.rows += [(path, "rows", i) for i in range(len(rows))]
-        self.longest = max(self.longest, rows.shape[1] if rows.dim() > 1 else 0)
-        self.row_shape, self.dtype = tuple(rows.shape[1:]), rows.dtype
-
-    def table(self, padded: bool = False) -> RowTable:
-        """The rows written; ``padded``: each row's first axis zero-padded to the longest."""
-        if not self.rows:
-            raise ValueError(f"{self.folder}: no {self.name} rows were written")
-        shape = (self.longest, *self.row_shape[1:]) if padded else self.row_shape
-        return RowTable(self.rows, shape, self.dtype)

@@ -28,7 +28,7 @@ from sara.parallel.collectives import average_gradients, gather_rows, world_mean
 from sara.parallel.world import World
 from sara.run_dir import RunDir
 from sara.stage1.evaluate import evaluate, format_metrics
-from sara.stage1.features import Encoders, Stage1Features, compute_features, encode_share
+from sara.stage1.features import Encoders, Stage1Features, compute_features
 from sara.stage1.objective import contrast, gather, stage1_loss
 from sara.trainer.batches import batch_samples
 from sara.trainer.checkpoint import TrainState
@@ -65,8 +65,8 @@ def load_features(
     config: Stage1Config, splits: tuple[str, ...], progress: bool = True, world: World | None = None
 ) -> dict[str, Stage1Features]:
     """Run the frozen encoders over the manifests of ``splits`` (``train``/``heldout``). With
-    many processes each first encodes its share of the clips into the token cache; then
-    every process reads all of them from it."""
+    many processes each encodes its share of the clips and texts; every process then reads
+    all of them (:func:`~sara.stage1.features.compute_features`)."""
     world = world or World(rank=0, size=1, device=pick_device(config.device))
     encoders = load_encoders(config, world.device)
     cache = Path(config.cache_dir or RunDir(config.out_dir).cache)
@@ -76,15 +76,11 @@ def load_features(
         if not Path(path).is_file():
             raise ValueError(f"data.{split}: manifest {path} not found (make one with `sara data synth --out DIR`)")
         manifests[split] = load_manifest(path)
-        if world.distributed:
-            encode_share(manifests[split], encoders, config.data, cache, config.seed, world.rank, world.size)
-    if world.distributed:
-        dist.barrier()
     out = {}
     for split, manifest in manifests.items():
         bad = BadSamples(config.data.max_bad_fraction)
         show = progress and world.is_main
-        out[split] = compute_features(manifest, encoders, config.data, cache, bad, config.seed, show)
+        out[split] = compute_features(manifest, encoders, config.data, cache, bad, config.seed, show, world)
     return out
 
 
@@ -174,3 +170,5 @@ class AlignerTraining:
         if self.world.is_main:
             run.eval.write_text(json.dumps(metrics, indent=2) + "\n")
         log.info(format_metrics(metrics, self.heldout))
+        if self.world.distributed:
+            dist.barrier()  # the features' folder is the first process's: it goes when all are done with it
