@@ -10,11 +10,14 @@ from safetensors.torch import load_file
 from stage1_ranks import features_on_rank
 
 from sara.cli import main
+from sara.config import load_config
+from sara.config.stage1 import Stage1Config
 from sara.data.manifest import load_manifest
 from sara.data.masks import save_mask
 from sara.data.video import decode_clip
 from sara.shapes.render import SynthSpec, synthesize
 from sara.stage1.evaluate import METRICS, embed_clips, unrelated_prompts
+from sara.stage1.features import fingerprint
 from sara.stage1.run import load_run
 from sara.stage1.train import load_encoders
 from sara.trainer.checkpoint import PendingCheckpoint, latest_checkpoint
@@ -304,3 +307,20 @@ def test_ranks_share_the_features_work_and_get_those_of_one_process(world, share
         assert sorted(shares[0] + shares[1]) == sorted(one[work]), work
     assert ranks[0]["decoded"] and ranks[1]["decoded"]
     assert sum(r["clips"] for r in ranks) == one["clips"] == len(one["records"])
+
+
+def test_encoders_load_in_the_compute_dtype_and_key_the_token_cache_by_it(world, shared, tmp_path):
+    """bf16 (a GPU run's `auto`) loads all three frozen models in bf16 and caches its V-JEPA
+    tokens apart from fp32 ones; the tokens stay close to fp32's."""
+    configs = {
+        dtype: load_config(Stage1Config, None, overrides(world, shared, tmp_path, **{"parallel.param_dtype": dtype}))
+        for dtype in ("float32", "bfloat16")
+    }
+    encoders = {dtype: load_encoders(config, torch.device("cpu")) for dtype, config in configs.items()}
+    half = encoders["bfloat16"]
+    assert {p.dtype for m in (half.video, half.captions, half.embedder) for p in m.parameters()} == {torch.bfloat16}
+    data = configs["float32"].data
+    assert fingerprint(half.video, data, 0) != fingerprint(encoders["float32"].video, data, 0)
+    frames = decode_clip(world / load_manifest(world / "train.jsonl").records[0].video, 8, (64, 64)).frames[None]
+    tokens = {dtype: e.video(frames) for dtype, e in encoders.items()}  # (1, N, D) float32 both
+    torch.testing.assert_close(tokens["bfloat16"], tokens["float32"], rtol=0.1, atol=0.1)

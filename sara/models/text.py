@@ -150,10 +150,10 @@ def with_full_stop(instruction: str) -> str:
 class CaptionEmbedder(torch.nn.Module):
     """Qwen3-VL-Embedding: caption → L2-normalised embedding ``[B, E]`` of its chat (frozen)."""
 
-    def __init__(self, folder: str | Path, instruction: str = EMBEDDER_INSTRUCTION):
+    def __init__(self, folder: str | Path, instruction: str = EMBEDDER_INSTRUCTION, dtype: torch.dtype = torch.float32):
         super().__init__()
         folder = weights_folder(folder, "Qwen3-VL-Embedding")
-        self.model = Qwen3VLModel.from_pretrained(folder).eval().requires_grad_(False)
+        self.model = Qwen3VLModel.from_pretrained(folder, dtype=dtype).eval().requires_grad_(False)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.tokenizer.chat_template = chat_template(folder, self.tokenizer)
         self.instruction = with_full_stop(instruction) or EMBEDDER_INSTRUCTION

@@ -47,8 +47,7 @@ from sara.stage1.store import RowTable, TableWriter
 class Encoders:
     """The frozen models Stage 1 features come from."""
 
-    video: VideoEncoder
-    video_folder: Path  # its weights (part of the cache's fingerprint)
+    video: VideoEncoder  # its folder and dtype are part of the token cache's fingerprint
     captions: CaptionEncoder
     embedder: CaptionEmbedder
 
@@ -91,11 +90,12 @@ class Stage1Features:
         )
 
 
-def _fingerprint(encoder_folder: Path, data: Stage1DataConfig, seed: int) -> str:
-    """Cache folder name: which encoder weights saw which frames, at which size."""
-    config = (encoder_folder / "config.json").read_bytes()
-    weights = sorted((p.name, p.stat().st_size) for p in encoder_folder.glob("*.safetensors"))
-    seen = (data.frames, data.shape, data.fps, data.window, seed if data.window == "random" else None)
+def fingerprint(encoder: VideoEncoder, data: Stage1DataConfig, seed: int) -> str:
+    """Cache folder name: which encoder weights, in which dtype, saw which frames, at which size."""
+    config = (encoder.folder / "config.json").read_bytes()
+    weights = sorted((p.name, p.stat().st_size) for p in encoder.folder.glob("*.safetensors"))
+    dtype = str(next(encoder.parameters()).dtype)
+    seen = (data.frames, data.shape, data.fps, data.window, seed if data.window == "random" else None, dtype)
     key = config + repr((FEATURES_VERSION, weights, seen)).encode()
     return hashlib.sha256(key).hexdigest()[:16]
 
@@ -136,7 +136,7 @@ def _token_cache(
     manifest: Manifest, encoders: Encoders, data: Stage1DataConfig, cache_dir: Path, seed: int
 ) -> tuple[Path, Stage1Dataset]:
     """The token cache folder of these encoder weights and clip settings, and the samples."""
-    cache = Path(cache_dir) / _fingerprint(encoders.video_folder, data, seed)
+    cache = Path(cache_dir) / fingerprint(encoders.video, data, seed)
     cache.mkdir(parents=True, exist_ok=True)
     return cache, Stage1Dataset(manifest, [Bucket(data.frames, *data.shape)], data, seed)
 

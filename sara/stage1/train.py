@@ -25,6 +25,7 @@ from sara.models.presets import resolve
 from sara.models.text import CaptionEmbedder, CaptionEncoder
 from sara.models.vjepa2 import VideoEncoder
 from sara.parallel.collectives import average_gradients, gather_rows, world_mean
+from sara.parallel.precision import param_dtype
 from sara.parallel.world import World
 from sara.run_dir import RunDir
 from sara.stage1.evaluate import evaluate, format_metrics
@@ -50,14 +51,15 @@ def encoder_folders(config: Stage1Config) -> tuple[Path, Path, Path]:
 
 
 def load_encoders(config: Stage1Config, device: torch.device) -> Encoders:
-    """The frozen V-JEPA 2, caption encoder and caption embedder of a run, on ``device``."""
+    """The frozen V-JEPA 2, caption encoder and caption embedder of a run, on ``device``, in
+    the run's compute dtype (``parallel.param_dtype``: bf16 on CUDA, fp32 on a CPU)."""
     models = config.models
     video_folder, caption_folder, embedder_folder = encoder_folders(config)
+    dtype = param_dtype(config.parallel, device)
     return Encoders(
-        video=VideoEncoder(video_folder).to(device),
-        video_folder=video_folder,
-        captions=CaptionEncoder(caption_folder, models.caption_encoder_kind).to(device),
-        embedder=CaptionEmbedder(embedder_folder, models.embedder_instruction).to(device),
+        video=VideoEncoder(video_folder, dtype).to(device),
+        captions=CaptionEncoder(caption_folder, models.caption_encoder_kind, dtype).to(device),
+        embedder=CaptionEmbedder(embedder_folder, models.embedder_instruction, dtype).to(device),
     )
 
 
