@@ -120,6 +120,7 @@ def test_presets_are_written_once_and_unknown_ones_refused(root):
         "wan-medium",
         "wan-shapes",
         "wan-shapes-wide",
+        "wan-shapes-fine",
     }
     assert folder.name == f"tiny-vjepa2-v{PRESET_FORMAT}-seed0"  # a new preset format never reuses an old folder
     with pytest.raises(ValueError, match="no tiny preset"):
@@ -214,3 +215,16 @@ def test_the_wide_shapes_dit_is_the_medium_one_deeper_and_wider():
     counts = [parameter_count(tiny_transformer(s.z_dim, 64, s.layers, s.heads, s.head_dim)) for s in (medium, wide)]
     assert 0.9e6 < counts[0] < 1.0e6 and 5.0e6 < counts[1] < 5.6e6, counts
     assert WAN_VARIANTS["shapes-wide"] == "wan-shapes-wide" and TINY["wan-shapes-wide"][2] == {"variant": "wide"}
+
+
+def test_the_fine_shapes_dit_is_the_medium_one_on_a_token_per_latent_pixel():
+    medium, fine = (TINY_WAN[v] for v in ("medium", "fine"))
+    dits = [tiny_transformer(s.z_dim, 64, s.layers, s.heads, s.head_dim, s.patch) for s in (medium, fine)]
+    assert [d.config.patch_size for d in dits] == [(1, 2, 2), (1, 1, 1)]
+    latents = torch.randn(1, 16, 3, 12, 12)  # a 9-frame 96² clip
+    text = torch.randn(1, 8, 64)
+    for dit in dits:  # the same output shape from 108 and 432 tokens
+        out = dit(latents, timestep=torch.tensor([500.0]), encoder_hidden_states=text, return_dict=False)[0]
+        assert out.shape == latents.shape
+    assert parameter_count(dits[1]) < parameter_count(dits[0])  # smaller patch embedding and output
+    assert WAN_VARIANTS["shapes-fine"] == "wan-shapes-fine" and TINY["wan-shapes-fine"][2] == {"variant": "fine"}

@@ -44,7 +44,8 @@ class Stage2DataConfig(ClipTiming):
 class Stage2ModelsConfig:
     # Diffusers-format Wan folder, or a tiny preset: tiny | tiny-a14b | tiny-ti2v | medium | small,
     # or shapes (medium with a VAE trained on the shapes world: what it generates decodes to shapes),
-    # or shapes-wide (the same with a 5.3 M-parameter DiT: more learnt per step)
+    # or shapes-wide (the same with a 5.3 M-parameter DiT: more learnt per step), or shapes-fine
+    # (the shapes DiT on a token per latent pixel: four times the tokens)
     wan: str = "tiny"
     vjepa2: str = "tiny"  # the TRD teacher: V-JEPA 2 folder, or tiny
     # vjepa2: its features; oracle (shapes world only): each token's share of every entity

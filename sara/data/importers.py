@@ -11,9 +11,10 @@ Formats:
 Relative paths are read from ``root`` (default: the folder of the JSONL or CSV, the folder
 itself for ``folder``) and written relative to the manifest. A video without a caption
 gets an empty one (``sara data caption`` writes it; ``sara data check`` names it); a video
-that does not exist is skipped with a line naming the file, row and path. Each video's
-header and timeline go to the manifest's facts file, which runs read instead of the videos. A row that is
-not the format stops the import with one line naming the file, the row and the field.
+that does not exist is skipped with a line naming the file, row and path. A row that is
+not the format stops the import with one line naming the file, the row and the field. Each
+video's header and timeline go to the manifest's facts file, which runs read instead of
+the videos.
 """
 
 from __future__ import annotations

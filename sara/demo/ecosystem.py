@@ -73,14 +73,16 @@ def import_part(config: DemoConfig, out: Path) -> str:
         summary = import_dataset(source, manifest, progress=False)
         report = check_manifest(load_manifest(manifest), progress=False)
         rows.append([name, f"sara data import {source.relative_to(out)} {manifest.relative_to(out)}",
-                     summary.records, report.summary()])  # fmt: skip
+                     summary.records, summary.probed, report.summary()])  # fmt: skip
     log.info("\n".join(" | ".join(str(c) for c in row) for row in rows))
     return paragraph(
         f"The first {IMPORTED_CLIPS} clips of the Stage 2 world written in the formats other Wan trainers read, "
         "imported into manifests and checked (the captions are plain; `sara data caption MANIFEST --endpoint URL "
         "--model NAME` writes MTSS captions with a video-language model behind an OpenAI-compatible endpoint, "
         "which the demo has none of: its tests answer from a local server):"
-    ) + table(["format", "command", "records", "sara data check"], rows)
+    ) + table(
+        ["format", "command", "records", "facts written (a run reads them, not the videos)", "sara data check"], rows
+    )
 
 
 def lora_config(config: DemoConfig, out: Path) -> Stage2Config:

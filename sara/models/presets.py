@@ -36,6 +36,7 @@ TINY: dict[str, tuple[str, str, dict]] = {
     "wan-medium": ("sara.models.wan", "save_tiny_wan", {"variant": "medium"}),
     "wan-shapes": ("sara.shapes.vae", "save_shapes_wan", {"variant": "medium"}),  # trains its VAE: minutes, once
     "wan-shapes-wide": ("sara.shapes.vae", "save_shapes_wan", {"variant": "wide"}),  # the same VAE (same seed)
+    "wan-shapes-fine": ("sara.shapes.vae", "save_shapes_wan", {"variant": "fine"}),  # the same VAE (same seed)
 }
 # config-only folders of the released models (JSON, no weights), by name
 RELEASED_ROOT = Path(__file__).parent / "released"
@@ -49,6 +50,7 @@ WAN_VARIANTS = {
     "medium": "wan-medium",
     "shapes": "wan-shapes",
     "shapes-wide": "wan-shapes-wide",
+    "shapes-fine": "wan-shapes-fine",
 }
 
 
@@ -86,7 +88,7 @@ def resolve(source: str, name: str, cache_root: str | Path, seed: int = 0) -> Pa
 def wan_folder(source: str, tiny_root: str | Path) -> Path:
     """A config's Wan entry as a folder: itself, a released model's config-only folder, or a
     tiny variant (``tiny``, ``tiny-a14b``, ``tiny-ti2v``, ``medium``, ``small``, ``shapes``,
-    ``shapes-wide``) written once under ``tiny_root``."""
+    ``shapes-wide``, ``shapes-fine``) written once under ``tiny_root``."""
     if source in WAN_VARIANTS:
         return resolve("tiny", WAN_VARIANTS[source], tiny_root)
     return resolve(source, "wan", tiny_root)
