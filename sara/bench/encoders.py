@@ -23,9 +23,11 @@ from transformers import UMT5Config, UMT5EncoderModel, VJEPA2Config, VJEPA2Model
 
 from sara.bench.memory import PeakMemory
 from sara.config import load_config
+from sara.config.stage1 import Stage1Config
 from sara.config.stage2 import Stage2Config
 from sara.models.presets import RELEASED_ROOT, wan_folder
 from sara.shapes.render import SynthSpec, synthesize
+from sara.stage1.train import train as train_aligner
 
 MIB, GIB = 2**20, 2**30
 
@@ -61,8 +63,6 @@ def _measure(overrides: list[str], arrangement: str) -> dict:
 
 def _tiny_overrides(root: Path) -> list[str]:
     """A tiny world, presets and an aligner reading the tiny Wan's umT5; Stage 2's overrides."""
-    from sara.cli import main
-
     world = root / "world"
     if not (world / "train.jsonl").is_file():
         synthesize(SynthSpec(num=4, seed=0, frames=9, size=64, heldout_fraction=0.0), world, workers=1, progress=False)
@@ -74,8 +74,7 @@ def _tiny_overrides(root: Path) -> list[str]:
             "data.frames=8", "data.size=64", f"models.tiny_root={models}", f"models.caption_encoder={wan / 'text_encoder'}",
             "optim.steps=1", "optim.batch_size=4", "optim.warmup_steps=1",
         ]  # fmt: skip
-        if main(["stage1", "train", *stage1]) != 0:
-            raise RuntimeError("the bench's aligner did not train")
+        train_aligner(load_config(Stage1Config, None, stage1), progress=False)
     return [
         f"data.train={world / 'train.jsonl'}", "data.frames=9", "data.size=64", f"models.tiny_root={models}",
         f"models.aligner={aligner}", "models.text_length=32", "objective.align.saliency=masks",
