@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
@@ -184,10 +183,8 @@ def compute_features(
     _barrier(size)
     text_files = _chunk_files(folder / "text", len(prompt_row))
     token_files = [cache / f"{_clip_key(manifest, i, random_window)}.safetensors" for i in records]
-    with safe_open(token_files[0], "pt") as handle:
-        token_shape, token_dtype = tuple(handle.get_slice("tokens").get_shape()), handle.get_tensor("tokens").dtype
     return Stage1Features(
-        tokens=RowTable([(path, "tokens", None) for path in token_files], token_shape, token_dtype),
+        tokens=RowTable.of_rows([(path, "tokens", None) for path in token_files]),
         grid=grid,
         records=records,
         clip_caption=torch.tensor([caption_row[c] for c in captions]),
