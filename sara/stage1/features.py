@@ -163,7 +163,7 @@ def compute_features(
     video = encoders.video
     grid = video.grid(data.frames, *data.shape)
     cache, dataset = _token_cache(manifest, encoders, data, cache_dir, seed)
-    scratch, folder = _scratch(cache, manifest, size > 1)
+    scratch, folder = _scratch(cache, manifest, rank, size)
     random_window = data.window == "random"
     _write_part(dataset, manifest, video, data, cache, folder, bad, rank, size, progress)
     _barrier(size)
@@ -205,14 +205,14 @@ def _barrier(size: int) -> None:
         dist.barrier()
 
 
-def _scratch(cache: Path, manifest: Manifest, shared: bool) -> tuple[tempfile.TemporaryDirectory | None, Path]:
-    """A scratch folder in the cache, named by the first process (which owns it: it goes with
-    that process's features) and ``shared`` with the others."""
+def _scratch(cache: Path, manifest: Manifest, rank: int, size: int) -> tuple[tempfile.TemporaryDirectory | None, Path]:
+    """A scratch folder in the cache, made by the first of ``size`` processes (which owns it:
+    it goes with that process's features) and named to the others."""
     scratch = None
-    if not shared or dist.get_rank() == 0:
+    if rank == 0:
         scratch = tempfile.TemporaryDirectory(dir=cache, prefix=f"features-{manifest.path.stem}-")
     name = [scratch.name if scratch else None]
-    if shared:
+    if size > 1:
         dist.broadcast_object_list(name, src=0)
     return scratch, Path(name[0])
 

@@ -49,7 +49,8 @@ class StepLoader:
         self.next, self.iterator, self.waited, self.served = None, None, 0.0, 0
 
     def _start(self, step: int) -> None:
-        workers = self.data.num_workers
+        # a rank whose batches another sends reads nothing: no worker processes for it
+        workers = self.data.num_workers if self.batches.reader is not None else 0
         loader = DataLoader(
             self.batches,
             batch_size=None,  # an item is a whole batch
