@@ -1,6 +1,8 @@
 """The synthetic shapes world: determinism, distinct kinds, visible entities, captions,
 foreground share, renderer facts, files."""
 
+import dataclasses
+import hashlib
 import json
 import math
 
@@ -142,7 +144,8 @@ def test_backgrounds_draws_only_the_kinds_named(tmp_path, capsys):
     assert gradient.backgrounds == ("gradient",)
     assert {render_clip(gradient, i).facts["background"] for i in range(6)} == {"gradient"}
     with pytest.raises(
-        ValueError, match=r"backgrounds \[.checkers.\]; choose from noise, stripes, gradient, clutter, plain"
+        ValueError,
+        match=r"backgrounds \[.checkers.\]; choose distinct ones from noise, stripes, gradient, clutter, plain",
     ):
         SynthSpec(backgrounds=("checkers",))
     args = ["data", "synth", "--out", str(tmp_path), "--num", "6", "--frames", "5", "--size", "64"]
@@ -196,3 +199,88 @@ def test_distractors_move_unnamed_behind_the_named_shapes():
 
 def test_default_world_draws_no_distractor_facts():
     assert "distractors" not in render_clip(SPEC, 0).facts
+
+
+NARROW = SynthSpec(
+    num=4, seed=4, frames=9, size=96, backgrounds=("plain",), spin=0.0, upright=True, entity_share=0.15,
+    min_entities=2, max_entities=2, min_visible=0.6, pairs="seen", kinds=("circle", "triangle", "cross"),
+    colours=("red", "green", "blue", "yellow"), motions=("left to right", "top to bottom"),
+)  # fmt: skip
+
+
+def test_a_world_of_fewer_words_draws_and_names_only_those(tmp_path):
+    """``kinds``, ``colours`` and ``motions`` narrow the named entities' words (through the
+    spec and `sara data synth`); the world's unseen pairs are its own, one per colour; the
+    records say the world's words."""
+    assert NARROW.unseen_pairs == (("red", "circle"), ("green", "triangle"), ("blue", "cross"), ("yellow", "circle"))
+    entities = [e for i in range(16) for e in render_clip(NARROW, i).facts["entities"]]
+    assert {e["kind"] for e in entities} == set(NARROW.kinds) and {e["motion"] for e in entities} == set(NARROW.motions)
+    assert {e["colour"] for e in entities} == set(NARROW.colours)
+    assert not {(e["colour"], e["kind"]) for e in entities} & set(NARROW.unseen_pairs)
+    unseen = dataclasses.replace(NARROW, pairs="unseen")
+    drawn = {(e["colour"], e["kind"]) for i in range(8) for e in render_clip(unseen, i).facts["entities"]}
+    assert drawn <= set(NARROW.unseen_pairs) and len(drawn) > 2
+    args = ["data", "synth", "--out", str(tmp_path), "--num", "3", "--frames", "5", "--size", "64", "--workers", "1"]
+    assert (
+        main(
+            [
+                *args,
+                "--kinds",
+                "square",
+                "star",
+                "--colours",
+                "red",
+                "cyan",
+                "--motions",
+                "right to left",
+                "--max-entities",
+                "2",
+            ]
+        )
+        == 0
+    )
+    for record in load_manifest(tmp_path / "train.jsonl").records:
+        facts = record.model_extra["render"]
+        assert facts["kinds"] == ["square", "star"] and facts["motions"] == ["right to left"]
+        assert {(e["colour"], e["kind"], e["motion"]) for e in facts["entities"]} <= {
+            (c, k, "right to left") for c in ("red", "cyan") for k in ("square", "star")
+        }
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        ({"kinds": ("circle", "hexagon")}, r"kinds \['circle', 'hexagon'\]; choose distinct ones from circle, square"),
+        ({"colours": ("red", "red")}, r"colours \['red', 'red'\]; choose distinct ones from red, green"),
+        ({"motions": ()}, r"motions \[\]; choose distinct ones from left to right"),
+        ({"kinds": ("circle", "square"), "max_entities": 3}, r"max_entities <= 2 \(this world's kinds and colours\)"),
+        (
+            {"kinds": ("circle",), "colours": ("red", "blue"), "max_entities": 1, "pairs": "seen"},
+            r"pairs seen: kinds \['circle'\]; a seen world needs two kinds or more",
+        ),
+    ],
+)
+def test_a_world_of_unknown_or_too_few_words_is_an_error(words, message):
+    with pytest.raises(ValueError, match=message):
+        SynthSpec(**words)
+
+
+def test_the_whole_vocabulary_draws_as_before_the_words_could_be_narrowed():
+    """The default world's unseen pairs, casts, paths and pixels, pinned from the renderer as it
+    was before ``kinds``, ``colours`` and ``motions`` existed: the options leave it unchanged."""
+    assert SynthSpec().unseen_pairs == (
+        ("red", "circle"), ("green", "square"), ("blue", "triangle"), ("yellow", "star"), ("purple", "cross"),
+        ("orange", "diamond"), ("cyan", "circle"), ("white", "square"),
+    )  # fmt: skip
+    pinned = [
+        (SynthSpec(seed=5, frames=9, size=64), 0, "3ae2b901281a3509",
+         [("yellow circle", "bottom right to top left", [47.92, 32.26]), ("blue star", "bottom to top", [51.37, 39.15]),
+          ("white cross", "top left to bottom right", [20.58, 16.1])]),
+        (SynthSpec(seed=5, frames=9, size=64, pairs="unseen", min_entities=2, distractors=1), 1, "97d4bcc196f049de",
+         [("orange diamond", "bottom right to top left", [38.0, 29.45]),
+          ("cyan circle", "bottom right to top left", [37.18, 45.16])]),
+    ]  # fmt: skip
+    for spec, index, digest, entities in pinned:
+        clip = render_clip(spec, index)
+        assert [(e["name"], e["motion"], e["centres"][0]) for e in clip.facts["entities"]] == entities
+        assert hashlib.sha256(clip.video.tobytes()).hexdigest()[:16] == digest

@@ -10,7 +10,7 @@ import torch
 from sara.cli import main
 from sara.data.manifest import load_manifest
 from sara.shapes import geometry as shapes
-from sara.shapes.metric import METRICS, score_video
+from sara.shapes.metric import METRICS, classify_motion, classify_shape, score_video
 from sara.shapes.render import SynthSpec, render_clip
 from sara.shapes.vocabulary import COLOURS, UNSEEN_PAIRS
 from sara.stats import bootstrap, excludes_zero, hierarchical
@@ -171,3 +171,30 @@ def test_the_oracle_teacher_encodes_each_tokens_entity_colours():
         assert (features[inside, list(COLOURS).index(fact["colour"])] > 0.9).all()
         covered += int(inside.sum())
     assert covered > 10
+
+
+def test_a_narrow_world_is_judged_among_its_own_words():
+    """A world of three kinds and two directions records them, and the metric names a drawn
+    shape's kind and direction among those alone: its ground truth scores at the ceiling; a
+    record that allows one kind reads the other entity as that kind; a square and a path at
+    39° are named differently by the whole vocabulary and by the narrow world."""
+    narrow = SynthSpec(
+        frames=9, size=96, seed=6, backgrounds=("plain",), spin=0.0, upright=True, entity_share=0.15,
+        min_entities=2, max_entities=2, min_visible=0.6, kinds=("circle", "triangle", "cross"),
+        motions=("left to right", "top to bottom"),
+    )  # fmt: skip
+    clips = [render_clip(narrow, i) for i in range(8)]
+    results = [score_video(torch.from_numpy(c.video), {"size": 96, **c.facts}) for c in clips]
+    assert np.mean([r["binding"] for r in results]) >= 0.9 and np.mean([r["direction"] for r in results]) == 1.0
+    clip = clips[0]
+    first, second = clip.facts["entities"]
+    one_kind = {"size": 96, **clip.facts, "kinds": [first["kind"]]}
+    judged = score_video(torch.from_numpy(clip.video), one_kind)["entities"]
+    assert judged[1]["kind"] == first["kind"] != second["kind"] and not judged[1]["bound"]
+    mask = shapes.draw("square", 48, 48, 20, 0.0, 96)[None]  # (1, H, W)
+    hidden = np.zeros_like(mask)
+    assert classify_shape(mask, hidden) == "square"
+    assert classify_shape(mask, hidden, narrow.kinds) == "circle"
+    path = np.stack([shapes.draw("circle", 20 + 5 * t, 20 + 4 * t, 10, 0.0, 96) for t in range(9)])  # x, y
+    assert classify_motion(path, np.arange(9), 9) == "top left to bottom right"
+    assert classify_motion(path, np.arange(9), 9, narrow.motions) == "left to right"

@@ -4,6 +4,7 @@ scored; sft shared by the teachers and the same under either; the tables, figure
 written; a second call trains nothing."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from sara.config.repro import ReproConfig
 from sara.run_dir import RunDir
 from sara.stage2.cache import precompute
 from sara.stage2.train import train
-from sara.study.run import arm_config, check_start, run_folder, scoring_points, transformer_weights
+from sara.study.run import arm_config, check_start, check_worlds, run_folder, scoring_points, transformer_weights
 from sara.study.workers import worker_threads
 
 SMOKE = [
@@ -126,3 +127,19 @@ def test_points_always_start_at_the_base():
     assert scoring_points(config) == [0, 250, 500]
     with pytest.raises(ValueError, match="at least one above 0"):
         scoring_points(load_config(ReproConfig, "configs/repro.yaml", ["points=[0]"]))
+
+
+def test_the_continual_world_is_the_base_worlds_size_and_words(tmp_path, capsys):
+    """A continual world drawn at another size, or narrowed apart from the base's, is refused
+    before the base trains or anything is drawn; the shipped config passes."""
+    check_worlds(load_config(ReproConfig, "configs/repro.yaml", []))
+    for override, message in [
+        ("world.kinds=[circle,cross]", r"world.kinds: \['circle', 'cross'\], the base's world \['circle', "),
+        ("world.size=64", "world: 9 frames at 64², the base's world 9 at 96²"),
+    ]:
+        config = load_config(ReproConfig, "configs/repro.yaml", [f"out_dir={tmp_path}", override])
+        with pytest.raises(ValueError, match=message):
+            check_worlds(config)
+        assert main(["repro", "study", "--config", "configs/repro.yaml", f"out_dir={tmp_path}", override]) == 2
+        assert re.search(message, capsys.readouterr().err)
+    assert not list(tmp_path.iterdir())

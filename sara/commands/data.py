@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sara.commands.world import add_world_arguments, world_from_arguments
 from sara.data.importers import FORMATS
 from sara.shapes.render import SynthSpec
-from sara.shapes.vocabulary import BACKGROUNDS, PAIRS
+from sara.shapes.vocabulary import PAIRS
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -28,7 +29,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     synth.add_argument("--heldout-fraction", type=float, default=spec.heldout_fraction, help="share in heldout.jsonl")
     synth.add_argument("--pairs", choices=PAIRS, default=spec.pairs, help="colour–shape pairs drawn")
-    synth.add_argument("--backgrounds", nargs="+", choices=BACKGROUNDS, default=spec.backgrounds, help="kinds drawn")
+    add_world_arguments(synth, spec)
     synth.add_argument("--min-entities", type=int, default=spec.min_entities, help="named shapes per clip, at least")
     synth.add_argument("--max-entities", type=int, default=spec.max_entities, help="named shapes per clip, at most")
     synth.add_argument("--spin", type=float, default=spec.spin, help="largest turn per frame, radians")
@@ -95,7 +96,7 @@ def _synth(args: argparse.Namespace) -> None:
         min_visible=args.min_visible,
         heldout_fraction=args.heldout_fraction,
         pairs=args.pairs,
-        backgrounds=args.backgrounds,
+        **world_from_arguments(args),
         min_entities=args.min_entities,
         max_entities=args.max_entities,
         spin=args.spin,

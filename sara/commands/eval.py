@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from sara.commands.world import add_world_arguments, world_from_arguments
 from sara.config.arguments import add_sampling_arguments
 from sara.shapes.render import SynthSpec
-from sara.shapes.vocabulary import BACKGROUNDS
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -65,7 +65,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     prompts.add_argument("--seed", type=int, default=1000, help="of the renderer (other than the training world's)")
     prompts.add_argument("--frames", type=int, default=spec.frames, help="frames per clip")
     prompts.add_argument("--size", type=int, default=spec.size, help="square frame size in pixels")
-    prompts.add_argument("--backgrounds", nargs="+", choices=BACKGROUNDS, default=spec.backgrounds, help="kinds drawn")
+    add_world_arguments(prompts, spec)  # a narrowed world's prompts: its own words and unseen pairs
     prompts.add_argument("--workers", type=int, default=2, help="processes")
     prompts.set_defaults(handler=_shapes_set)
 
@@ -126,7 +126,8 @@ def _rubric(args: argparse.Namespace) -> int:
 def _shapes_set(args: argparse.Namespace) -> None:
     from sara.shapes.prompt_set import write_prompt_set
 
-    path = write_prompt_set(args.out, args.num, args.seed, args.frames, args.size, args.workers, args.backgrounds)
+    world = world_from_arguments(args)
+    path = write_prompt_set(args.out, args.num, args.seed, args.frames, args.size, args.workers, **world)
     print(f"wrote {args.num} held-out prompts of unseen colour–shape pairs to {path}")
 
 

@@ -10,8 +10,8 @@ from sara.config.stage1 import Stage1Config, Stage1DataConfig, Stage1ModelsConfi
 from sara.config.stage2 import Stage2Config, Stage2DataConfig, Stage2ModelsConfig, Stage2OptimConfig
 
 # the shapes world's words, from above config on purpose: SynthConfig's choices and defaults are its
-# kinds of pairs and backgrounds; that module imports nothing of sara, so nothing above comes with it
-from sara.shapes.vocabulary import BACKGROUNDS, PAIRS, TEXTURED
+# words, kinds of pairs and backgrounds; that module imports nothing of sara, so nothing above comes with it
+from sara.shapes.vocabulary import BACKGROUNDS, COLOURS, MOTIONS, PAIRS, SHAPES, TEXTURED
 
 
 @dataclass
@@ -45,6 +45,9 @@ class SynthConfig:
     heldout_fraction: float = option(0.2, ge=0, lt=1)  # clips in heldout.jsonl
     pairs: str = option("all", choices=PAIRS)  # colour–shape pairs: all, seen (never the unseen ones), unseen
     backgrounds: list[str] = option(list(TEXTURED), choices=BACKGROUNDS)  # the kinds drawn from
+    kinds: list[str] = option(list(SHAPES), choices=SHAPES)  # shape kinds the named entities take
+    colours: list[str] = option(list(COLOURS), choices=tuple(COLOURS))  # and colours
+    motions: list[str] = option(list(MOTIONS), choices=tuple(MOTIONS))  # and directions
     min_entities: int = option(1, ge=1)  # named shapes per clip, at least
     max_entities: int = option(3, ge=1)  # and at most
     spin: float = option(0.05, ge=0)  # largest turn of a shape per frame, radians

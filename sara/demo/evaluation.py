@@ -22,6 +22,7 @@ from sara.models.wan import dit_parameters
 from sara.run_dir import RunDir
 from sara.shapes.metric import METRICS, score_manifest
 from sara.shapes.prompt_set import write_prompt_set
+from sara.shapes.vocabulary import WORLD_OPTIONS
 from sara.stage2.generate import generate
 from sara.stats import summarise
 
@@ -31,10 +32,8 @@ log = logging.getLogger(__name__)
 def evaluation_part(config: DemoConfig, out: Path) -> Section:
     stage2 = config.stage2
     size, frames = stage2.data.size, stage2.data.frames
-    backgrounds = config.stage2_world.backgrounds  # the prompts' scenes are the training world's
-    manifest = load_manifest(
-        write_prompt_set(out / "prompts", config.eval_prompts, 1000, frames, size, backgrounds=backgrounds)
-    )
+    world = {name: getattr(config.stage2_world, name) for name in WORLD_OPTIONS}  # the training world's words
+    manifest = load_manifest(write_prompt_set(out / "prompts", config.eval_prompts, 1000, frames, size, **world))
     sampling = Sampling(
         steps=config.generate_steps, seed=config.seed, frames=frames, height=size, width=size,
         text_length=stage2.models.text_length,

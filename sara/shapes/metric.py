@@ -13,10 +13,11 @@ video is scored without any learned model:
 - **binding.** The colour's mask in its ``TOP_FRAMES`` largest frames is matched against
   the renderer's own template of every kind (same code, :func:`sara.shapes.geometry.draw`) at
   the mask's centroid, at the reach its largest area implies, over ``ANGLES`` rotations;
-  the best mean IoU names the kind. Bound: that kind is the prompt's.
+  the best mean IoU names the kind, among the world's kinds (its records' ``kinds``; all of
+  them for records that do not say). Bound: that kind is the prompt's.
 - **direction.** A least-squares line through the centroids of the frames that show the
   entity gives its travel over the clip; shorter than ``MIN_TRAVEL`` of the frame is no
-  motion, else the nearest of the six directions by angle. Right: the prompt's direction.
+  motion, else the nearest of the world's directions by angle. Right: the prompt's direction.
 - **count.** Palette colours shown in most frames (an unnamed colour needs
   ``EXTRA_AREA`` of the frame) must number the prompt's entities: no extra, none missing.
 - **all.** Every entity present, bound and moving as said, and the count right.
@@ -29,6 +30,7 @@ colours, reversed time, an entity erased, a shape added) fails its own measure.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -86,9 +88,9 @@ def _best_fit(kind: str, mask: np.ndarray, cover: np.ndarray, centre, reach: flo
     return float(iou.max()), poses[int(iou.argmax())]
 
 
-def classify_shape(masks: np.ndarray, hidden: np.ndarray) -> str:
-    """The kind whose template best covers one colour's masks ``bool [n, H, W]`` (frames
-    that show it), where ``hidden`` ``bool [n, H, W]`` (the other entity colours) may cover
+def classify_shape(masks: np.ndarray, hidden: np.ndarray, kinds: Sequence[str] = SHAPES) -> str:
+    """The kind of ``kinds`` whose template best covers one colour's masks ``bool [n, H, W]``
+    (frames that show it), where ``hidden`` ``bool [n, H, W]`` (the other entity colours) may cover
     part of it. In each of its largest frames (the least hidden), a template of each kind is
     fitted at the mask's centroid over rotations and reaches, then refined over shifts of its
     centre and half-steps of its angle; pixels hidden by another entity or beyond the frame's
@@ -100,7 +102,7 @@ def classify_shape(masks: np.ndarray, hidden: np.ndarray) -> str:
     angles = np.linspace(0, math.pi, ANGLES, endpoint=False)
     half_step = math.pi / ANGLES / 2
     best = {}
-    for kind in SHAPES:
+    for kind in kinds:
         reach = math.sqrt(areas.max() / geometry.area(kind))  # the largest frame is the least hidden
         step = SHIFT * reach
         shifts = [(dy * step, dx * step) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
@@ -120,9 +122,9 @@ def classify_shape(masks: np.ndarray, hidden: np.ndarray) -> str:
     return max(best, key=best.get)
 
 
-def classify_motion(masks: np.ndarray, frames: np.ndarray, length: int) -> str:
-    """The direction of travel of masks ``bool [n, H, W]`` shown at ``frames`` ``[n]`` of a
-    ``length``-frame clip: the least-squares line through their centroids."""
+def classify_motion(masks: np.ndarray, frames: np.ndarray, length: int, motions: Sequence[str] = tuple(MOTIONS)) -> str:
+    """The direction of ``motions`` nearest the travel of masks ``bool [n, H, W]`` shown at
+    ``frames`` ``[n]`` of a ``length``-frame clip: the least-squares line through their centroids."""
     if len(frames) < 2:
         return "static"
     centres = np.array([_centroid(m) for m in masks])  # (n, 2) as (y, x)
@@ -130,7 +132,7 @@ def classify_motion(masks: np.ndarray, frames: np.ndarray, length: int) -> str:
     travel = velocity * (length - 1)
     if np.linalg.norm(travel) < MIN_TRAVEL * masks.shape[-1]:
         return "static"
-    return max(MOTIONS, key=lambda motion: float(np.dot(MOTIONS[motion], travel)))
+    return max(motions, key=lambda motion: float(np.dot(MOTIONS[motion], travel)))
 
 
 def score_video(video: torch.Tensor, facts: dict) -> dict:
@@ -140,6 +142,7 @@ def score_video(video: torch.Tensor, facts: dict) -> dict:
     named entities), the extra colours seen, and each entity's :class:`EntityScore`.
     """
     size = facts["size"]
+    kinds, motions = facts.get("kinds", SHAPES), facts.get("motions", tuple(MOTIONS))  # the world's words
     if video.shape[1] != video.shape[2]:  # to the renderer's square frame (a square video keeps its pixels)
         video = resize_crop(video.permute(0, 3, 1, 2), (size, size)).round().clamp(0, 255).byte().permute(0, 2, 3, 1)
     scale = video.shape[1] / size  # video pixels per renderer pixel
@@ -154,8 +157,8 @@ def score_video(video: torch.Tensor, facts: dict) -> dict:
         present = persistence >= MAJORITY
         frames = np.nonzero(shown)[0]
         hidden = np.delete(masks, k, axis=0)[:, frames].any(axis=0)  # (n, H, W) other colours
-        kind = classify_shape(masks[k, frames], hidden) if present else None
-        motion = classify_motion(masks[k, frames], frames, len(shown)) if present else None
+        kind = classify_shape(masks[k, frames], hidden, kinds) if present else None
+        motion = classify_motion(masks[k, frames], frames, len(shown), motions) if present else None
         entities.append(
             EntityScore(
                 fact["name"], persistence, present, kind, kind == fact["kind"], motion, motion == fact["motion"]

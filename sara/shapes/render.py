@@ -12,7 +12,8 @@ V-JEPA token grid) is covered, each entity at least ``min_share`` of it (no spec
 the named ones: no entity colour, so no mask, saliency or metric counts them.
 Everything is a function of ``(seed, clip index)``; ``pairs`` can keep a fixed set of
 colour–shape pairs out of a world (``seen``) or draw only those (``unseen``: the held-out
-prompt set of ``sara eval shapes-set``).
+prompt set of ``sara eval shapes-set``); ``kinds``, ``colours`` and ``motions`` narrow the
+world's words (its records say which, so the metric judges among those alone).
 
 **What a caption names is on screen.** In every frame, every entity shows at least
 ``min_visible`` of its own area — neither hidden behind the shapes drawn in front of it nor
@@ -41,7 +42,7 @@ from sara.data.masks import pool_to_grid, save_mask
 from sara.data.video import write_video
 from sara.shapes import geometry
 from sara.shapes.caption import SCENES, caption
-from sara.shapes.vocabulary import BACKGROUNDS, COLOURS, MOTIONS, PAIRS, SHAPES, TEXTURED, UNSEEN_PAIRS
+from sara.shapes.vocabulary import BACKGROUNDS, COLOURS, MOTIONS, PAIRS, SHAPES, TEXTURED, unseen_pairs
 
 CLUTTER = [(120, 100, 80), (110, 110, 110), (150, 120, 150), (90, 120, 110), (160, 150, 110)]  # no entity colour
 LAYOUT_TRIES = 10  # layouts drawn at one size before the shapes shrink
@@ -63,7 +64,10 @@ class SynthSpec:
     heldout_fraction: float = 0.1  # clips kept out of training
     min_entities: int = 1
     max_entities: int = 3
-    pairs: str = "all"  # colour–shape pairs drawn: all, seen (never UNSEEN_PAIRS) or unseen (only those)
+    pairs: str = "all"  # colour–shape pairs drawn: all, seen (never the unseen pairs) or unseen (only those)
+    kinds: tuple[str, ...] = SHAPES  # the shape kinds named entities take (any of SHAPES)
+    colours: tuple[str, ...] = tuple(COLOURS)  # their colours (any of COLOURS)
+    motions: tuple[str, ...] = tuple(MOTIONS)  # their directions (any of MOTIONS)
     backgrounds: tuple[str, ...] = TEXTURED  # the kinds drawn from (any of BACKGROUNDS)
     spin: float = 0.05  # largest turn of a shape per frame, radians (0: each keeps its angle)
     upright: bool = False  # every shape starts at angle 0 (else at a random angle)
@@ -74,17 +78,32 @@ class SynthSpec:
 
     def __post_init__(self):
         # a config's or a command line's list, held as the frozen spec's tuple
-        object.__setattr__(self, "backgrounds", tuple(self.backgrounds))
+        for name, words in {
+            "backgrounds": BACKGROUNDS, "kinds": SHAPES, "colours": COLOURS, "motions": MOTIONS
+        }.items():  # fmt: skip
+            chosen = tuple(getattr(self, name))
+            object.__setattr__(self, name, chosen)
+            if not chosen or not set(chosen) <= set(words) or len(set(chosen)) < len(chosen):
+                raise ValueError(f"{name} {list(chosen)}; choose distinct ones from {', '.join(words)}")
         if self.pairs not in PAIRS:
             raise ValueError(f"pairs {self.pairs!r}; choose one of {', '.join(PAIRS)}")
-        if not self.backgrounds or not set(self.backgrounds) <= set(BACKGROUNDS):
-            raise ValueError(f"backgrounds {list(self.backgrounds)}; choose from {', '.join(BACKGROUNDS)}")
-        if not 1 <= self.min_entities <= self.max_entities <= len(SHAPES):
-            raise ValueError(f"entities: need 1 <= min_entities <= max_entities <= {len(SHAPES)}")
+        most = min(len(self.kinds), len(self.colours))  # entities take distinct kinds and colours
+        if not 1 <= self.min_entities <= self.max_entities <= most:
+            raise ValueError(
+                f"entities: need 1 <= min_entities <= max_entities <= {most} (this world's kinds and colours)"
+            )
+        # with one kind every colour's unseen pair is its only one; with two or more, colours taking
+        # the next colour's unseen kind make a seen cast of any size allowed above
+        if self.pairs == "seen" and len(self.kinds) < 2:
+            raise ValueError(f"pairs seen: kinds {list(self.kinds)}; a seen world needs two kinds or more")
         if not 0 <= self.entity_share * self.max_entities < 1:
             raise ValueError(f"entity_share {self.entity_share}: max_entities of them must cover less than the frame")
         if self.distractors < 0:
             raise ValueError(f"distractors {self.distractors}: must be 0 or more")
+
+    @property
+    def unseen_pairs(self) -> tuple[tuple[str, str], ...]:
+        return unseen_pairs(self.colours, self.kinds)
 
 
 @dataclass
@@ -162,19 +181,20 @@ def _visible_parts(drawn: list[np.ndarray]) -> list[np.ndarray]:
     return visible
 
 
-def _cast(rng: np.random.Generator, count: int, pairs: str) -> tuple[np.ndarray, np.ndarray]:
-    """Kinds and colours of ``count`` entities, all distinct, under the ``pairs`` rule."""
-    if pairs == "unseen":
+def _cast(rng: np.random.Generator, count: int, spec: SynthSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Kinds and colours of ``count`` entities, all distinct, under the spec's ``pairs`` rule."""
+    unseen = spec.unseen_pairs
+    if spec.pairs == "unseen":
         chosen: dict[str, str] = {}  # kind -> colour: unseen pairs of distinct kinds
-        for i in rng.permutation(len(UNSEEN_PAIRS)):
-            colour, kind = UNSEEN_PAIRS[i]
+        for i in rng.permutation(len(unseen)):
+            colour, kind = unseen[i]
             chosen.setdefault(kind, colour)
         kinds = list(chosen)[:count]
         return np.array(kinds), np.array([chosen[k] for k in kinds])
     while True:  # "seen": drawn again until no pair is unseen (the default draws once)
-        kinds = rng.choice(SHAPES, size=count, replace=False)
-        colours = rng.choice(list(COLOURS), size=count, replace=False)
-        if pairs == "all" or not set(zip(colours, kinds)) & set(UNSEEN_PAIRS):
+        kinds = rng.choice(spec.kinds, size=count, replace=False)
+        colours = rng.choice(spec.colours, size=count, replace=False)
+        if spec.pairs == "all" or not set(zip(colours, kinds)) & set(unseen):
             return kinds, colours
 
 
@@ -187,7 +207,7 @@ def _layout(rng: np.random.Generator, kinds, colours, shares, spec: SynthSpec) -
             "kind": str(kind),
             "colour": str(colour),
             "r": math.sqrt(share * size * size / geometry.area(kind)),
-            "motion": list(MOTIONS)[int(rng.integers(len(MOTIONS)))],
+            "motion": spec.motions[int(rng.integers(len(spec.motions)))],
             "travel": rng.uniform(0.3, 0.6) * size,
             "centre": rng.uniform(0.35, 0.65, size=2) * size,  # (y, x) at mid-clip
             "angle": rng.uniform(0, 2 * math.pi) * (not spec.upright),
@@ -224,7 +244,7 @@ def render_clip(spec: SynthSpec, index: int) -> Rendered:
     """One clip whose every entity shows at least ``spec.min_visible`` of itself in every frame."""
     rng = np.random.default_rng([spec.seed, index])
     count = int(rng.integers(spec.min_entities, spec.max_entities + 1))
-    kinds, colours = _cast(rng, count, spec.pairs)
+    kinds, colours = _cast(rng, count, spec)
     target = spec.fg_fraction * rng.uniform(0.8, 1.2)
     shares = spec.min_share + rng.dirichlet(np.ones(count)) * max(target - count * spec.min_share, 0.0)
     if spec.entity_share:
@@ -251,7 +271,8 @@ def render_clip(spec: SynthSpec, index: int) -> Rendered:
         video[_trajectory(other, 1.0, spec)] = other["rgb"]
     for entity, masks in zip(entities, drawn):
         video[masks] = COLOURS[entity["colour"]]
-    facts = {"background": background_kind, "entities": []}
+    # the world's words: what the metric chooses a drawn shape's kind and direction from
+    facts = {"background": background_kind, "kinds": list(spec.kinds), "motions": list(spec.motions), "entities": []}
     for entity, share in zip(entities, least):
         facts["entities"].append(
             {"name": entity["name"], **_motion_facts(entity, scale, spec), "least_visible": round(share, 4)}
@@ -266,10 +287,10 @@ def render_clip(spec: SynthSpec, index: int) -> Rendered:
 
 
 def _distractors(rng: np.random.Generator, spec: SynthSpec) -> list[dict]:
-    """``spec.distractors`` shapes of any kind in clutter colours, at the entities' size."""
+    """``spec.distractors`` shapes of the world's kinds in clutter colours, at the entities' size."""
     if not spec.distractors:
         return []
-    kinds = rng.choice(SHAPES, size=spec.distractors)
+    kinds = rng.choice(spec.kinds, size=spec.distractors)
     share = spec.entity_share or spec.fg_fraction / spec.max_entities
     others = _layout(rng, kinds, ["clutter"] * spec.distractors, [share] * spec.distractors, spec)
     for other in others:

@@ -8,6 +8,8 @@ the last two from below the shapes package, which is why this module must stay a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
 COLOURS = {
     "red": (220, 40, 40),
@@ -28,9 +30,18 @@ MOTIONS = {  # unit direction (dy, dx) and how the caption says it
     "bottom right to top left": (-0.7071, -0.7071),
 }
 NUMBERS = {1: "one", 2: "two", 3: "three"}
-# colour–shape pairs a "seen" world never draws and an "unseen" one draws alone: one per
-# colour, every kind at least once, so each word is seen in training, only these bindings not
-UNSEEN_PAIRS = tuple(zip(COLOURS, SHAPES * 2))
+
+
+def unseen_pairs(colours: Sequence[str], kinds: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """The colour–shape pairs a "seen" world of these words never draws and an "unseen" one
+    draws alone: one per colour, the kinds in turn (every kind at least once when there are as
+    many colours), so each word is seen in training, only these bindings not."""
+    return tuple((colour, kinds[i % len(kinds)]) for i, colour in enumerate(colours))
+
+
+UNSEEN_PAIRS = unseen_pairs(tuple(COLOURS), SHAPES)  # the whole vocabulary's
 PAIRS = ("all", "seen", "unseen")  # which pairs a world draws
 BACKGROUNDS = ("noise", "stripes", "gradient", "clutter", "plain")  # what a clip's shapes move over
 TEXTURED = BACKGROUNDS[:4]  # the default world's: finding "the red square" needs the text
+# the options that choose what a world draws from these words (fields of SynthSpec and SynthConfig)
+WORLD_OPTIONS = ("backgrounds", "kinds", "colours", "motions")

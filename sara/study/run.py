@@ -83,15 +83,26 @@ def prompt_sets(config: ReproConfig) -> dict[str, Path]:
     return {"seen": out / "world" / "heldout.jsonl", "unseen": out / "prompts" / "unseen" / "heldout.jsonl"}
 
 
-def _inputs(config: ReproConfig) -> dict[str, Manifest]:
-    """The continual world and the unseen-pairs prompt set, written once; returns both sets."""
-    out, world = Path(config.out_dir), config.world
-    made = config.base.world
+def check_worlds(config: ReproConfig) -> None:
+    """The continual world is drawn at the base world's frames and size, in its words (the base
+    learnt those alone): checked before the base trains."""
+    world, made = config.world, config.base.world
     if (world.frames, world.size) != (made.frames, made.size):
         raise ValueError(
             f"world: {world.frames} frames at {world.size}², the base's world {made.frames} at {made.size}²: "
             "the continual world is drawn at the base's"
         )
+    for name in ("kinds", "colours", "motions"):
+        if getattr(world, name) != getattr(made, name):
+            raise ValueError(
+                f"world.{name}: {getattr(world, name)}, the base's world {getattr(made, name)}: "
+                "the continual world speaks the base's words"
+            )
+
+
+def _inputs(config: ReproConfig) -> dict[str, Manifest]:
+    """The continual world and the unseen-pairs prompt set, written once; returns both sets."""
+    out, world = Path(config.out_dir), config.world
     if not (out / "world" / "train.jsonl").is_file():
         synthesize(SynthSpec(**asdict(world), seed=1), out / "world", progress=False)  # not the base's clips (seed 0)
     unseen = prompt_sets(config)["unseen"]
@@ -189,6 +200,7 @@ def run_repro(config: ReproConfig, progress: bool = True) -> tuple[dict, Results
     point and ``(teacher, seed, arm)`` (``sft``'s runs under every teacher)."""
     from tqdm import tqdm
 
+    check_worlds(config)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out)
