@@ -3,6 +3,7 @@ held-out prompts sampled and scored against the gate; found again, not retrained
 second call; a changed recipe makes another base; a failed gate exits 1."""
 
 import json
+import shutil
 
 import pytest
 from repro_smoke import BASE_SMOKE
@@ -55,3 +56,25 @@ def test_base_key_follows_the_recipe_not_the_paths():
     assert base_key(_config("base.stage2.optim.steps=3").base) != key
     assert base_key(_config("base.world.entity_share=0.1").base) != key
     assert base_key(_config("base.gate_all=0.9").base) == key  # the gate judges a base, it does not make one
+
+
+def test_a_committed_base_is_installed_not_trained(tmp_path, capsys):
+    # a base trained once, its DiT and gate report committed; then its folder gone
+    args = ["repro", "base", "--config", "configs/repro.yaml", f"out_dir={tmp_path}", *BASE_SMOKE]
+    assert main([*args, "base.gate_binding=0", "base.gate_all=0"]) == 0
+    folder = base_folder(_config(f"out_dir={tmp_path}"))
+    committed = tmp_path / "bases" / folder.name
+    shutil.copytree(folder / "run" / "pipeline" / "transformer", committed / "transformer")
+    made = json.loads((folder / "gate.json").read_text()) | {"seconds": 1234.5}
+    (committed / "gate.json").write_text(json.dumps(made))
+    shutil.rmtree(folder)
+    capsys.readouterr()
+
+    assert main([*args, "base.gate_binding=0", "base.gate_all=0", f"base.committed={tmp_path / 'bases'}"]) == 0
+    assert not (folder / "run" / "checkpoints").exists()  # nothing trained
+    weights = "transformer/diffusion_pytorch_model.safetensors"
+    assert (folder / "run" / "pipeline" / weights).read_bytes() == (committed / weights).read_bytes()
+    report = json.loads((folder / "gate.json").read_text())
+    assert report["committed"] == str(committed) and report["seconds"] == 1234.5
+    assert len(list((folder / "videos").glob("*.mp4"))) == 2 and report["ceiling"]["clips"] == 6  # gated here
+    assert f"weights: installed from {committed}" in capsys.readouterr().out

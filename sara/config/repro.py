@@ -4,6 +4,7 @@ comment says what it controls."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sara.config.loader import option
 from sara.config.schema import SynthConfig
@@ -77,6 +78,11 @@ def _continual_stage2() -> Stage2Config:
     return config
 
 
+# trained bases shipped with the package, one folder per base key: `KEY/transformer` (the DiT in
+# Diffusers format) and `KEY/gate.json` (how it was made and what it scored)
+COMMITTED_BASES = str(Path(__file__).resolve().parents[1] / "study" / "bases")
+
+
 @dataclass
 class BaseConfig:
     """``sara repro base``: the DiT every continual run starts from, pretrained on the study world."""
@@ -86,6 +92,9 @@ class BaseConfig:
     gate_binding: float = option(0.8, ge=0, le=1)  # in-distribution binding the base must reach
     gate_all: float = option(0.5, ge=0, le=1)  # and `all` (every check of a video right)
     generate_steps: int = option(20, ge=1)  # denoising steps of the gate's samples (UniPC, CFG 5)
+    # a folder of trained bases by key: a base whose key is there is installed from it (the
+    # presets' Wan folder with its DiT in place) and gated, not trained; "": always train
+    committed: str = COMMITTED_BASES
 
 
 @dataclass

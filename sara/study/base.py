@@ -9,6 +9,9 @@ binding and ``all`` under the exact shapes metric.
 The base's folder is named by a digest of what makes it — its world, its Stage 2 config (paths
 aside) and the preset format — so a changed recipe trains a new base and an unchanged one is
 found again; inside, training resumes from its last checkpoint and written videos are kept.
+A base whose key is among the committed ones (``base.committed``, by default ``sara/study/bases``) is
+installed instead of trained — the presets' Wan folder with the committed DiT in place — and
+gated here all the same: its samples, ceiling and VAE are measured on this machine.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -29,7 +33,8 @@ from sara.config.stage2 import Stage2Config
 from sara.data.manifest import Manifest, load_manifest
 from sara.data.video import read_video
 from sara.eval.tables import format_summaries
-from sara.models.presets import PRESET_FORMAT
+from sara.models.presets import PRESET_FORMAT, wan_folder
+from sara.models.wan import HIGH, SUBFOLDER
 from sara.run_dir import RunDir
 from sara.shapes.metric import METRICS, score_manifest, score_video
 from sara.shapes.render import SynthSpec, synthesize
@@ -40,6 +45,7 @@ from sara.stage2.train import train
 from sara.stats import summarise
 
 GATE = "gate.json"
+TRANSFORMER = SUBFOLDER[HIGH]  # the base's one expert
 CEILING_CLIPS = 300  # ground-truth training clips the metric's ceiling is measured on
 
 
@@ -81,11 +87,17 @@ def run_base(config: ReproConfig, progress: bool = True) -> dict:
     # ceilings, which the world and the VAE its key names fix
     path = folder / GATE
     previous = json.loads(path.read_text()) if path.is_file() else {}
+    committed = Path(base.committed, folder.name) if base.committed else None
     if not base_pipeline(config).is_dir():
-        start = time.perf_counter()
-        precompute(stage2, progress=progress)
-        train(stage2, resume="latest", progress=progress)
-        previous = {"seconds": round(time.perf_counter() - start, 1)}
+        if committed is not None and (committed / GATE).is_file():  # shipped: installed, then gated here
+            _install(stage2, committed, base_pipeline(config))
+            made = json.loads((committed / GATE).read_text())
+            previous = {"seconds": made["seconds"], "committed": str(committed)}
+        else:
+            start = time.perf_counter()
+            precompute(stage2, progress=progress)
+            train(stage2, resume="latest", progress=progress)
+            previous = {"seconds": round(time.perf_counter() - start, 1)}
     manifest = load_manifest(world / "heldout.jsonl")
     videos = folder / "videos"
     if len(list(videos.glob("*.mp4"))) < len(manifest):
@@ -104,6 +116,7 @@ def run_base(config: ReproConfig, progress: bool = True) -> dict:
         "key": folder.name,
         "steps": stage2.optim.steps,
         "seconds": previous.get("seconds"),  # precompute and training; None: found trained without a report
+        "committed": previous.get("committed"),  # the folder its DiT was installed from; None: trained here
         "prompts": len(manifest),
         "ceiling": ceiling,  # the metric on the world's own clips
         "reconstruction": reconstruction,  # the held-out clips through the base's VAE: what a perfect DiT reaches
@@ -112,6 +125,19 @@ def run_base(config: ReproConfig, progress: bool = True) -> dict:
     }
     path.write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _install(stage2: Stage2Config, committed: Path, pipeline: Path) -> None:
+    """The base's pipeline without training: the presets' Wan folder (VAE, text encoder,
+    tokenizer, scheduler) with the committed DiT in place, written whole or not at all."""
+    preset = wan_folder(stage2.models.wan, stage2.models.tiny_root)
+    partial = pipeline.with_name(pipeline.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(
+        preset, partial, ignore=lambda at, names: {TRANSFORMER} & set(names) if at == str(preset) else set()
+    )
+    shutil.copytree(committed / TRANSFORMER, partial / TRANSFORMER)
+    partial.rename(pipeline)
 
 
 def _ceiling(world: Path, progress: bool) -> dict:
@@ -142,6 +168,11 @@ def format_gate(report: dict) -> str:
     gate = report["gate"]
     verdict = "passed" if gate["passed"] else "NOT passed"
     lines.append(f"gate (binding >= {gate['binding']}, all >= {gate['all']}): {verdict}")
-    if report["seconds"] is not None:
+    if report.get("committed"):
+        lines.append(
+            f"weights: installed from {report['committed']} (precompute and training took "
+            f"{report['seconds'] / 60:.1f} min when it was made)"
+        )
+    elif report["seconds"] is not None:
         lines.append(f"precompute and training: {report['seconds'] / 60:.1f} min")
     return "\n".join(lines)
