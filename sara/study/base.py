@@ -9,9 +9,10 @@ binding and ``all`` under the exact shapes metric.
 The base's folder is named by a digest of what makes it — its world, its Stage 2 config (paths
 aside) and the preset format — so a changed recipe trains a new base and an unchanged one is
 found again; inside, training resumes from its last checkpoint and written videos are kept.
-A base whose key is among the committed ones (``base.committed``, by default ``sara/study/bases``) is
-installed instead of trained — the presets' Wan folder with the committed DiT in place — and
-gated here all the same: its samples, ceiling and VAE are measured on this machine.
+A base whose key is among the committed ones (``base.committed``, by default
+``sara/study/bases``) is installed instead of trained — the presets' Wan folder with the
+committed DiT in place — and gated all the same: its samples, ceiling and VAE are measured on
+the machine that installs it.
 """
 
 from __future__ import annotations
