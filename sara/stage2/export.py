@@ -34,6 +34,28 @@ def _link_or_copy(source: str, target: str) -> None:
         shutil.copy2(source, target)
 
 
+def copy_folder_without(folder: Path, out: Path, replaced: set[str]) -> Path:
+    """``OUT.partial``: a copy of the Diffusers folder ``folder`` without its top-level
+    subfolders ``replaced`` (unchanged files hard-linked where allowed), to be filled and then
+    put in place by :func:`publish_folder`, so that ``out`` is written whole or not at all."""
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(
+        folder,
+        partial,
+        ignore=lambda at, names: replaced & set(names) if at == str(folder) else set(),
+        copy_function=_link_or_copy,
+    )
+    return partial
+
+
+def publish_folder(partial: Path, out: Path) -> Path:
+    """``partial`` renamed to ``out``, replacing what was there."""
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    return out
+
+
 def adapter_name(layout: WanLayout, expert: str) -> str:
     """The adapter file's stem: ``high_noise`` / ``low_noise`` for the experts of a
     two-expert model (the names Wan2.2 LoRA files go by), ``transformer`` otherwise."""
@@ -61,16 +83,8 @@ def export_pipeline(
     ``dtype``: ``released`` writes each merged tensor in the dtype the base folder stores it
     in (the trained fp32 masters rounded to the release's bf16), else that dtype throughout."""
     out = run.pipeline
-    partial = out.with_name(out.name + ".partial")
     if world.is_main:
-        shutil.rmtree(partial, ignore_errors=True)
-        trained = {SUBFOLDER[name] for name in model.experts}
-        shutil.copytree(
-            layout.folder,
-            partial,
-            ignore=lambda folder, names: trained & set(names) if folder == str(layout.folder) else set(),
-            copy_function=_link_or_copy,
-        )
+        partial = copy_folder_without(layout.folder, out, {SUBFOLDER[name] for name in model.experts})
     for name, dit in model.experts.items():  # one expert's full state in memory at a time
         state = get_model_state_dict(dit, options=FULL)
         if world.is_main:
@@ -79,8 +93,7 @@ def export_pipeline(
             dtypes = _export_dtypes(layout, name, dtype)
             _write_expert(dit, state, partial / SUBFOLDER[name], adapter, metadata, comfyui, dtypes)
     if world.is_main:
-        shutil.rmtree(out, ignore_errors=True)
-        partial.rename(out)
+        publish_folder(partial, out)
     return out
 
 

@@ -41,6 +41,7 @@ from sara.shapes.metric import METRICS, score_manifest, score_video
 from sara.shapes.render import SynthSpec, synthesize
 from sara.shapes.vae import reconstruct
 from sara.stage2.cache import precompute
+from sara.stage2.export import copy_folder_without, publish_folder
 from sara.stage2.generate import generate
 from sara.stage2.train import train
 from sara.stats import summarise
@@ -131,14 +132,9 @@ def run_base(config: ReproConfig, progress: bool = True) -> dict:
 def _install(stage2: Stage2Config, committed: Path, pipeline: Path) -> None:
     """The base's pipeline without training: the presets' Wan folder (VAE, text encoder,
     tokenizer, scheduler) with the committed DiT in place, written whole or not at all."""
-    preset = wan_folder(stage2.models.wan, stage2.models.tiny_root)
-    partial = pipeline.with_name(pipeline.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(
-        preset, partial, ignore=lambda at, names: {TRANSFORMER} & set(names) if at == str(preset) else set()
-    )
+    partial = copy_folder_without(wan_folder(stage2.models.wan, stage2.models.tiny_root), pipeline, {TRANSFORMER})
     shutil.copytree(committed / TRANSFORMER, partial / TRANSFORMER)
-    partial.rename(pipeline)
+    publish_folder(partial, pipeline)
 
 
 def _ceiling(world: Path, progress: bool) -> dict:
