@@ -180,3 +180,15 @@ def test_bench_encoders_holds_one_copy_of_each_frozen_model(tmp_path):
     assert 0.2e9 < real["vjepa2_params"] < 0.5e9 and 5e9 < real["umt5_params"] < 6e9  # ViT-L; umT5-XXL's encoder
     assert real["before_gib"] == pytest.approx(4 * real["after_gib"])
     assert "one of each in bf16" in format_encoders(figures)
+
+
+def test_bench_sample_times_each_batch_size_on_the_same_videos(tmp_path, capsys):
+    args = ["--workdir", str(tmp_path), "--videos", "3", "--steps", "2", "--frames", "5", "--size", "32"]
+    assert main(["bench", "sample", *args, "--batch", "1", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(row["batch"], row["videos"]) for row in rows] == [(1, 3), (2, 3)]
+    assert rows[0]["speedup"] == 1.0 and all(row["s_per_video"] > 0 and row["speedup"] > 0 for row in rows)
+    assert main(["bench", "sample", *args, "--batch", "3"]) == 0  # no row of one by one: no ratio to give
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("text-to-video with the tiny Wan pipeline: 3 videos of 5 frames at 32²")
+    assert lines[-1].startswith("| 3 |") and lines[-1].endswith("| – |")

@@ -2,6 +2,7 @@
 the folder itself; generation and validation resolve them alike."""
 
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from sara.config.sampling import FALLBACK, Sampling
 from sara.config.stage2 import Stage2Config
 from sara.models.presets import RELEASED_ROOT, resolve
 from sara.models.wan_family import WAN_NEGATIVE_PROMPT, family_of
+from sara.stage2 import generate
 from sara.stage2.build import resolve_setup
 from sara.stage2.generate import Job, load_pipeline, render, resolve_sampling
 from sara.stage2.validate import validation_sampling
@@ -68,3 +70,27 @@ def test_the_low_noise_expert_gets_its_own_guidance(tmp_path):
     assert video.is_file() and (pipe.guidance_scale, pipe._guidance_scale_2) == (5.0, 3.0)
     one = resolve("tiny", "wan", tmp_path / "models")  # one expert: no second scale to pass (diffusers refuses one)
     render(load_pipeline(one, sampling, torch.device("cpu")), [Job("a red circle", 0, tmp_path / "w")], sampling, False)
+
+
+@pytest.mark.slow
+def test_videos_sampled_together_are_the_videos_sampled_alone(tmp_path, monkeypatch):
+    written = {}
+
+    def keep(path, array, fps):  # the frames each video file would get
+        written[path] = array
+        return path
+
+    monkeypatch.setattr(generate, "write_video", keep)
+    folder = resolve("tiny", "wan", tmp_path / "models")
+    prompts = ["a red circle", "a blue square that moves from left to right, then stops", "two green stars"]
+    sampling = resolve_sampling(Sampling(steps=3, frames=9, height=32, width=48), folder)  # non-square, 3 latent frames
+    pipe = load_pipeline(folder, sampling, torch.device("cpu"))
+    for batch in (1, 2):  # two calls: a pair and the odd one out
+        jobs = [Job(p, 7 + i, tmp_path / f"b{batch}" / f"{i}") for i, p in enumerate(prompts)]
+        render(pipe, jobs, replace(sampling, batch=batch), progress=False, gif=False)
+    alone, together = (torch.stack([written[tmp_path / f"b{b}" / f"{i}.mp4"] for i in range(3)]) for b in (1, 2))
+    assert together.shape == (3, 9, 3, 32, 48)
+    assert (alone.int() - together.int()).abs().max() <= 1  # float rounding of a batched matmul, nothing more
+    assert (together[0].int() - together[1].int()).abs().max() > 8  # and each its own prompt and noise
+    with pytest.raises(ValueError, match="--batch: 0"):
+        render(pipe, jobs, replace(sampling, batch=0), progress=False)

@@ -84,6 +84,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     gpu.add_argument("--out", help="also write the figures to this JSON file")
     gpu.set_defaults(handler=_gpu)
 
+    sample = group.add_parser("sample", help="text-to-video seconds per video, one by one vs several per call")
+    sample.add_argument("--wan", default="tiny", help=f"{' | '.join(WAN_VARIANTS)}, or a Diffusers-format Wan folder")
+    sample.add_argument("--workdir", default="outputs/models", help="where a tiny preset is written")
+    sample.add_argument("--videos", type=int, default=16, help="videos timed per row")
+    sample.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16], help="videos per pipeline call, per row")
+    sample.add_argument("--steps", type=int, default=20, help="denoising steps")
+    sample.add_argument("--frames", type=int, default=9, help="4k + 1 frames per video")
+    sample.add_argument("--size", type=int, default=96, help="square frame size")
+    sample.add_argument("--device", default="cpu")
+    sample.add_argument("--json", action="store_true", help="print the rows as JSON")
+    sample.set_defaults(handler=_sample)
+
     vae = group.add_parser("vae", help="shapes VAE training step: Diffusers layers vs fast_layers, per phase")
     vae.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     vae.add_argument("--steps", type=int, default=10, help="timed steps; the median is reported")
@@ -236,6 +248,25 @@ def torch_name(device) -> str:
     import torch
 
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+
+
+def _sample(args: argparse.Namespace) -> None:
+    import torch
+
+    from sara.bench.sample import bench_sample, format_sample
+    from sara.config.sampling import Sampling
+    from sara.device import pick_device
+    from sara.models.presets import wan_folder
+
+    device = pick_device(args.device)
+    folder = wan_folder(args.wan, args.workdir)
+    sampling = Sampling(steps=args.steps, frames=args.frames, height=args.size, width=args.size)
+    rows = bench_sample(folder, sampling, args.videos, args.batch, device)
+    header = (
+        f"text-to-video with the {args.wan} Wan pipeline: {args.videos} videos of {args.frames} frames at "
+        f"{args.size}², {args.steps} steps with CFG, decoded; on {args.device} ({torch.get_num_threads()} CPU threads)"
+    )
+    _emit(args, rows, header, format_sample)
 
 
 def _vae(args: argparse.Namespace) -> None:

@@ -31,6 +31,9 @@ class Sampling:
     text_length: int = _setting(512, "caption tokens, zero-padded as in training (models.text_length)")
     scheduler: str = _setting("unipc", "unipc (UniPC) or euler (flow-match Euler)")
     shift: float | None = _setting(None, "flow shift of the sampler (default: the release's, or the folder's)", float)
+    # one pipeline call denoises and decodes this many videos, each from its own seed's noise: the
+    # same videos up to float rounding, faster where one video leaves the device idle, more memory
+    batch: int = _setting(1, "videos sampled together")
     vae_tile: int = _setting(0, "decode in overlapping tiles of this many pixels (less memory); 0: whole frames")
 
 

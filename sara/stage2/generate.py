@@ -91,50 +91,56 @@ def render(
     gif: bool = True,
     compute: torch.dtype = torch.float32,
 ) -> list[Path]:
-    """Sample each job's video into ``STEM.mp4`` (and ``STEM.gif``); returns the mp4 paths.
+    """Sample each job's video into ``STEM.mp4`` (and ``STEM.gif``), ``sampling.batch`` jobs per
+    pipeline call; returns the mp4 paths.
     ``write=False``: sample only (ranks that share a video with the one that writes it).
     ``compute``: the DiT denoises under autocast in this dtype (experts that keep fp32 masters
     while training); the VAE decodes in its own dtype, outside it."""
+    if sampling.batch < 1:
+        raise ValueError(f"--batch: {sampling.batch}; sample at least one video a call")
     pipe.set_progress_bar_config(disable=not progress)
     # the low-noise expert's guidance, only for a two-expert pipeline (diffusers refuses it otherwise)
     second = {"guidance_scale_2": sampling.guidance_scale_2} if pipe.config.boundary_ratio is not None else {}
     written = []
-    for job in jobs:
+    for start in range(0, len(jobs), sampling.batch):
+        batch = jobs[start : start + sampling.batch]
         with autocast(compute, pipe.vae.device):
             latents = pipe(
-                prompt=job.prompt,
-                negative_prompt=sampling.negative_prompt,
+                prompt=[job.prompt for job in batch],
+                negative_prompt=[sampling.negative_prompt] * len(batch),
                 height=sampling.height,
                 width=sampling.width,
                 num_frames=sampling.frames,
                 num_inference_steps=sampling.steps,
                 guidance_scale=sampling.guidance_scale,
                 **second,
-                generator=torch.Generator().manual_seed(job.seed),
+                # one generator per video: its noise is the noise it gets sampled alone
+                generator=[torch.Generator().manual_seed(job.seed) for job in batch],
                 max_sequence_length=sampling.text_length,
                 output_type="latent",
             ).frames
-        array = _decode(pipe, latents)  # (T, 3, H, W) uint8
+        videos = _decode(pipe, latents)  # (B, T, 3, H, W) uint8
         if not write:
             continue
-        written.append(write_video(job.stem.with_name(job.stem.name + ".mp4"), array, sampling.fps))
-        if gif:
-            write_gif(job.stem.with_name(job.stem.name + ".gif"), array, sampling.fps)
+        for job, array in zip(batch, videos, strict=True):
+            written.append(write_video(job.stem.with_name(job.stem.name + ".mp4"), array, sampling.fps))
+            if gif:
+                write_gif(job.stem.with_name(job.stem.name + ".gif"), array, sampling.fps)
     return written
 
 
 @torch.no_grad()
 def _decode(pipe: WanPipeline, latents: torch.Tensor) -> torch.Tensor:
-    """The first video of normalised latents ``[B, C, F, h, w]`` as ``uint8 [T, 3, H, W]``: what
-    ``WanPipeline`` does after denoising (un-normalise, decode, post-process)."""
+    """Normalised latents ``[B, C, F, h, w]`` as ``uint8 [B, T, 3, H, W]``: what ``WanPipeline``
+    does after denoising (un-normalise, decode, post-process)."""
     vae = pipe.vae
     latents = latents.to(vae.device, vae.dtype)
     shape = (1, vae.config.z_dim, 1, 1, 1)
     mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents)
     inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(latents)  # diffusers' own order of ops
     video = vae.decode(latents / inverse_std + mean, return_dict=False)[0]
-    frames = pipe.video_processor.postprocess_video(video, output_type="np")[0]  # (T, H, W, 3) in [0, 1]
-    return (torch.from_numpy(frames) * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 3, 1, 2)
+    frames = pipe.video_processor.postprocess_video(video, output_type="np")  # (B, T, H, W, 3) in [0, 1]
+    return (torch.from_numpy(frames) * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 1, 4, 2, 3)
 
 
 def generate(
