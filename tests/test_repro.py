@@ -17,7 +17,15 @@ from sara.config.repro import ReproConfig
 from sara.run_dir import RunDir
 from sara.stage2.cache import precompute
 from sara.stage2.train import train
-from sara.study.run import arm_config, check_start, check_worlds, run_folder, scoring_points, transformer_weights
+from sara.study.run import (
+    arm_config,
+    check_start,
+    check_worlds,
+    run_folder,
+    scoring_points,
+    set_points,
+    transformer_weights,
+)
 from sara.study.workers import worker_threads
 
 SMOKE = [
@@ -50,8 +58,9 @@ def test_study_starts_every_run_from_the_base_and_scores_each_point(tmp_path, ca
     assert runs[("vjepa2", 0, "sft")] == runs[("oracle", 0, "sft")]  # one sft run serves both teachers
     for run in set(runs.values()):
         assert json.loads((run / "start.json").read_text())["tensors"] > 0  # started from the base, bitwise
-        for point in (1, 2):
-            for name in ("seen", "unseen"):
+        for point, names in ((1, {"seen"}), (2, {"seen", "unseen"})):  # the unseen pairs at the last point only
+            assert {path.parent.name for path in (run / "points" / f"step-{point}").glob("*/scores.jsonl")} == names
+            for name in names:
                 assert len((run / "points" / f"step-{point}" / name / "scores.jsonl").read_text().splitlines()) == 2
     histories = {key: json.loads((run / "history.json").read_text()) for key, run in runs.items()}
     # the same batch and noise in every arm of a seed: step 1's flow term agrees
@@ -76,7 +85,8 @@ def test_study_starts_every_run_from_the_base_and_scores_each_point(tmp_path, ca
         assert set(tables["paired"]) == {
             "trd − sft", "moalign − sft", "sara − sft", "moalign − trd", "sara − trd", "sara − moalign"
         }  # fmt: skip
-        assert len(results["curves"][name]["vjepa2"]["trd"]["binding"]) == 3  # steps 0, 1, 2
+        # steps 0, 1, 2; the unseen pairs 0 and 2
+        assert len(results["curves"][name]["vjepa2"]["trd"]["binding"]) == {"seen": 3, "unseen": 2}[name]
         # step 0 is the base: the same scores for every arm
         assert len({json.dumps(arm["all"][0]) for arm in results["curves"][name]["vjepa2"].values()}) == 1
     table = (out / "table.md").read_text()
@@ -124,7 +134,8 @@ def test_each_paired_difference_appears_once():
 
 def test_points_always_start_at_the_base():
     config = load_config(ReproConfig, "configs/repro.yaml", ["points=[500,250]"])
-    assert scoring_points(config) == [0, 250, 500]
+    assert scoring_points(config) == set_points(config, "seen") == [0, 250, 500]
+    assert set_points(config, "unseen") == [0, 500]
     with pytest.raises(ValueError, match="at least one above 0"):
         scoring_points(load_config(ReproConfig, "configs/repro.yaml", ["points=[0]"]))
 

@@ -104,7 +104,7 @@ def run_base(config: ReproConfig, progress: bool = True) -> dict:
     videos = folder / "videos"
     if len(list(videos.glob("*.mp4"))) < len(manifest):
         sampling = Sampling(
-            steps=base.generate_steps, frames=stage2.data.frames, height=stage2.data.size,
+            steps=base.generate_steps, batch=config.batch, frames=stage2.data.frames, height=stage2.data.size,
             width=stage2.data.size, text_length=stage2.models.text_length,
         )  # fmt: skip
         generate(base_pipeline(config), [r.prompt() for r in manifest.records], videos, sampling, progress=progress)

@@ -14,15 +14,16 @@ from sara.plots import pyplot
 from sara.shapes.metric import METRICS, score_manifest
 from sara.stats import summarise
 from sara.study.base import format_gate
-from sara.study.run import SETS, Results, prompt_sets, run_folder, scoring_points
+from sara.study.run import SETS, Results, prompt_sets, run_folder, scoring_points, set_points
 from sara.study.tables import curves, format_curves, format_study, study_tables
 
 SET_TITLES = {"seen": "in-distribution prompts (seen colour–shape pairs)", "unseen": "unseen colour–shape pairs"}
 FIGURE_METRICS = ("binding", "all")
 
 
-def figure(curve: dict, points: list[int], path: Path) -> Path:
-    """Rows: prompt set × metric; columns: teacher; one line per arm with its 95 % band."""
+def figure(curve: dict, points: dict[str, list[int]], path: Path) -> Path:
+    """Rows: prompt set × metric; columns: teacher; one line per arm with its 95 % band at each
+    of the set's ``points``."""
     plt = pyplot()
     rows = [(name, m) for name in curve for m in FIGURE_METRICS]
     teachers = list(next(iter(curve.values())))
@@ -32,8 +33,8 @@ def figure(curve: dict, points: list[int], path: Path) -> Path:
             ax = axes[r][c]
             for arm, by_metric in curve[name][teacher].items():
                 line = by_metric[metric]
-                ax.plot(points, [s["mean"] for s in line], marker="o", label=arm)
-                ax.fill_between(points, [s["low"] for s in line], [s["high"] for s in line], alpha=0.15)
+                ax.plot(points[name], [s["mean"] for s in line], marker="o", label=arm)
+                ax.fill_between(points[name], [s["low"] for s in line], [s["high"] for s in line], alpha=0.15)
             ax.set_title(f"{teacher}, {name}: {metric}", fontsize=9)
             ax.set_ylim(-0.02, 1.02)
             ax.set_xlabel("continual step")
@@ -68,8 +69,8 @@ def write_study(config: ReproConfig, gate: dict, results: Results, seconds: floa
     from sara.data.visualize import save_png
     from sara.demo.html import Section, image, paragraph, preformatted, write_report
 
-    out, points = Path(config.out_dir), scoring_points(config)
-    last = points[-1]
+    out, points = Path(config.out_dir), {name: set_points(config, name) for name in SETS}
+    last = points["seen"][-1]
     args = (config.teachers, config.seeds, config.arms)
     finals = {name: study_tables(results[name][last], *args) for name in SETS}
     curve = {name: curves(results[name], *args) for name in SETS}
@@ -87,15 +88,16 @@ def write_study(config: ReproConfig, gate: dict, results: Results, seconds: floa
     (out / "results.json").write_text(json.dumps({"base": gate, "final": finals, "curves": curve}, indent=1) + "\n")
     header = (
         f"{len(config.arms)} arms × {len(config.seeds)} seeds × {len(config.teachers)} teacher(s), continual "
-        f"training from the base for {last} steps, scored at steps {', '.join(map(str, points))} on "
+        f"training from the base for {last} steps, scored on "
         f"{len(results['seen'][last][(config.teachers[0], config.seeds[0], config.arms[0])])} in-distribution "
-        f"and {config.prompts} unseen-pair prompts; wall time {seconds / 60:.1f} min."
+        f"prompts at steps {', '.join(map(str, points['seen']))} and on {config.prompts} unseen-pair prompts at "
+        f"steps {', '.join(map(str, points['unseen']))}; wall time {seconds / 60:.1f} min."
     )
     parts = [header, "", "### The base", "", "```", format_gate(gate), "```", ""]
     for name in SETS:
         parts += [f"### Step {last}, {SET_TITLES[name]}", "", format_study(finals[name], config.seeds, reference[name])]
     for name in SETS:
-        parts += [f"### By continual step, {SET_TITLES[name]}", "", format_curves(curve[name], points)]
+        parts += [f"### By continual step, {SET_TITLES[name]}", "", format_curves(curve[name], points[name])]
     text = "\n".join(parts)
     (out / "table.md").write_text(text)
     plot = figure(curve, points, out / "curves.png")

@@ -2,13 +2,14 @@
 
 Every run starts from the weights of ``sara repro base`` (checked: each run's weights before
 its first step are the base's, tensor for tensor) and trains on the continual world
-(:data:`sara.config.repro.CONTINUAL_WORLD`: 2–3 named shapes and an unnamed distractor).
+(:data:`sara.config.repro.CONTINUAL_WORLD`: the base's named shape and an unnamed distractor).
 For each teacher and seed the arms see the same batches with the same noise (functions of the
 seed) and differ only in the alignment term; ``sft`` reads no teacher, so one ``sft`` run per
 seed serves every teacher's table. At each scoring point (``points``, in continual steps) the
-run samples two prompt sets — the continual world's held-out clips (seen colour–shape pairs)
-and a set of unseen pairs — prompt ``i`` with seed ``sample_seed + i`` in every run (paired
-noise), and the exact shapes metric scores each video. Step 0 is the base itself, sampled once.
+run samples the continual world's held-out clips (seen colour–shape pairs), and at the last
+point also a set of unseen pairs (:func:`set_points`) — prompt ``i`` with seed
+``sample_seed + i`` in every run (paired noise) — and the exact shapes metric scores each
+video. Step 0 is the base itself, sampled once.
 
 A run is extended from one point to the next by resuming it; the lr is constant, so that is
 the run trained to the later point at once. The study is resumable: scores already written are
@@ -115,7 +116,7 @@ def _inputs(config: ReproConfig) -> dict[str, Manifest]:
 def _sampling(config: ReproConfig) -> Sampling:
     base = config.base.stage2
     return Sampling(
-        steps=config.generate_steps, seed=config.sample_seed, frames=base.data.frames,
+        steps=config.generate_steps, seed=config.sample_seed, batch=config.batch, frames=base.data.frames,
         height=base.data.size, width=base.data.size, text_length=base.models.text_length,
     )  # fmt: skip
 
@@ -127,7 +128,8 @@ def _scored(config: ReproConfig, pipeline: Path, manifest: Manifest, folder: Pat
     if path.is_file():
         return [json.loads(line) for line in path.read_text().splitlines()]
     if len(list(videos.glob("*.mp4"))) < len(manifest):
-        generate(pipeline, [r.prompt() for r in manifest.records], videos, _sampling(config), progress=False)
+        prompts = [r.prompt() for r in manifest.records]
+        generate(pipeline, prompts, videos, _sampling(config), progress=False, gif=False)
     scores = score_manifest(manifest, videos, progress=False)
     write_text_atomic(path, "".join(json.dumps(s) + "\n" for s in scores))  # whole or absent: it marks the point done
     return scores
@@ -163,10 +165,11 @@ def run_arm(config: ReproConfig, manifests: dict[str, Manifest], teacher: str, s
     run, scores = RunDir(stage2.out_dir), {}
     for point in scoring_points(config)[1:]:
         folder = run.path / "points" / f"step-{point}"
-        if not all((folder / name / "scores.jsonl").is_file() for name in manifests):
+        names = [name for name in manifests if point in set_points(config, name)]
+        if not all((folder / name / "scores.jsonl").is_file() for name in names):
             stage2.optim.steps = point
             train(stage2, resume="latest", progress=False)  # nothing to do when the last checkpoint is at point
-        scores[point] = {name: _scored(config, run.pipeline, m, folder / name) for name, m in manifests.items()}
+        scores[point] = {name: _scored(config, run.pipeline, manifests[name], folder / name) for name in names}
     return scores
 
 
@@ -176,6 +179,14 @@ def scoring_points(config: ReproConfig) -> list[int]:
     if points[-1] == 0 or points[0] < 0:
         raise ValueError(f"points: {config.points}: continual steps, at least one above 0")
     return points
+
+
+def set_points(config: ReproConfig, name: str) -> list[int]:
+    """The points at which prompt set ``name`` is scored: the in-distribution set at every one;
+    the unseen pairs, a second and harder probe, at the base and the last (scoring them at every
+    point would cost a quarter of the study's time)."""
+    points = scoring_points(config)
+    return points if name == "seen" else [points[0], points[-1]]
 
 
 def _prepare(config: ReproConfig, progress: bool) -> tuple[dict, dict[str, Manifest]]:
@@ -217,7 +228,7 @@ def run_repro(config: ReproConfig, progress: bool = True) -> tuple[dict, Results
             done = run_in_workers(run_arm, runs, config.jobs, config, manifests, done=bar.update)
     results: Results = {name: {} for name in manifests}
     for name in manifests:
-        for point in scoring_points(config):
+        for point in set_points(config, name):
             results[name][point] = {
                 (t, s, a): base["start"][name] if point == 0 else done[("" if a == "sft" else t, s, a)][point][name]
                 for t in config.teachers
