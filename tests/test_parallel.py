@@ -91,18 +91,17 @@ def test_lora_adapters_shard_with_their_frozen_base(folders):
 PROMPTS = ["a red circle moves left", "a blue square", "a green star moves up"]
 
 
-def sample(folder, out, ulysses):
-    return [
-        str(p)
-        for p in generate(folder, PROMPTS, out, Sampling(steps=2, frames=9, height=64, width=96), "cpu", False, ulysses)
-    ]
+def sample(folder, out, ulysses, batch=1):
+    sampling = Sampling(steps=2, frames=9, height=64, width=96, batch=batch)
+    return [str(p) for p in generate(folder, PROMPTS, out, sampling, "cpu", False, ulysses)]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ulysses", [1, 2])
-def test_distributed_generation_gives_the_videos_of_one_process(folders, tmp_path, ulysses):
+@pytest.mark.parametrize(("ulysses", "batch"), [(1, 1), (2, 1), (2, 2)])
+def test_distributed_generation_gives_the_videos_of_one_process(folders, tmp_path, ulysses, batch):
     (single,) = spawn(sample, 1, folders["wan"], tmp_path / "one", 1)  # one thread, as each rank
-    written = [p for paths in spawn(sample, 2, folders["wan"], tmp_path / "two", ulysses) for p in paths]
+    # batch 2: the three prompts go to the sequence-parallel group as a pair and one alone
+    written = [p for paths in spawn(sample, 2, folders["wan"], tmp_path / "two", ulysses, batch) for p in paths]
     assert sorted(Path(p).name for p in written) == sorted(Path(p).name for p in single)  # each video once
     for path in single:
         # the GIFs (lossless up to their palette; H.264 encodes identical frames differently
@@ -113,7 +112,7 @@ def test_distributed_generation_gives_the_videos_of_one_process(folders, tmp_pat
             for folder in (tmp_path / "one", tmp_path / "two")
         )
         assert alone.shape == (9, 64, 96, 3)
-        assert np.abs(alone - shared).max() <= (0 if ulysses == 1 else 2)
+        assert np.abs(alone - shared).max() <= (0 if (ulysses, batch) == (1, 1) else 2)
 
 
 def gif_frames(path):
