@@ -11,17 +11,20 @@ from pathlib import Path
 import torch
 
 from sara.config.sampling import Sampling
+from sara.data.manifest import MTSSCaption
+from sara.shapes.caption import SCENES, caption
 from sara.shapes.vocabulary import COLOURS, MOTIONS, SHAPES
 from sara.stage2.generate import Job, load_pipeline, render, resolve_sampling
 
 
 def captions(count: int) -> list[str]:
-    """``count`` shapes-world captions, kinds, colours and motions cycled."""
+    """``count`` prompts in the shapes world's grammar, as the continual study samples them: one
+    named shape (kinds, colours and motions cycled) and one grey distractor on a plain background."""
     colours, motions = list(COLOURS), list(MOTIONS)
-    return [
-        f"a {colours[i % len(colours)]} {SHAPES[i % len(SHAPES)]} that moves from {motions[i % len(motions)]}"
-        for i in range(count)
+    named = [
+        (f"{colours[i % len(colours)]} {SHAPES[i % len(SHAPES)]}", motions[i % len(motions)]) for i in range(count)
     ]
+    return [MTSSCaption(**caption([entity], [], SCENES["plain"], unnamed=1)).flatten() for entity in named]
 
 
 def bench_sample(folder: Path, sampling: Sampling, videos: int, batches: list[int], device: torch.device) -> list[dict]:

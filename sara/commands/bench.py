@@ -92,6 +92,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     sample.add_argument("--steps", type=int, default=20, help="denoising steps")
     sample.add_argument("--frames", type=int, default=9, help="4k + 1 frames per video")
     sample.add_argument("--size", type=int, default=96, help="square frame size")
+    sample.add_argument("--text-length", type=int, default=512, help="caption tokens (models.text_length)")
     sample.add_argument("--device", default="cpu")
     sample.add_argument("--json", action="store_true", help="print the rows as JSON")
     sample.set_defaults(handler=_sample)
@@ -260,7 +261,9 @@ def _sample(args: argparse.Namespace) -> None:
 
     device = pick_device(args.device)
     folder = wan_folder(args.wan, args.workdir)
-    sampling = Sampling(steps=args.steps, frames=args.frames, height=args.size, width=args.size)
+    sampling = Sampling(
+        steps=args.steps, frames=args.frames, height=args.size, width=args.size, text_length=args.text_length
+    )
     rows = bench_sample(folder, sampling, args.videos, args.batch, device)
     header = (
         f"text-to-video with the {args.wan} Wan pipeline: {args.videos} videos of {args.frames} frames at "
